@@ -1,0 +1,131 @@
+"""Decoding, transforms, dataset items and the data module's input checks."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pneumo.data.datamodule import DataRootError, NIHDataModule
+from pneumo.data.decode import BadImageError, decode_grayscale
+from pneumo.data.transforms import ResizeToUint8
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decode_converts_rgb_and_16_bit() -> None:
+    gray = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    assert np.array_equal(decode_grayscale(png(gray), "g.png"), gray)
+    rgb = np.stack([gray] * 3, axis=-1)
+    assert np.array_equal(decode_grayscale(png(rgb), "rgb.png"), gray)
+    deep = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    out = decode_grayscale(png(deep), "deep.png")
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out.ravel().astype(int)) >= 0)  # order of grey levels kept
+
+
+@pytest.mark.parametrize(
+    "data,pattern",
+    [
+        (b"", "empty"),
+        (b"not an image at all", "not a readable image"),
+        (png(np.zeros((8, 8), np.uint8))[:30], "not a readable"),
+    ],
+    ids=["zero_bytes", "text", "truncated"],
+)
+def test_decode_rejects_bad_bytes_by_name(data: bytes, pattern: str) -> None:
+    with pytest.raises(BadImageError, match=f"gs://b/png/x.png: {pattern}"):
+        decode_grayscale(data, "gs://b/png/x.png")
+
+
+def test_resize_is_area_average() -> None:
+    x = np.zeros((128, 128), np.uint8)
+    x[:, 64:] = 200
+    y = ResizeToUint8(64)(x)
+    assert y.shape == (64, 64) and y.dtype == np.uint8
+    assert y[:, :32].max() == 0 and y[:, 32:].min() == 200
+
+
+def make_dm(demo_root: Path, **kw) -> NIHDataModule:
+    args = dict(
+        images_url=str(demo_root / "images"),
+        labels_url=str(demo_root / "Data_Entry_2017.csv"),
+        split_lists={
+            "train_val": str(demo_root / "train_val_list.txt"),
+            "test": str(demo_root / "test_list.txt"),
+        },
+        image_size=48,
+        batch_size=8,
+        num_workers=0,
+        val_fraction=0.2,
+    )
+    args.update(kw)
+    return NIHDataModule(**args)
+
+
+def test_items_shapes_dtypes_ranges(demo_root: Path) -> None:
+    dm = make_dm(
+        demo_root,
+        augment={"enabled": True, "prob": 1.0, "rotate_degrees": 5, "scale": 0.05, "translate": 0.03},
+    )
+    dm.setup("fit")
+    sizes = {k: len(v) for k, v in dm.datasets.items()}
+    assert sum(sizes.values()) == 80 and min(sizes.values()) > 0
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        batch = next(iter(loader))
+        x = batch["image"]
+        assert x.shape == (8, 1, 48, 48) and x.dtype == torch.float32
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.05
+        assert batch["label"].dtype == torch.int64 and set(batch["label"].tolist()) <= {0, 1}
+        assert batch["findings"].shape == (8, 14)
+        assert len(batch["image_id"]) == 8 and batch["image_id"][0].endswith(".png")
+    # label of an item is the index's pneumonia flag for that image
+    ds = dm.datasets["test"]
+    item = ds[0]
+    assert int(item["label"]) == int(dm.index.subset([item["image_id"]]).pneumonia[0])
+
+
+def test_eval_items_are_deterministic_and_match_the_file(demo_root: Path) -> None:
+    dm = make_dm(demo_root, image_size=64)
+    dm.setup("test")
+    item = dm.datasets["test"][3]
+    again = dm.datasets["test"][3]
+    assert torch.equal(item["image"], again["image"])
+    raw = np.asarray(Image.open(demo_root / "images" / item["image_id"]), dtype=np.float32)
+    expected = (raw - raw.min()) / (raw.max() - raw.min())
+    assert torch.allclose(item["image"][0], torch.from_numpy(expected), atol=1e-6)
+
+
+def test_class_counts(demo_root: Path) -> None:
+    dm = make_dm(demo_root)
+    counts = dm.train_class_counts()
+    assert (
+        counts.sum() == len(dm.split.train) and counts[1] == dm.index.subset(dm.split.train).pneumonia.sum()
+    )
+
+
+def test_missing_image_root_names_path_and_fix(demo_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(demo_root, images_url=str(tmp_path / "nowhere"))
+    with pytest.raises(DataRootError, match=f"{tmp_path / 'nowhere'} does not exist.*pneumo.data.synthetic"):
+        dm.setup("fit")
+
+
+def test_root_without_images(demo_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    dm = make_dm(demo_root, images_url=str(tmp_path / "empty"))
+    with pytest.raises(DataRootError, match="holds none of the indexed images.*pneumo.data.synthetic"):
+        dm.setup("fit")
+
+
+def test_missing_labels(demo_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(demo_root, labels_url=str(tmp_path / "labels.csv"))
+    with pytest.raises(DataRootError, match="labels.csv does not exist"):
+        dm.setup("fit")

@@ -1,0 +1,92 @@
+"""The synthetic NIH-layout generator: layout, determinism, box statistics, fsspec targets."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pneumo.data.findings import BBOX_HEADER, DATA_ENTRY_HEADER
+from pneumo.data.index import NIHLabelIndex
+from pneumo.data.synthetic import MANIFEST, ensure_synthetic_dataset, write_synthetic_dataset
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_matches_nih(demo_root: Path) -> None:
+    assert (demo_root / "Data_Entry_2017.csv").read_text().splitlines()[0] == DATA_ENTRY_HEADER
+    assert (demo_root / "BBox_List_2017.csv").read_text().splitlines()[0] == BBOX_HEADER
+    table = pd.read_csv(demo_root / "Data_Entry_2017.csv")
+    assert len(table.columns) == 11
+    names = table["Image Index"].tolist()
+    assert all(len(n) == len("00000001_000.png") and n.endswith(".png") for n in names)
+    img = Image.open(demo_root / "images" / names[0])
+    assert img.mode == "L" and img.size == (64, 64)
+    labels = table["Finding Labels"]
+    assert (labels == "No Finding").any() and labels.str.contains("|", regex=False).any()
+    # several images per patient, numbered follow-ups
+    per_patient = table.groupby("Patient ID").size()
+    assert per_patient.max() >= 2 and (table["Follow-up #"] > 0).any()
+    tv = set((demo_root / "train_val_list.txt").read_text().split())
+    te = set((demo_root / "test_list.txt").read_text().split())
+    assert tv | te == set(names) and not tv & te
+    pid = dict(zip(table["Image Index"], table["Patient ID"]))
+    assert not {pid[x] for x in tv} & {pid[x] for x in te}
+
+
+def test_boxes_mark_the_pneumonia_images_and_are_sized_like_nih(tmp_path: Path) -> None:
+    manifest = write_synthetic_dataset(str(tmp_path), n=400, size=100, seed=1, pneumonia_fraction=0.5)
+    index = NIHLabelIndex.from_csv(str(tmp_path / "Data_Entry_2017.csv"))
+    boxes = pd.read_csv(tmp_path / "BBox_List_2017.csv", header=None, skiprows=1).iloc[:, :6]
+    boxes.columns = ["image", "label", "x", "y", "w", "h"]
+    assert set(boxes["image"]) == set(index.images[index.pneumonia == 1])
+    assert manifest["pneumonia"] == len(boxes) == int(index.pneumonia.sum())
+    assert 0.3 < len(boxes) / len(index) < 0.7
+    w, h = boxes["w"] / 100, boxes["h"] / 100
+    assert abs(w.median() - 0.22) < 0.03 and abs(h.median() - 0.27) < 0.03
+    assert w.std() > 0.02 and h.std() > 0.02  # varied, not one size
+    assert (boxes["x"] >= 0).all() and (boxes["x"] + boxes["w"] <= 100).all()
+
+
+def test_opacity_is_visible_inside_its_box(tmp_path: Path) -> None:
+    write_synthetic_dataset(str(tmp_path), n=60, size=128, seed=2, pneumonia_fraction=1.0, noise=0.0)
+    boxes = pd.read_csv(tmp_path / "BBox_List_2017.csv", header=None, skiprows=1).iloc[:, :6].to_numpy()
+    brighter = 0
+    for name, _, x, y, w, h in boxes[:20]:
+        px = np.asarray(Image.open(tmp_path / "images" / name), dtype=float)
+        inner = px[int(y + h * 0.35) : int(y + h * 0.65), int(x + w * 0.35) : int(x + w * 0.65)].mean()
+        mirror = px[
+            int(y + h * 0.35) : int(y + h * 0.65), int(128 - x - w * 0.65) : int(128 - x - w * 0.35)
+        ].mean()
+        brighter += inner > mirror
+    assert brighter >= 17  # the opacity brightens its lung compared with the same place on the other side
+
+
+def test_deterministic_per_seed(tmp_path: Path) -> None:
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        write_synthetic_dataset(str(tmp_path / name), n=30, size=32, seed=seed)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+
+
+def test_writes_to_any_fsspec_url_and_is_reused(tmp_path: Path) -> None:
+    url = "memory://pneumo-test-demo"
+    ensure_synthetic_dataset(url, n=20, size=32, seed=0)
+    fs = fsspec.filesystem("memory")
+    assert len(fs.ls("/pneumo-test-demo/images")) == 20
+    assert fs.exists(f"/pneumo-test-demo/{MANIFEST}")
+    stamp = fs.info("/pneumo-test-demo/Data_Entry_2017.csv")["created"]
+    ensure_synthetic_dataset(url, n=20, size=32, seed=0)  # same parameters: reused
+    assert fs.info("/pneumo-test-demo/Data_Entry_2017.csv")["created"] == stamp
+    ensure_synthetic_dataset(url, n=25, size=32, seed=0)  # other parameters: written again
+    assert len(fs.ls("/pneumo-test-demo/images")) >= 25
+    fs.rm("/pneumo-test-demo", recursive=True)

@@ -1,0 +1,96 @@
+"""Training end to end: fast_dev_run in process, a real `python train.py` subprocess, TensorBoard read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from pneumo.training import train
+from tests.conftest import ROOT, run_cli, tiny_overrides
+
+
+def test_fast_dev_run(compose_train, demo_root: Path, tmp_path: Path) -> None:
+    cfg = compose_train([*tiny_overrides(demo_root, tmp_path), "debug=fdr"])
+    with open_dict(cfg):
+        cfg.trainer.detect_anomaly = False
+    metrics, objects = train(cfg)
+    assert objects["trainer"].fast_dev_run
+    for name in ("train/loss", "val/loss", "test/loss", "test/auroc"):
+        assert name in metrics and torch.isfinite(torch.as_tensor(metrics[name]))
+
+
+def test_class_weights_auto_follow_train_prevalence(compose_train, demo_root: Path, tmp_path: Path) -> None:
+    cfg = compose_train([*tiny_overrides(demo_root, tmp_path), "debug=fdr", "test=false"])
+    _, objects = train(cfg)
+    counts = objects["datamodule"].train_class_counts()
+    w = objects["model"].class_weights
+    assert torch.allclose(w, torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32))
+    assert w[1] > w[0]  # pneumonia is the minority class
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_train_cli_end_to_end(demo_root: Path, tmp_path: Path) -> None:
+    proc = run_cli(["train.py", *tiny_overrides(demo_root, tmp_path), "trainer.max_epochs=2"], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch_") for n in ckpts), ckpts
+    scalars = read_scalars(run / "tensorboard")
+    for tag in ("val/auroc", "val/loss", "train/loss"):
+        assert tag in scalars, sorted(scalars)
+    assert len(scalars["val/auroc"]) == 2 and all(0.0 <= v <= 1.0 for v in scalars["val/auroc"])
+    assert all(v > 0 for v in scalars["train/loss"])
+    # checkpoints load without unpickling code, and carry the preprocessing to rebuild the data
+    blob = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert blob["datamodule_hyper_parameters"]["image_size"] == 64
+    assert blob["hyper_parameters"]["net"]["_target_"] == "monai.networks.nets.DenseNet121"
+    assert "test/auroc" in proc.stderr + proc.stdout
+
+
+def test_init_weights_from_a_local_checkpoint(compose_train, demo_root: Path, tmp_path: Path) -> None:
+    import hydra
+
+    cfg = compose_train([*tiny_overrides(demo_root, tmp_path)])
+    donor = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    path = tmp_path / "donor.pt"
+    torch.save({"state_dict": donor.state_dict()}, path)
+    with open_dict(cfg):
+        cfg.model.init_weights = str(path)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    for (k, a), b in zip(donor.net.state_dict().items(), model.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    with open_dict(cfg):
+        cfg.model.init_weights = str(tmp_path / "absent.pt")
+    with pytest.raises(Exception, match="absent.pt does not exist"):
+        hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+def test_missing_data_root_fails_before_training(tmp_path: Path) -> None:
+    proc = run_cli(
+        [
+            "train.py",
+            "data=nih",
+            f"data.images_url={tmp_path}/png",
+            f"data.labels_url={tmp_path}/labels.csv",
+            "data.split_lists=null",
+            f"paths.log_dir={tmp_path}/logs",
+        ],
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert f"{tmp_path}/labels.csv does not exist" in proc.stderr and "pneumo.data.synthetic" in proc.stderr
+    assert "Epoch 0" not in proc.stderr
