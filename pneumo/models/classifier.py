@@ -98,6 +98,8 @@ class PneumoniaClassifier(L.LightningModule):
             raise ValueError(f"model.class_weights needs {num_classes} numbers, got {class_weights}")
         # A buffer, so the weights travel with checkpoints and are right on any device.
         self.register_buffer("class_weights", weights)
+        # Operating point on the pneumonia probability; evaluation chooses it on validation and stores it here.
+        self.register_buffer("threshold", torch.tensor(0.5))
         # ModuleDict keys must not shadow nn.Module attributes such as .train, hence the "_stage" keys.
         self.losses = torch.nn.ModuleDict({f"_{s}": MeanMetric() for s in ("train", "val", "test")})
         self.metrics = torch.nn.ModuleDict({f"_{s}": _binary_metrics(s) for s in ("train", "val", "test")})
