@@ -26,11 +26,12 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import http.server  # noqa: E402
 import json  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from urllib.parse import parse_qs, unquote, urlparse  # noqa: E402
@@ -224,6 +225,15 @@ class GCSEmulator:
         if requester_pays_projects is not None:
             self.requester_pays[name] = set(requester_pays_projects)
 
+    @contextlib.contextmanager
+    def billing_checks_off(self) -> Iterator[None]:
+        """Lift the Requester Pays checks for a while (to set up bucket content as its owner would)."""
+        saved, self.requester_pays = self.requester_pays, {}
+        try:
+            yield
+        finally:
+            self.requester_pays = saved
+
     def gcsfs(self, **options):
         """A gcsfs filesystem talking to this emulator only (no instance cache, anonymous unless told)."""
         import gcsfs
@@ -249,8 +259,7 @@ class GCSEmulator:
         Uploads happen with requester-pays checks off. Returns the image names.
         """
         local_root = Path(local_root)
-        saved, self.requester_pays = self.requester_pays, {}
-        try:
+        with self.billing_checks_off():
             fs = self.gcsfs()
             names = sorted(p.name for p in (local_root / "images").glob("*.png"))
             blobs = {f"{bucket}/{prefix}png/{n}": (local_root / "images" / n).read_bytes() for n in names}
@@ -258,11 +267,19 @@ class GCSEmulator:
                 if (local_root / side).exists():
                     blobs[f"{bucket}/{prefix}{side}"] = (local_root / side).read_bytes()
             fs.pipe(blobs)
-        finally:
-            self.requester_pays = saved
         with self._lock:
             self.requests.clear()
         return names
+
+
+def nih_urls(bucket: str, prefix: str = "") -> dict:
+    """``NIHDataModule`` location arguments for a bucket written by ``upload_nih_layout``."""
+    root = f"gs://{bucket}/{prefix}"
+    return {
+        "images_url": f"{root}png",
+        "labels_url": f"{root}Data_Entry_2017.csv",
+        "split_lists": {"train_val": f"{root}train_val_list.txt", "test": f"{root}test_list.txt"},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
