@@ -54,7 +54,7 @@ class RecordedRequest:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     bucket: str | None = None
     time: float = field(default_factory=time.monotonic)
 
@@ -81,7 +81,7 @@ class _Handler(RequestHandler):
             method=self.command,
             path=url.path,
             query=parse_qs(url.query),
-            headers={k: v for k, v in self.headers.items()},
+            headers={k.lower(): v for k, v in self.headers.items()},
             bucket=_bucket_of(url.path),
         )
         with em._lock:
@@ -107,15 +107,31 @@ class _Handler(RequestHandler):
         pass
 
 
-class _Server(http.server.HTTPServer):
+class _QuietErrors:
+    """Count clients that hung up before their answer was written (timeouts, a SIGKILLed process) rather
+    than printing a traceback for each; other errors are printed as usual."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        err = sys.exc_info()[1]
+        if isinstance(err, (BrokenPipeError, ConnectionResetError)):
+            self.hung_up += 1
+        else:
+            super().handle_error(request, client_address)
+
+
+class _Server(_QuietErrors, http.server.HTTPServer):
     request_queue_size = 1024
     allow_reuse_address = True
+    hung_up = 0
 
 
-class _ThreadingServer(http.server.ThreadingHTTPServer):
+class _ThreadingServer(_QuietErrors, http.server.ThreadingHTTPServer):
     request_queue_size = 1024
     allow_reuse_address = True
     daemon_threads = True
+    hung_up = 0
 
 
 class GCSEmulator:
@@ -266,7 +282,8 @@ class GCSEmulator:
             for side in NIH_SIDE_FILES:
                 if (local_root / side).exists():
                     blobs[f"{bucket}/{prefix}{side}"] = (local_root / side).read_bytes()
-            fs.pipe(blobs)
+            for path, data in blobs.items():  # one at a time: the emulator's storage is not thread-safe
+                fs.pipe_file(path, data)
         with self._lock:
             self.requests.clear()
         return names
@@ -293,13 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", default="nih-demo")
     parser.add_argument("--n", type=int, default=200, help="demo images")
     parser.add_argument("--size", type=int, default=128, help="demo image side, pixels")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every request")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every request (after upload)")
+    parser.add_argument("--from-dir", help="upload this NIH-layout folder (images/, CSVs) instead of a new demo set")
     args = parser.parse_args(argv)
-    em = GCSEmulator(threaded=True, latency_s=args.latency_ms / 1000).start(args.port)
+    em = GCSEmulator(threaded=True).start(args.port)
     em.create_bucket(args.bucket)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_dataset(tmp, n=args.n, size=args.size, seed=0)
-        names = em.upload_nih_layout(Path(tmp), args.bucket)
+    if args.from_dir:
+        names = em.upload_nih_layout(Path(args.from_dir), args.bucket)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_synthetic_dataset(tmp, n=args.n, size=args.size, seed=0)
+            names = em.upload_nih_layout(Path(tmp), args.bucket)
+    em.latency_s = args.latency_ms / 1000
     print(f"serving gs://{args.bucket} ({len(names)} images under png/) at {em.endpoint}", flush=True)
     print(f"export STORAGE_EMULATOR_HOST={em.endpoint}", flush=True)
     try:

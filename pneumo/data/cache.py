@@ -35,10 +35,13 @@ import hashlib
 import json
 import logging
 import mmap
+import multiprocessing
 import os
+import pickle
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +237,7 @@ class ImageCache:
         on_bad_image: str = "error",
         progress: bool = True,
         commit_every_s: float = 1.0,
+        workers: int = 0,
     ) -> dict:
         """Fetch, decode and resize every image not yet cached; return the completion manifest.
 
@@ -243,6 +247,8 @@ class ImageCache:
             on_bad_image: the same for objects that are not a usable image (see ``decode_grayscale``).
             progress: show a progress bar (images/s, ETA) on a terminal, or log lines otherwise.
             commit_every_s: how often finished entries are flushed and marked valid.
+            workers: decode in this many processes (each with ``store.concurrency`` requests in flight);
+                0 = threads of this process only (decoding then shares one interpreter lock).
 
         Raises:
             ObjectNotFoundError / BadImageError: with policy ``error``; finished entries stay valid.
@@ -274,7 +280,7 @@ class ImageCache:
                     store.concurrency,
                 )
             t0 = time.monotonic()
-            self._fetch(store, todo, status, on_missing, on_bad_image, progress, commit_every_s)
+            self._fetch(store, todo, status, on_missing, on_bad_image, progress, commit_every_s, workers)
             return self._finish(status, fetched=len(todo), seconds=time.monotonic() - t0)
 
     def _fetch(
@@ -286,12 +292,8 @@ class ImageCache:
         on_bad_image: str,
         progress: bool,
         commit_every_s: float,
+        workers: int,
     ) -> None:
-        resize = ResizeToUint8(self.size)
-
-        def work(name: str, data: bytes) -> np.ndarray:
-            return resize(decode_grayscale(data, store.url(name)))
-
         pixels_fd = os.open(self.pixels_path, os.O_RDWR)
         status_fd = os.open(self.status_path, os.O_RDWR)
         pending: list[tuple[int, int]] = []  # (row, status) written but not yet marked
@@ -309,7 +311,10 @@ class ImageCache:
         bar = _Progress(len(self), len(self) - len(todo), "caching images", enabled=progress)
         last_commit = time.monotonic()
         names = [self.names[i] for i in todo]
-        results = store.map_unordered(names, work)
+        if workers > 0:
+            results = _results_from_processes(store, names, self.size, workers)
+        else:
+            results = store.map_unordered(names, _Decoder(store, self.size))
         try:
             for j, result in results:
                 row = int(todo[j])
@@ -437,6 +442,65 @@ class CachedSource:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_map": None, "_pid": None}
+
+
+class _Decoder:
+    """``work`` of ``ImageStore.map_unordered``: bytes -> decoded, resized uint8 pixels (what the cache stores)."""
+
+    def __init__(self, store: ImageStore, size: int) -> None:
+        self.store, self.resize = store, ResizeToUint8(size)
+
+    def __call__(self, name: str, data: bytes) -> np.ndarray:
+        return self.resize(decode_grayscale(data, self.store.url(name)))
+
+
+_worker_decoder: _Decoder | None = None
+
+
+def _init_worker(store: ImageStore, size: int) -> None:
+    global _worker_decoder
+    import torch
+
+    torch.set_num_threads(1)  # one core per process: the pool is the parallelism
+    _worker_decoder = _Decoder(store, size)
+
+
+def _decode_chunk(names: list[str]) -> list[tuple[int, object]]:
+    """In a worker process: fetch and decode ``names`` (concurrently), results by position in ``names``."""
+    out = []
+    for j, result in _worker_decoder.store.map_unordered(names, _worker_decoder):
+        if isinstance(result, BaseException):
+            try:
+                pickle.dumps(result)
+            except Exception:  # noqa: BLE001 - an exception that cannot cross the process boundary
+                result = RuntimeError(f"{names[j]}: {type(result).__name__}: {result}")
+        out.append((j, result))
+    return out
+
+
+def _results_from_processes(
+    store: ImageStore, names: list[str], size: int, workers: int
+) -> Iterator[tuple[int, object]]:
+    """``(position, pixels or exception)`` for ``names``, decoded in ``workers`` processes (chunks in flight)."""
+    chunk = max(8, 2 * store.concurrency)
+    starts = list(range(0, len(names), chunk))
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(store, size))
+    pending: dict[Future, int] = {}
+    next_chunk = 0
+    try:
+        while pending or next_chunk < len(starts):
+            while next_chunk < len(starts) and len(pending) < 2 * workers:
+                start = starts[next_chunk]
+                pending[pool.submit(_decode_chunk, names[start : start + chunk])] = start
+                next_chunk += 1
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                start = pending.pop(future)
+                for j, result in future.result():
+                    yield start + j, result
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -84,7 +84,8 @@ class NIHDataModule(L.LightningDataModule):
         val_fraction: share of train_val patients held out for validation.
         test_fraction: share of patients held out for test when ``split_lists`` is ``None``.
         split_seed: seed of the patient sampling.
-        batch_size, num_workers, pin_memory: ``DataLoader`` settings.
+        batch_size, num_workers, pin_memory: ``DataLoader`` settings; the cache build decodes in
+            ``num_workers`` processes too (0 = threads of the main process).
         augment: train-time augmentation (see ``build_tensor_transforms``), ``None`` for none.
         project: Google Cloud billing project for Requester Pays buckets (sent as ``userProject``).
         requester_pays: the ``gs://`` bucket bills the requester (NIH's public copy does).
@@ -288,6 +289,7 @@ class NIHDataModule(L.LightningDataModule):
             on_missing=self.hparams.on_missing,
             on_bad_image=self.hparams.on_bad_image,
             progress=self.progress,
+            workers=self.hparams.num_workers,
         )
 
     def _drop_unusable(self, split: PatientSplit, status: np.ndarray) -> PatientSplit:
