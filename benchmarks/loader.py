@@ -8,7 +8,8 @@ requests concurrently, each after a modelled latency (``--latency-ms``, default 
     ScaleIntensity / Resize / EnsureType on the full image, ``num_workers=0`` (one request at a time);
 (b) pneumo streaming (``data.cache=false``): ``NIHImageDataset`` + ``StreamingSource``, each batch fetched
     with ``--concurrency`` requests in flight, in ``--workers`` DataLoader worker processes;
-(c) pneumo cache build (``prepare_data``, the first epoch with ``data.cache=true``), then
+(c) pneumo cache build (``prepare_data``, the first epoch with ``data.cache=true``), decoding in
+    ``--workers`` processes with ``--concurrency`` requests in flight each, then
 (d) pneumo from cache: an epoch from the memory-mapped uint8 cache, ``num_workers=0``.
 
 (a) and (d) run in one process with ``torch.set_num_threads(1)``: their images/s are per core. A last part
@@ -257,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         print("streaming:", results["streaming"], flush=True)
 
         # (c) pneumo cache build = the first epoch with data.cache=true
-        build_store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=32)
+        build_store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=args.concurrency)
         cache = ImageCache(tmp / "cache", build_store.root, names, 224)
         t, c = time.perf_counter(), time.process_time()
-        cache.build(build_store, progress=False)
+        cache.build(build_store, progress=False, workers=args.workers)
         wall = time.perf_counter() - t
         results["cache_build"] = {
             "images": len(names),

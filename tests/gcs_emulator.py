@@ -16,7 +16,8 @@ google-cloud-storage ``client_options``), never at the real service.
 
 Command line (an emulator holding a demo set in NIH's layout: ``png/...``, CSVs and split lists)::
 
-    python -m tests.gcs_emulator --port 9023 --bucket nih-demo --n 200 --size 128
+    python -m tests.gcs_emulator --port 9023 --bucket nih-demo --n 200 --size 128 &
+    python -m tests.gcs_emulator --port 9023 --bucket nih-demo --wait    # returns once the bucket is served
 """
 
 from __future__ import annotations
@@ -299,6 +300,26 @@ def nih_urls(bucket: str, prefix: str = "") -> dict:
     }
 
 
+def wait_until_served(port: int, bucket: str, timeout_s: float = 300.0) -> int:
+    """Poll ``http://127.0.0.1:port/<bucket>/Data_Entry_2017.csv`` (uploaded last) until it answers 200."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/{bucket}/Data_Entry_2017.csv", timeout=5
+            ) as r:
+                if r.status == 200:
+                    return 0
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    print(f"no emulator served gs://{bucket} on port {port} within {timeout_s:.0f} s", flush=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve an in-memory emulator with a demo set in NIH's layout until interrupted."""
     import tempfile
@@ -310,9 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", default="nih-demo")
     parser.add_argument("--n", type=int, default=200, help="demo images")
     parser.add_argument("--size", type=int, default=128, help="demo image side, pixels")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every request (after upload)")
-    parser.add_argument("--from-dir", help="upload this NIH-layout folder (images/, CSVs) instead of a new demo set")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay added to every request (after upload)"
+    )
+    parser.add_argument(
+        "--from-dir", help="upload this NIH-layout folder (images/, CSVs) instead of a new demo set"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="do not serve: wait until an emulator on --port serves --bucket, then exit",
+    )
     args = parser.parse_args(argv)
+    if args.wait:
+        return wait_until_served(args.port, args.bucket)
     em = GCSEmulator(threaded=True).start(args.port)
     em.create_bucket(args.bucket)
     if args.from_dir:
