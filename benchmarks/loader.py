@@ -108,7 +108,9 @@ class SeedStyleDataset(Dataset):
             from google.cloud import storage
 
             client = storage.Client(
-                project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": self.endpoint}
+                project=PROJECT,
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": self.endpoint},
             )
             self._bucket = client.bucket(BUCKET, user_project=PROJECT)
         return self._bucket
@@ -209,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="images in the benchmark bucket")
     parser.add_argument("--distinct", type=int, default=64, help="distinct PNGs among them")
-    parser.add_argument("--noise", type=float, default=1.0, help="film grain of the 1024-px PNGs (size ~380 KB)")
+    parser.add_argument(
+        "--noise", type=float, default=1.0, help="film grain of the 1024-px PNGs (size ~380 KB)"
+    )
     parser.add_argument("--latency-ms", type=float, default=40.0, help="modelled time to first byte")
     parser.add_argument("--seed-images", type=int, default=96, help="images timed for the seed-style loader")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of pneumo streaming")
@@ -239,14 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         print("data:", results["data"], flush=True)
         index = NIHLabelIndex.from_csv(str(tmp / "set" / "Data_Entry_2017.csv"))
         names = list(index.images)
-        options = storage_options_for(f"gs://{BUCKET}/png", project=PROJECT, requester_pays=True, token="anon")
+        options = storage_options_for(
+            f"gs://{BUCKET}/png", project=PROJECT, requester_pays=True, token="anon"
+        )
         options["endpoint_url"] = emulator.endpoint
         eval_tf = build_tensor_transforms(224)
         torch.set_num_threads(1)
 
         # (a) seed-style, one process, one request at a time
         seed = SeedStyleDataset(emulator.endpoint, names, index.pneumonia, 224)
-        results["seed_style"] = throughput(DataLoader(seed, batch_size=16, num_workers=0), limit=args.seed_images)
+        results["seed_style"] = throughput(
+            DataLoader(seed, batch_size=16, num_workers=0), limit=args.seed_images
+        )
         print("seed-style:", results["seed_style"], flush=True)
 
         # (b) pneumo streaming: concurrent fetch per batch, in worker processes
@@ -279,8 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             224, {"enabled": True, "prob": 0.5, "rotate_degrees": 7, "scale": 0.1, "translate": 0.05}
         )
         aug_ds = NIHImageDataset(index, cache.source(names), train_tf)
-        results["cached_train_aug"] = throughput(DataLoader(aug_ds, batch_size=32, num_workers=0, shuffle=True))
-        print("cached:", results["cached"], "with train augmentation:", results["cached_train_aug"], flush=True)
+        results["cached_train_aug"] = throughput(
+            DataLoader(aug_ds, batch_size=32, num_workers=0, shuffle=True)
+        )
+        print(
+            "cached:", results["cached"], "with train augmentation:", results["cached_train_aug"], flush=True
+        )
         emulator.close()
         emulator = None
 
