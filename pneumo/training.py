@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pneumo.data.store import redact_secrets
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
 
     metrics: dict[str, Any] = {}
     if cfg.get("train"):
