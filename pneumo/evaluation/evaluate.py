@@ -96,15 +96,19 @@ def write_evaluation(
     report["figures"] = [f"{name}.png" for name in figures]
     json_path, md_path = write_report(report, out)
     _log_to_tensorboard(trainer, report, figures, split)
-    auroc = report["metrics"]["auroc"]
-    ci = auroc["ci"]
-    log.info(
-        "%s AUROC %s%s; report: %s",
-        split,
-        "n/a" if auroc["value"] is None else f"{auroc['value']:.4f}",
-        f" (95% CI {ci[0]:.4f}-{ci[1]:.4f}, patient bootstrap)" if ci else "",
-        md_path,
-    )
+    entries = [(f"{report['target']} AUROC", report["metrics"]["auroc"])]
+    if report.get("mean_auroc"):
+        entries.insert(0, (f"mean AUROC ({report['mean_auroc']['findings']} findings)", report["mean_auroc"]))
+    for name, entry in entries:
+        ci = entry["ci"]
+        log.info(
+            "%s %s %s%s",
+            split,
+            name,
+            "n/a" if entry["value"] is None else f"{entry['value']:.4f}",
+            f" (95% CI {ci[0]:.4f}-{ci[1]:.4f}, patient bootstrap)" if ci else "",
+        )
+    log.info("report: %s", md_path)
     for message in report["messages"]:
         log.warning("report: %s", message)
     return report

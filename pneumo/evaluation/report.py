@@ -445,8 +445,11 @@ def report_markdown(report: Mapping) -> str:
     """The report as Markdown tables (what ``report.md`` holds)."""
     c, t, b = report["counts"], report["threshold"], report["bootstrap"]
     split = report["split"]
-    title = "multi-label (14 findings)" if report["task"] == "multilabel" else "binary"
-    lines = [f"# Evaluation report: {report['target'].lower()} ({title}), {split} split", ""]
+    if report["task"] == "multilabel":
+        title = f"14 findings (multi-label) and {report['target'].lower()}"
+    else:
+        title = f"{report['target'].lower()} (binary)"
+    lines = [f"# Evaluation report: {title}, {split} split", ""]
     if report.get("checkpoint"):
         lines += [f"Checkpoint: `{report['checkpoint']}`", ""]
     prevalence = "n/a" if c["prevalence"] is None else f"{100 * c['prevalence']:.1f}%"
