@@ -11,8 +11,8 @@ Example:
     >>> y = np.array([0, 1, 0, 1, 1, 0]); p = np.array([.2, .9, .4, .7, .3, .1])
     >>> boot = ClusterBootstrap(units=np.array([1, 1, 2, 3, 3, 4]), resamples=200, seed=0)
     >>> ci = boot.intervals(lambda w: {"auroc": auroc(y, p, w)})["auroc"]
-    >>> 0.0 <= ci.low <= ci.high <= 1.0, ci.valid  # 7 resamples drew one class only
-    (True, 193)
+    >>> 0.0 <= ci.low <= ci.high <= 1.0, ci.valid  # 16 resamples drew one class only
+    (True, 184)
 """
 
 from __future__ import annotations
@@ -88,15 +88,16 @@ class ClusterBootstrap:
         )
 
     def weights(self) -> Iterator[np.ndarray]:
-        """Yield ``(b, n_images)`` weight matrices (draw counts of each image's unit), ``resamples`` rows in all."""
+        """Yield ``(b, n_images)`` float32 weights (draw counts of each image's unit), ``resamples`` rows in all."""
         rng = np.random.default_rng(self.seed)
         if self.n_units == 0:
             return
-        uniform = np.full(self.n_units, 1.0 / self.n_units)
         done = 0
         while done < self.resamples:
             b = min(self.chunk, self.resamples - done)
-            counts = rng.multinomial(self.n_units, uniform, size=b).astype(np.float64)
+            drawn = rng.integers(0, self.n_units, size=(b, self.n_units))
+            flat = (drawn + np.arange(b)[:, None] * self.n_units).ravel()
+            counts = np.bincount(flat, minlength=b * self.n_units).reshape(b, self.n_units).astype(np.float32)
             yield counts[:, self.unit_of_image]
             done += b
 

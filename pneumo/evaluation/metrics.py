@@ -48,12 +48,19 @@ class RankedScores:
         y: labels in that order (float 0/1).
         ends: index (in sorted order) of the last image of each group of equal scores.
         thresholds: the distinct scores, descending (``thresholds[k]`` = score of group ``k``).
+        positions: sorted positions of the positive images.
+        pos_last: for each group holding positives, the index (into ``positions``) of its last positive.
+        pos_end, pos_start: sorted positions where those groups end and start.
     """
 
     order: np.ndarray
     y: np.ndarray
     ends: np.ndarray
     thresholds: np.ndarray
+    positions: np.ndarray
+    pos_last: np.ndarray
+    pos_end: np.ndarray
+    pos_start: np.ndarray
 
     @classmethod
     def of(cls, y: np.ndarray, scores: np.ndarray) -> RankedScores:
@@ -68,39 +75,30 @@ class RankedScores:
         if not np.isfinite(scores).all():
             raise ValueError("scores contain NaN or infinite values")
         order = np.argsort(-scores, kind="mergesort")
-        s = scores[order]
+        s, ys = scores[order], y[order]
         ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True]) if len(s) else np.zeros(0, dtype=np.int64)
-        return cls(order=order, y=y[order], ends=ends, thresholds=s[ends])
+        positions = np.flatnonzero(ys == 1)
+        group_of_pos = np.searchsorted(ends, positions)  # group k holds positions ends[k-1]+1 .. ends[k]
+        last = (
+            np.flatnonzero(np.r_[group_of_pos[1:] != group_of_pos[:-1], True])
+            if len(positions)
+            else positions
+        )
+        groups = group_of_pos[last]
+        starts = np.r_[0, ends[:-1] + 1] if len(ends) else ends
+        return cls(order, ys, ends, s[ends], positions, last, ends[groups], starts[groups])
 
     def cumulative(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """True and false positive (weighted) counts at each distinct threshold: two ``(B, K)`` arrays."""
-        w = _as_2d(weights, len(self.y))[:, self.order]
+        w = _as_2d(weights, len(self.y))[:, self.order].astype(np.float64)
         tp = np.cumsum(w * self.y, axis=1)[:, self.ends]
         fp = np.cumsum(w * (1.0 - self.y), axis=1)[:, self.ends]
         return tp, fp
 
 
-def _auroc_from_cumulative(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    pos, neg = tp[:, -1], fp[:, -1]
-    tp0 = np.concatenate([np.zeros((len(tp), 1)), tp], axis=1)
-    fp0 = np.concatenate([np.zeros((len(fp), 1)), fp], axis=1)
-    area = np.sum(np.diff(fp0, axis=1) * (tp0[:, 1:] + tp0[:, :-1]) / 2.0, axis=1)
-    return _safe_div(area, pos * neg)
-
-
-def _ap_from_cumulative(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    pos = tp[:, -1]
-    precision = _safe_div(tp, tp + fp)
-    gain = np.diff(np.concatenate([np.zeros((len(tp), 1)), tp], axis=1), axis=1)
-    # Groups that a resample drew no image from add no recall (gain 0) and have no precision (NaN).
-    contrib = np.where(gain > 0, gain * np.nan_to_num(precision), 0.0)
-    return _safe_div(contrib.sum(axis=1), pos)
-
-
 def auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
     """Area under the ROC curve; ``NaN`` without positives or negatives. ``(B,)`` for 2-D weights."""
-    ranked = RankedScores.of(y, scores)
-    out = _auroc_from_cumulative(*ranked.cumulative(weights))
+    out = ranking_metrics(RankedScores.of(y, scores), weights)["auroc"]
     return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
 
 
@@ -108,15 +106,34 @@ def average_precision(
     y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None
 ) -> np.ndarray | float:
     """Average precision (AUPRC, scikit-learn's definition); ``NaN`` without positives."""
-    ranked = RankedScores.of(y, scores)
-    out = _ap_from_cumulative(*ranked.cumulative(weights))
+    out = ranking_metrics(RankedScores.of(y, scores), weights)["auprc"]
     return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
 
 
 def ranking_metrics(ranked: RankedScores, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """AUROC and AUPRC for each row of ``weights`` (``(B, n)``), from one pre-sorted ``RankedScores``."""
-    tp, fp = ranked.cumulative(weights)
-    return {"auroc": _auroc_from_cumulative(tp, fp), "auprc": _ap_from_cumulative(tp, fp)}
+    """AUROC and AUPRC for each row of ``weights`` (``(B, n)``), from one pre-sorted ``RankedScores``.
+
+    Only one pass over all images (a cumulative sum of the weights); everything else runs over the groups of
+    tied scores that hold positives, the few percent of a low-prevalence split. Integer weights stay exact
+    in float32 up to 2**24 images per resample.
+    """
+    w = _as_2d(weights, len(ranked.y))[:, ranked.order]
+    every = np.cumsum(w, axis=1, dtype=np.float32 if w.dtype == np.float32 else np.float64)
+    pos_cum = np.cumsum(w[:, ranked.positions], axis=1, dtype=np.float64)
+    total = every[:, -1].astype(np.float64) if every.shape[1] else np.zeros(len(w))
+    pos = pos_cum[:, -1] if pos_cum.shape[1] else np.zeros(len(w))
+    neg = total - pos
+    # Per group holding positives: positives through / in it, all images through / before it.
+    pos_through = pos_cum[:, ranked.pos_last]
+    pos_in = np.diff(pos_through, axis=1, prepend=0.0)
+    all_through = every[:, ranked.pos_end].astype(np.float64)
+    before = np.clip(ranked.pos_start - 1, 0, None)
+    all_before = np.where(ranked.pos_start > 0, every[:, before], 0.0).astype(np.float64)
+    neg_above = all_before - (pos_through - pos_in)
+    neg_tied = (all_through - all_before) - pos_in
+    area = np.sum(pos_in * (neg[:, None] - neg_above - neg_tied / 2.0), axis=1)
+    precision = np.divide(pos_through, all_through, out=np.zeros_like(pos_through), where=all_through > 0)
+    return {"auroc": _safe_div(area, pos * neg), "auprc": _safe_div(np.sum(pos_in * precision, axis=1), pos)}
 
 
 def roc_points(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,12 +159,10 @@ def confusion_counts(
     y = np.asarray(y, dtype=np.float64)
     pred = (np.asarray(scores, dtype=np.float64) >= threshold).astype(np.float64)
     w = _as_2d(weights, len(y))
-    counts = {
-        "tn": w @ ((1 - y) * (1 - pred)),
-        "fp": w @ ((1 - y) * pred),
-        "fn": w @ (y * (1 - pred)),
-        "tp": w @ (y * pred),
-    }
+    # One product for the four cells; integer weights stay exact in float32 (up to 2**24 images).
+    cells = np.stack([(1 - y) * (1 - pred), (1 - y) * pred, y * (1 - pred), y * pred], axis=1).astype(w.dtype)
+    tn, fp, fn, tp = (w @ cells).astype(np.float64).T
+    counts = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
     if weights is None or np.ndim(weights) == 1:
         return {k: float(v[0]) for k, v in counts.items()}
     return counts
