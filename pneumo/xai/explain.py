@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,16 +80,21 @@ def load_classifier(
     """
     location = absolute_location(str(ckpt_path))
     if not location_exists(location):
-        raise CheckpointError(f"checkpoint {ckpt_path} not found (ckpt_path=...)")
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} not found: set ckpt_path to a .ckpt written by train.py "
+            "(logs/train/runs/<timestamp>/checkpoints/)"
+        )
     try:
         with fsspec.open(location, "rb") as fh:
             blob = torch.load(io.BytesIO(fh.read()), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors"
         raise CheckpointError(
-            f"checkpoint {ckpt_path} cannot be loaded safely (weights_only): {first[:200]}"
+            f"checkpoint {ckpt_path} cannot be loaded safely with weights_only=True: {what}; "
+            "only checkpoints from train.py (or a source you trust, re-saved as tensors) are accepted"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError... for non-checkpoint bytes
         raise CheckpointError(
             f"checkpoint {ckpt_path} is not a PyTorch checkpoint ({type(err).__name__})"
         ) from err
@@ -106,7 +112,13 @@ def load_classifier(
         model = PneumoniaClassifier(**{**dict(hp), "init_weights": None})
     except Exception as err:
         raise CheckpointError(f"checkpoint {ckpt_path}: its model cannot be rebuilt ({err})") from err
-    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err)[:200])
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} does not fit the classifier it describes: {detail}"
+        ) from err
     if "threshold" in missing:  # checkpoints from before the operating-point buffer existed
         log.warning("checkpoint %s has no threshold; using %.2f", ckpt_path, float(model.threshold))
         missing = [k for k in missing if k != "threshold"]
@@ -246,7 +258,7 @@ def explain_images(
     def _load(i: int) -> tuple[int, LoadedImage | None, str | None]:
         try:
             return i, load_image(refs[i], preprocess, storage_options), None
-        except (BadImageError, OSError, ValueError) as err:
+        except (BadImageError, OSError, ValueError, RuntimeError) as err:
             return i, None, str(err).splitlines()[0] if str(err) else type(err).__name__
 
     bar = tqdm(total=len(refs), desc="explain", unit="img", disable=not progress, dynamic_ncols=True)

@@ -10,7 +10,7 @@ its modules, its parameters, their ``requires_grad`` flags and their ``.grad`` a
 Example:
     >>> from monai.networks.nets import DenseNet121
     >>> net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)
-    >>> result = GradCam(net, layer="features.denseblock3")(torch.rand(2, 1, 64, 64))
+    >>> result = GradCam(net, layer="features.transition2.conv")(torch.rand(2, 1, 64, 64))
     >>> tuple(result.heatmaps.shape), float(result.heatmaps.max()) <= 1.0
     ((2, 64, 64), True)
 """
@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-#: Default Grad-CAM layer of MONAI's DenseNet121: the output of dense block 3 (4 x 4 at 64 px, 7 x 7 at
-#: 224 px), class-specific enough and twice as fine as the last feature map (``class_layers.relu``,
-#: 2 x 2 at 64 px). See docs/BENCHMARKS.md, "Explainability", for the pointing-game figures per layer.
-DEFAULT_LAYER = "features.denseblock3"
+#: Default Grad-CAM layer of MONAI's DenseNet121: the 1x1 convolution of transition block 2, before its
+#: pooling - a feature map at 1/8 of the input side (12 x 12 at the demo's 96 px, 28 x 28 at 224 px). The
+#: last feature map (``class_layers.relu``, 1/32: 3 x 3 at 96 px) is too coarse to point inside a
+#: pneumonia-sized box; see docs/BENCHMARKS.md, "Explainability", for the pointing game per layer.
+DEFAULT_LAYER = "features.transition2.conv"
 #: Index of the pneumonia logit of ``PneumoniaClassifier`` (logits are [no pneumonia, pneumonia]).
 PNEUMONIA_CLASS = 1
 

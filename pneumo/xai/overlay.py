@@ -112,7 +112,11 @@ def render_overlay(
     strip = Image.new("RGB", (picture.width, (font_size + 4) * len(lines) + 6), (0, 0, 0))
     text = ImageDraw.Draw(strip)
     for i, line in enumerate(lines):
-        text.text((4, 3 + i * (font_size + 4)), line, fill=(255, 255, 255), font=_font(font_size))
+        font, fitted = _font(font_size), font_size
+        while fitted > 6 and text.textlength(line, font=font) > picture.width - 8:  # shrink long lines to fit
+            fitted -= 1
+            font = _font(fitted)
+        text.text((4, 3 + i * (font_size + 4)), line, fill=(255, 255, 255), font=font)
     canvas = Image.new("RGB", (picture.width, picture.height + strip.height))
     canvas.paste(picture, (0, 0))
     canvas.paste(strip, (0, picture.height))
