@@ -1,0 +1,72 @@
+"""Explain a trained classifier's predictions with Grad-CAM: ``python explain.py ckpt_path=CKPT inputs=PATH``.
+
+See ``conf/explain.yaml`` and README, "Explain predictions". Exit status: 0 when every image was explained,
+1 when some inputs could not be read (the others are still written), 2 when nothing could run (missing or
+incompatible checkpoint, inputs that do not exist).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pneumo.data.boxes import BoxListError
+from pneumo.data.index import LabelIndexError
+from pneumo.data.splits import SplitError
+from pneumo.xai.explain import CheckpointError, explain_images, format_summary
+from pneumo.xai.gradcam import GradCamError
+from pneumo.xai.inputs import InputError
+
+log = logging.getLogger("explain")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="explain.yaml")
+def main(cfg: DictConfig) -> None:
+    try:
+        result = explain_images(
+            ckpt_path=cfg.ckpt_path,
+            out_dir=cfg.out_dir,
+            inputs=cfg.get("inputs"),
+            split=cfg.get("split"),
+            layer=cfg.gradcam.layer,
+            target=cfg.gradcam.target,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            device=cfg.device,
+            labels_url=cfg.get("labels_url"),
+            bbox_url=cfg.get("bbox_url"),
+            finding=cfg.localization.finding,
+            iou_threshold=cfg.localization.threshold,
+            overlay=OmegaConf.to_container(cfg.overlay, resolve=True),
+            storage_options=OmegaConf.to_container(cfg.storage_options, resolve=True),
+            progress=cfg.progress,
+        )
+    except (
+        CheckpointError,
+        InputError,
+        GradCamError,
+        LabelIndexError,
+        BoxListError,
+        SplitError,
+        ValueError,
+    ) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    n_ok, n_bad = len(result.predictions), len(result.failed)
+    log.info("explained %d image(s) -> %s (predictions.csv, overlays/, heatmaps/)", n_ok, result.out_dir)
+    for line in format_summary(result.summary):
+        log.info("%s", line)
+    if n_bad:
+        log.error(
+            "%d input(s) could not be read: %s",
+            n_bad,
+            "; ".join(f"{loc} ({err})" for loc, err in result.failed),
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

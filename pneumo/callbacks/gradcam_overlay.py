@@ -1,0 +1,183 @@
+"""``GradCamOverlayCallback``: Grad-CAM overlays of a fixed set of validation images in TensorBoard.
+
+At the end of every ``every_n_epochs``-th validation epoch (sanity checks excluded) the callback computes
+Grad-CAM for the same validation images - ``num_positives`` pneumonia and ``num_negatives`` other images,
+drawn once with ``seed`` and kept, so epochs can be compared - and logs one grid picture to every
+TensorBoard logger under ``tag``. Each tile shows the heatmap over the X-ray, the ground-truth boxes when the
+data module has a box file, the predicted probability, the predicted label (at the model's ``threshold``)
+and the true label. Runs on global rank 0 only; the model is left as it was (see ``pneumo.xai.gradcam``).
+
+Example (``conf/callbacks/gradcam_overlay.yaml`` turns it on in the default callbacks)::
+
+    python train.py callbacks.gradcam_overlay.every_n_epochs=1
+    tensorboard --logdir logs/   # IMAGES tab, tag "val/gradcam"
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+
+from pneumo.data.boxes import BoxList, scaled_to
+from pneumo.xai.gradcam import DEFAULT_LAYER, PNEUMONIA_CLASS, GradCam
+from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
+
+log = logging.getLogger(__name__)
+
+
+class GradCamOverlayCallback(L.Callback):
+    """Log Grad-CAM overlays of fixed validation images to TensorBoard every N validation epochs.
+
+    Args:
+        every_n_epochs: log at validation epochs N, 2N, ... (counting only real validation epochs).
+        num_positives: pneumonia images in the set (fewer if validation has fewer).
+        num_negatives: other images in the set.
+        layer: Grad-CAM layer (see ``pneumo.xai.gradcam.DEFAULT_LAYER``).
+        target: class explained (1 = pneumonia) or ``"predicted"``.
+        seed: seed of the one-time choice of images.
+        tag: TensorBoard image tag.
+        tile_size: width of each overlay tile, pixels.
+        ncols: tiles per row of the grid.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        num_positives: int = 4,
+        num_negatives: int = 4,
+        layer: str = DEFAULT_LAYER,
+        target: int | str = PNEUMONIA_CLASS,
+        seed: int = 0,
+        tag: str = "val/gradcam",
+        tile_size: int = 192,
+        ncols: int = 4,
+    ) -> None:
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"callbacks.gradcam_overlay.every_n_epochs must be >= 1, got {every_n_epochs}")
+        if num_positives < 0 or num_negatives < 0 or num_positives + num_negatives == 0:
+            raise ValueError("callbacks.gradcam_overlay needs num_positives + num_negatives > 0 (both >= 0)")
+        self.every_n_epochs, self.num_positives, self.num_negatives = (
+            every_n_epochs,
+            num_positives,
+            num_negatives,
+        )
+        self.layer, self.target, self.seed, self.tag = layer, target, seed, tag
+        self.tile_size, self.ncols = tile_size, ncols
+        self._val_epochs = 0
+        self._fixed: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ the fixed set
+    @property
+    def image_ids(self) -> list[str]:
+        """Names of the chosen validation images (empty before the first logged epoch)."""
+        return list(self._fixed["image_ids"]) if self._fixed else []
+
+    def _choose(self, trainer: L.Trainer) -> dict[str, Any] | None:
+        dataset = self._val_dataset(trainer)
+        if dataset is None or len(dataset) == 0:
+            log.warning("GradCamOverlayCallback: no validation dataset; no overlays are logged")
+            return None
+        labels = self._labels(dataset)
+        rng = np.random.default_rng(self.seed)
+        chosen: list[int] = []
+        for value, k in ((1, self.num_positives), (0, self.num_negatives)):
+            pool = np.flatnonzero(labels == value)
+            chosen += sorted(rng.choice(pool, size=min(k, len(pool)), replace=False).tolist())
+        items = [dataset[i] for i in chosen]
+        boxes = self._boxes(trainer, [str(it["image_id"]) for it in items], items[0]["image"].shape[-2:])
+        return {
+            "images": torch.stack([it["image"] for it in items]),
+            "labels": [int(it["label"]) for it in items],
+            "image_ids": [str(it["image_id"]) for it in items],
+            "boxes": boxes,
+        }
+
+    @staticmethod
+    def _val_dataset(trainer: L.Trainer):
+        datamodule = getattr(trainer, "datamodule", None)
+        datasets = getattr(datamodule, "datasets", None)
+        if isinstance(datasets, dict) and "val" in datasets:
+            return datasets["val"]
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        return getattr(loader, "dataset", None)
+
+    @staticmethod
+    def _labels(dataset) -> np.ndarray:
+        index = getattr(dataset, "index", None)
+        if index is not None and hasattr(index, "pneumonia"):
+            return np.asarray(index.pneumonia, dtype=np.int64)
+        return np.array([int(dataset[i]["label"]) for i in range(len(dataset))])
+
+    @staticmethod
+    def _boxes(trainer: L.Trainer, names: list[str], shape: torch.Size) -> list[np.ndarray]:
+        """Ground-truth boxes of each chosen image in network-input pixels (empty arrays if none)."""
+        empty = [np.zeros((0, 4)) for _ in names]
+        datamodule = getattr(trainer, "datamodule", None)
+        bbox_url = (getattr(datamodule, "hparams", None) or {}).get("bbox_url")
+        if not bbox_url:
+            return empty
+        try:
+            table = BoxList.from_csv(bbox_url, getattr(datamodule, "storage_options", None))
+            store = datamodule.store
+            out = []
+            for name in names:
+                raw = table.for_image(name)
+                if len(raw):
+                    with Image.open(io.BytesIO(store.read(name))) as img:  # header only: the source size
+                        source = (img.height, img.width)
+                    raw = scaled_to(raw, source, tuple(shape))
+                out.append(raw)
+            return out
+        except Exception as err:  # boxes are a nicety here; never stop training for them
+            log.warning("GradCamOverlayCallback: boxes from %s not drawn (%s)", bbox_url, err)
+            return empty
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._val_epochs += 1
+        if self._val_epochs % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers:
+            return
+        if self._fixed is None:
+            self._fixed = self._choose(trainer)
+            if self._fixed is None:
+                return
+        grid = self.render(pl_module)
+        for writer in writers:
+            writer.add_image(self.tag, to_chw_tensor(grid), global_step=trainer.global_step)
+            writer.flush()
+
+    def render(self, pl_module: torch.nn.Module) -> np.ndarray:
+        """The grid of overlays of the fixed images under the model's current weights, ``(H, W, 3)`` uint8."""
+        assert self._fixed is not None
+        param = next(pl_module.parameters())
+        images = self._fixed["images"].to(device=param.device, dtype=param.dtype)
+        result = GradCam(pl_module, layer=self.layer, target=self.target)(images)
+        threshold = float(getattr(pl_module, "threshold", 0.5))
+        tiles = []
+        for i, image_id in enumerate(self._fixed["image_ids"]):
+            p = float(result.probabilities[i, PNEUMONIA_CLASS])
+            caption = f"{image_id}\n{caption_text(p, int(p >= threshold), self._fixed['labels'][i])}"
+            tiles.append(
+                render_overlay(
+                    images[i, 0].float().cpu(),
+                    result.heatmaps[i].cpu(),
+                    boxes=self._fixed["boxes"][i],
+                    caption=caption,
+                    size=self.tile_size,
+                )
+            )
+        return make_grid(tiles, ncols=self.ncols)

@@ -1,0 +1,1 @@
+"""Explainability: Grad-CAM heatmaps, overlays, and localization scores against ground-truth boxes."""

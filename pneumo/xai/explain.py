@@ -1,0 +1,373 @@
+"""The pipeline behind ``explain.py``: checkpoint + images -> predictions, Grad-CAM overlays and heatmaps,
+and localization scores wherever ground-truth boxes exist.
+
+Outputs under ``out_dir``::
+
+    predictions.csv             image, probability, predicted_label (at the model's threshold), true_label, ...
+    overlays/<stem>.png         heatmap over the X-ray, boxes outlined, probability and labels in the caption
+    heatmaps/<stem>.npy         float32 (S, S) in [0, 1], S = the checkpoint's input size
+    localization.csv            per image with boxes: hit, iou, iobb, box_fraction, ...   (when boxes exist)
+    summary.json                counts, unreadable inputs, and the localization summary
+
+Example:
+    >>> result = explain_images(ckpt_path="last.ckpt", inputs="data/nih_demo/images", out_dir="out")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import pickle
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pneumo.data.boxes import BoxList, scaled_to
+from pneumo.data.decode import BadImageError
+from pneumo.data.findings import PNEUMONIA
+from pneumo.data.index import NIHLabelIndex
+from pneumo.data.splits import make_splits, read_image_list
+from pneumo.data.store import absolute_location, location_exists
+from pneumo.models.classifier import PneumoniaClassifier
+from pneumo.xai.gradcam import DEFAULT_LAYER, PNEUMONIA_CLASS, GradCam
+from pneumo.xai.inputs import ImageRef, LoadedImage, Preprocessor, load_image, resolve_inputs
+from pneumo.xai.localization import DEFAULT_THRESHOLD, score_heatmap, summarize
+from pneumo.xai.overlay import caption_text, render_overlay, save_png
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or does not hold a pneumo classifier; the message names it."""
+
+
+@dataclass
+class ExplainResult:
+    """What a run wrote: row dicts of ``predictions.csv`` / ``localization.csv``, the localization summary,
+    and the inputs that could not be read (``(location, reason)``)."""
+
+    predictions: list[dict] = field(default_factory=list)
+    localization: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    out_dir: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+def load_classifier(
+    ckpt_path: str, map_location: str | torch.device = "cpu"
+) -> tuple[PneumoniaClassifier, dict]:
+    """Rebuild the classifier of a training checkpoint and return it (eval mode) with the data module's
+    saved hyperparameters (image size, URLs, split settings).
+
+    Loads with ``weights_only=True``: tensors and plain containers only, no pickled code runs.
+
+    Raises:
+        CheckpointError: the file is missing, not a checkpoint, or not a pneumo classifier's (one line).
+    """
+    location = absolute_location(str(ckpt_path))
+    if not location_exists(location):
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} not found: set ckpt_path to a .ckpt written by train.py "
+            "(logs/train/runs/<timestamp>/checkpoints/)"
+        )
+    try:
+        with fsspec.open(location, "rb") as fh:
+            blob = torch.load(io.BytesIO(fh.read()), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors"
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} cannot be loaded safely with weights_only=True: {what}; "
+            "only checkpoints from train.py (or a source you trust, re-saved as tensors) are accepted"
+        ) from err
+    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError... for non-checkpoint bytes
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} is not a PyTorch checkpoint ({type(err).__name__})"
+        ) from err
+    hp = blob.get("hyper_parameters") if isinstance(blob, Mapping) else None
+    dhp = blob.get("datamodule_hyper_parameters") if isinstance(blob, Mapping) else None
+    if not isinstance(hp, Mapping) or "net" not in hp or "state_dict" not in blob:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} is not a pneumo classifier checkpoint (no hyper_parameters.net/state_dict)"
+        )
+    if not isinstance(dhp, Mapping) or "image_size" not in dhp:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} lacks datamodule_hyper_parameters.image_size (not written by train.py)"
+        )
+    try:
+        model = PneumoniaClassifier(**{**dict(hp), "init_weights": None})
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {ckpt_path}: its model cannot be rebuilt ({err})") from err
+    try:
+        missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err)[:200])
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} does not fit the classifier it describes: {detail}"
+        ) from err
+    if "threshold" in missing:  # checkpoints from before the operating-point buffer existed
+        log.warning("checkpoint %s has no threshold; using %.2f", ckpt_path, float(model.threshold))
+        missing = [k for k in missing if k != "threshold"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} does not fit the classifier it describes: "
+            f"{len(missing)} missing tensor(s) {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+        )
+    return model.eval(), dict(dhp)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def split_refs(dhp: Mapping, split: str, storage_options: Mapping | None = None) -> list[ImageRef]:
+    """The images of one split of the checkpoint's data set, rebuilt from its saved settings."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: choose one of {list(SPLITS)}")
+    index = NIHLabelIndex.from_csv(dhp["labels_url"], storage_options, views=dhp.get("views"))
+    lists = dhp.get("split_lists") or {}
+    parts = make_splits(
+        index,
+        train_val_list=read_image_list(lists["train_val"], storage_options) if lists else None,
+        test_list=read_image_list(lists["test"], storage_options) if lists else None,
+        val_fraction=float(dhp.get("val_fraction", 0.1)),
+        test_fraction=float(dhp.get("test_fraction", 0.2)),
+        seed=int(dhp.get("split_seed", 0)),
+    ).as_dict()
+    names = [str(x) for x in parts[split]]
+    root = str(dhp["images_url"]).rstrip("/")
+    return [ImageRef(name, f"{root}/{name}") for name in names]
+
+
+def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: Mapping | None) -> int:
+    """Set ``ref.label`` from a label index (matched by file name); returns how many were found."""
+    if not labels_url or not location_exists(labels_url, storage_options):
+        return 0
+    table = NIHLabelIndex.from_csv(labels_url, storage_options).table
+    label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
+    for ref in refs:
+        if ref.name in label_of:
+            ref.label = int(label_of[ref.name])
+    return sum(ref.label is not None for ref in refs)
+
+
+def attach_boxes(
+    refs: Sequence[ImageRef], bbox_url: str | None, finding: str, storage_options: Mapping | None
+) -> int:
+    """Set ``ref.boxes`` (of ``finding``) from a ``BBox_List_2017.csv``; returns how many images got boxes."""
+    if not bbox_url or not location_exists(bbox_url, storage_options):
+        return 0
+    boxes = BoxList.from_csv(bbox_url, storage_options).subset(finding)
+    for ref in refs:
+        ref.boxes = boxes.for_image(ref.name)
+    return sum(len(ref.boxes) > 0 for ref in refs)
+
+
+def _stems(refs: Sequence[ImageRef]) -> list[str]:
+    """Output file stems: the image's stem, made unique with ``_2``, ``_3``... when names repeat."""
+    seen: dict[str, int] = {}
+    out = []
+    for ref in refs:
+        stem = os.path.splitext(ref.name)[0] or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def explain_images(
+    ckpt_path: str,
+    out_dir: str,
+    inputs: str | None = None,
+    split: str | None = None,
+    layer: str = DEFAULT_LAYER,
+    target: int | str = PNEUMONIA_CLASS,
+    batch_size: int = 32,
+    num_workers: int = 8,
+    device: str = "auto",
+    labels_url: str | None = None,
+    bbox_url: str | None = None,
+    finding: str = PNEUMONIA,
+    iou_threshold: float = DEFAULT_THRESHOLD,
+    overlay: Mapping[str, Any] | None = None,
+    storage_options: Mapping | None = None,
+    progress: bool = True,
+) -> ExplainResult:
+    """Explain every input image; see the module docstring for what is written.
+
+    Args:
+        ckpt_path: training checkpoint (``.ckpt``), local or URL.
+        out_dir: output folder (created).
+        inputs: an image, a folder, or a ``.txt`` list of paths/URLs; or ``None`` with ``split``.
+        split: ``train``/``val``/``test`` of the checkpoint's data set instead of ``inputs``.
+        layer, target: Grad-CAM layer and class (see ``pneumo.xai.gradcam``).
+        batch_size: images per Grad-CAM batch; ``num_workers``: threads reading images.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
+        labels_url, bbox_url: label index / box file; ``None`` = the checkpoint's, ``""`` = none.
+        finding: which boxes count as ground truth; ``iou_threshold``: heatmap level for IoU/IoBB.
+        overlay: ``size``, ``alpha``, ``cmap`` of the overlay pictures.
+        storage_options: fsspec options for URLs (credentials; never saved anywhere).
+    """
+    if (inputs is None) == (split is None):
+        raise ValueError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    model, dhp = load_classifier(ckpt_path, map_location=dev)
+    model.to(dev)
+    threshold = float(model.threshold)
+    image_size = int(dhp["image_size"])
+    labels_url = dhp.get("labels_url") if labels_url is None else labels_url
+    bbox_url = dhp.get("bbox_url") if bbox_url is None else bbox_url
+
+    skipped: list[str] = []
+    if split is not None:
+        refs = split_refs(dhp, split, storage_options)
+    else:
+        refs, skipped = resolve_inputs(inputs, storage_options)
+    if skipped:
+        log.warning(
+            "skipped %d file(s) that are not images by name: %s", len(skipped), ", ".join(skipped[:10])
+        )
+    n_labels = attach_labels(refs, labels_url, storage_options)
+    n_boxes = attach_boxes(refs, bbox_url, finding, storage_options)
+    log.info(
+        "%d image(s) at %d px; true labels for %d, %s boxes for %d; model threshold %.3f; Grad-CAM layer %s",
+        len(refs), image_size, n_labels, finding, n_boxes, threshold, layer,
+    )  # fmt: skip
+
+    out = Path(out_dir)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    overlay = dict(overlay or {})
+    cam = GradCam(model, layer=layer, target=target, batch_size=batch_size)
+    preprocess = Preprocessor(image_size)
+    result = ExplainResult(out_dir=str(out))
+    scores = []
+    stems = _stems(refs)
+
+    def _load(i: int) -> tuple[int, LoadedImage | None, str | None]:
+        try:
+            return i, load_image(refs[i], preprocess, storage_options), None
+        except (BadImageError, OSError, ValueError, RuntimeError) as err:
+            return i, None, str(err).splitlines()[0] if str(err) else type(err).__name__
+
+    bar = tqdm(total=len(refs), desc="explain", unit="img", disable=not progress, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        for start in range(0, len(refs), batch_size):
+            loaded = []
+            for i, item, error in pool.map(_load, range(start, min(start + batch_size, len(refs)))):
+                if item is None:
+                    log.error("cannot read %s: %s", refs[i].location, error)
+                    result.failed.append((refs[i].location, error or "unreadable"))
+                else:
+                    loaded.append((i, item))
+            if loaded:
+                batch = torch.stack([item.tensor for _, item in loaded]).to(dev)
+                maps = cam(batch)
+                for j, (i, item) in enumerate(loaded):
+                    row, score = _write_one(
+                        item, stems[i], batch[j, 0].cpu(), maps.heatmaps[j].cpu().numpy().astype(np.float32),
+                        float(maps.probabilities[j, PNEUMONIA_CLASS]), threshold, out, overlay, iou_threshold,
+                    )  # fmt: skip
+                    result.predictions.append(row)
+                    if score is not None:
+                        result.localization.append(score)
+                        scores.append(score["_score"])
+            bar.update(min(batch_size, len(refs) - start))
+    bar.close()
+
+    _write_csv(out / "predictions.csv", result.predictions)
+    if result.localization:
+        for row in result.localization:
+            row.pop("_score")
+        _write_csv(out / "localization.csv", result.localization)
+        result.summary = summarize(scores)
+        result.summary.update({"layer": layer, "iou_threshold": iou_threshold, "finding": finding})
+    summary = {
+        "checkpoint": str(ckpt_path),
+        "images": len(refs),
+        "explained": len(result.predictions),
+        "failed": [{"image": loc, "error": err} for loc, err in result.failed],
+        "threshold": threshold,
+        "image_size": image_size,
+        "localization": result.summary or None,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _write_one(
+    item: LoadedImage,
+    stem: str,
+    image: torch.Tensor,
+    heatmap: np.ndarray,
+    probability: float,
+    threshold: float,
+    out: Path,
+    overlay: Mapping[str, Any],
+    iou_threshold: float,
+) -> tuple[dict, dict | None]:
+    ref = item.ref
+    predicted = int(probability >= threshold)
+    boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
+    caption = f"{ref.name}\n{caption_text(probability, predicted, ref.label)}"
+    save_png(
+        render_overlay(image, heatmap, boxes=boxes, caption=caption, **overlay),
+        out / "overlays" / f"{stem}.png",
+    )
+    np.save(out / "heatmaps" / f"{stem}.npy", heatmap)
+    row = {
+        "image": ref.name,
+        "probability": f"{probability:.6f}",
+        "predicted_label": predicted,
+        "threshold": f"{threshold:.6f}",
+        "true_label": "" if ref.label is None else ref.label,
+        "source": ref.location,
+        "overlay": f"overlays/{stem}.png",
+        "heatmap": f"heatmaps/{stem}.npy",
+    }
+    if boxes is None:
+        return row, None
+    score = score_heatmap(heatmap, boxes, threshold=iou_threshold)
+    loc = {
+        "image": ref.name,
+        "n_boxes": len(boxes),
+        **score.as_dict(),
+        "probability": f"{probability:.6f}",
+        "true_label": row["true_label"],
+        "_score": score,
+    }
+    return row, loc
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping]) -> None:
+    fields = list(rows[0]) if rows else ["image", "probability", "predicted_label", "threshold", "true_label"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_summary(summary: Mapping) -> list[str]:
+    """Human-readable lines of a localization summary (as printed by ``explain.py``)."""
+    if not summary or not summary.get("n"):
+        return []
+    lo, hi = summary["hit_rate_ci95"]
+    return [
+        f"pointing game (hit rate): {summary['hit_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {summary['n']} "
+        f"image(s) with {summary.get('finding', '')} boxes, layer {summary.get('layer', '')}",
+        f"random-point baseline: {summary['random_hit_rate']:.3f} -> Grad-CAM is "
+        f"{summary['hit_rate_vs_random']:.1f}x random",
+        f"mean IoU {summary['mean_iou']:.3f}, mean IoBB {summary['mean_iobb']:.3f}, IoBB >= 0.1 for "
+        f"{summary['iobb_accuracy']:.3f} (heatmap >= {summary.get('iou_threshold', DEFAULT_THRESHOLD)})",
+    ]

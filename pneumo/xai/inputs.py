@@ -1,0 +1,141 @@
+"""What ``explain.py`` explains: one image, a folder, a text file of paths/URLs, or a split of the data set.
+
+Every input becomes an ``ImageRef`` (display name, full location, true label and ground-truth boxes where
+known); ``load_image`` reads, decodes and preprocesses one exactly like training does
+(``decode_grayscale`` -> ``ResizeToUint8`` -> ``build_tensor_transforms(image_size, None)``).
+
+Example:
+    >>> refs = resolve_inputs("data/nih_demo/images")  # doctest: +SKIP
+    >>> loaded = load_image(refs[0], image_size=64)  # doctest: +SKIP
+    >>> tuple(loaded.tensor.shape)  # doctest: +SKIP
+    (1, 64, 64)
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import torch
+
+from pneumo.data.decode import decode_grayscale
+from pneumo.data.store import absolute_location, is_url
+from pneumo.data.transforms import ResizeToUint8, build_tensor_transforms
+
+#: File name endings taken from a folder (other files there are skipped and reported).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: File name endings read as a list of image paths/URLs, one per line.
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+class InputError(ValueError):
+    """Inputs that cannot be resolved; the message names them and what to do."""
+
+
+@dataclass
+class ImageRef:
+    """One image to explain.
+
+    Attributes:
+        name: file name (``00000001_000.png``), used to name the outputs and to look up labels and boxes.
+        location: full path or URL it is read from.
+        label: true pneumonia label (0/1) or ``None`` when unknown.
+        boxes: ``(k, 4)`` ground-truth ``[x, y, w, h]`` boxes in pixels of the source image (may be empty).
+    """
+
+    name: str
+    location: str
+    label: int | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+
+
+@dataclass
+class LoadedImage:
+    """A preprocessed image: ``tensor`` ``(1, S, S)`` float32 in [0, 1] and the source ``(H, W)``."""
+
+    ref: ImageRef
+    tensor: torch.Tensor
+    source_shape: tuple[int, int]
+
+
+def _fs(location: str, storage_options: Mapping | None):
+    return fsspec.core.url_to_fs(location, **dict(storage_options or {}))
+
+
+def _full(fs, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def resolve_inputs(inputs: str, storage_options: Mapping | None = None) -> tuple[list[ImageRef], list[str]]:
+    """Expand ``inputs`` (an image, a folder, or a ``.txt`` list of paths/URLs; local or any fsspec URL).
+
+    Relative entries of a list resolve against the list's folder. Returns the images and the names of
+    files skipped from a folder because they are not images by their ending.
+
+    Raises:
+        InputError: the location does not exist, or names no image.
+    """
+    location = absolute_location(str(inputs))
+    fs, path = _fs(location, storage_options)
+    if not fs.exists(path):
+        raise InputError(f"inputs={inputs}: no such file, folder or object")
+    skipped: list[str] = []
+    if fs.isdir(path):
+        entries = sorted(p for p in fs.ls(path, detail=False) if not posixpath.basename(p).startswith("."))
+        files = [p for p in entries if fs.isfile(p)]
+        images = [p for p in files if p.lower().endswith(IMAGE_SUFFIXES)]
+        skipped = [posixpath.basename(p) for p in files if p not in images]
+        refs = [ImageRef(posixpath.basename(p), _full(fs, p)) for p in images]
+    elif path.lower().endswith(LIST_SUFFIXES):
+        base = posixpath.dirname(_full(fs, path))
+        text = fs.cat_file(path).decode("utf-8", errors="replace")
+        refs = []
+        for line in text.splitlines():
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if not (is_url(entry) or entry.startswith(("/", "file://"))):
+                entry = posixpath.join(base, entry)
+            refs.append(ImageRef(posixpath.basename(entry.rstrip("/")), entry))
+    else:
+        refs = [ImageRef(posixpath.basename(path), _full(fs, path))]
+    if not refs:
+        raise InputError(
+            f"inputs={inputs}: holds no image (looked for {', '.join(IMAGE_SUFFIXES)} files"
+            f"{'; skipped ' + ', '.join(skipped[:5]) if skipped else ''})"
+        )
+    return refs, skipped
+
+
+def read_bytes(location: str, storage_options: Mapping | None = None) -> bytes:
+    """The bytes at a path or URL (``FileNotFoundError`` naming it if absent)."""
+    fs, path = _fs(location, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{location}: no such file or object") from err
+
+
+class Preprocessor:
+    """Training's preprocessing of one image: decode -> ``ResizeToUint8`` -> tensor transforms (no augmentation)."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = int(image_size)
+        self.resize = ResizeToUint8(self.image_size)
+        self.transform = build_tensor_transforms(self.image_size, None)
+
+    def __call__(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        pixels = decode_grayscale(data, name)
+        return self.transform(self.resize(pixels)[None]), (int(pixels.shape[0]), int(pixels.shape[1]))
+
+
+def load_image(
+    ref: ImageRef, preprocess: Preprocessor, storage_options: Mapping | None = None
+) -> LoadedImage:
+    """Read and preprocess one image; raises ``FileNotFoundError``/``BadImageError``/``OSError`` naming it."""
+    tensor, shape = preprocess(read_bytes(ref.location, storage_options), ref.location)
+    return LoadedImage(ref, tensor, shape)

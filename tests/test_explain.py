@@ -1,0 +1,197 @@
+"""explain.py: a tiny checkpoint trained in a fixture, explained from a folder, a list and the test split."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pneumo.data.boxes import BoxList
+from pneumo.data.datamodule import NIHDataModule
+from pneumo.data.index import NIHLabelIndex
+from pneumo.xai.explain import CheckpointError, explain_images, load_classifier
+from tests.conftest import CONF, ROOT, run_cli, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a classifier trained for 2 batches on the tiny demo set (64 px), via train.py's code."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from pneumo.training import train
+
+    out = tmp_path_factory.mktemp("explain_train")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny_overrides(demo_root, out), "test=false", "logger=none"])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "run")
+        cfg.callbacks.gradcam_overlay = None
+        cfg.callbacks.lr_monitor = None  # logger=none: nothing to monitor into
+        cfg.callbacks.early_stopping = None
+    _, objects = train(cfg)
+    return Path(objects["trainer"].checkpoint_callback.last_model_path)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _reference_probabilities(ckpt: Path, names: list[str]) -> dict[str, float]:
+    """Probabilities from the training data pipeline (NIHDataModule's test-time transforms)."""
+    model, dhp = load_classifier(str(ckpt))
+    dm = NIHDataModule(**dhp)
+    dm.setup("fit")
+    index = NIHLabelIndex.from_csv(dhp["labels_url"]).subset(names)
+    from pneumo.data.dataset import NIHImageDataset, StreamingSource
+    from pneumo.data.transforms import build_tensor_transforms
+
+    ds = NIHImageDataset(
+        index,
+        StreamingSource(dm.store, index.images, dhp["image_size"]),
+        build_tensor_transforms(dhp["image_size"]),
+    )
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    return dict(zip(index.images.tolist(), model.predict_proba(x).tolist()))
+
+
+def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = sorted(p.name for p in (demo_root / "images").iterdir())[:5]
+    for name in names:
+        shutil.copy(demo_root / "images" / name, folder / name)
+    (folder / "notes.md").write_text("not an image")
+    out = tmp_path / "out"
+    result = explain_images(str(tiny_ckpt), str(out), inputs=str(folder), batch_size=2, progress=False)
+
+    assert not result.failed
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == [n.replace(".png", ".png") for n in names]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == [n.replace(".png", ".npy") for n in names]
+    rows = _rows(out / "predictions.csv")
+    assert [r["image"] for r in rows] == names
+    for name in names:
+        heat = np.load(out / "heatmaps" / name.replace(".png", ".npy"))
+        assert heat.dtype == np.float32 and heat.shape == (64, 64)
+        assert heat.min() >= 0.0 and heat.max() <= 1.0
+    # same preprocessing as training: probabilities match the training data pipeline
+    reference = _reference_probabilities(tiny_ckpt, names)
+    index = NIHLabelIndex.from_csv(str(demo_root / "Data_Entry_2017.csv")).subset(names)
+    truth = dict(zip(index.images.tolist(), index.pneumonia.tolist()))
+    for row in rows:
+        assert float(row["probability"]) == pytest.approx(reference[row["image"]], abs=1e-5)
+        assert int(row["true_label"]) == truth[row["image"]]  # from the checkpoint's label index
+        assert int(row["predicted_label"]) == int(float(row["probability"]) >= float(row["threshold"]))
+    assert float(rows[0]["threshold"]) == pytest.approx(0.5)
+
+
+def test_predicted_label_uses_the_checkpoints_threshold(
+    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    first = explain_images(str(tiny_ckpt), str(tmp_path / "a"), split="val", progress=False)
+    probs = sorted(float(r["probability"]) for r in first.predictions)
+    threshold = (probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2  # between two probabilities
+    blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    blob["state_dict"]["threshold"] = torch.tensor(threshold)
+    moved = tmp_path / "moved.ckpt"
+    torch.save(blob, moved)
+    rows = explain_images(str(moved), str(tmp_path / "b"), split="val", progress=False).predictions
+    predicted = [int(r["predicted_label"]) for r in rows]
+    assert 0 < sum(predicted) < len(predicted)
+    for row in rows:
+        assert int(row["predicted_label"]) == int(float(row["probability"]) >= threshold)
+        assert row["true_label"] in ("0", "1", 0, 1)
+
+
+def test_test_split_scores_localization(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = explain_images(str(tiny_ckpt), str(out), split="test", progress=False)
+    test_names = (demo_root / "test_list.txt").read_text().split()
+    boxes = BoxList.from_csv(str(demo_root / "BBox_List_2017.csv"))
+    with_boxes = sorted(set(test_names) & boxes.images)
+    assert len(_rows(out / "predictions.csv")) == len(test_names)
+    loc = _rows(out / "localization.csv")
+    assert sorted(r["image"] for r in loc) == with_boxes
+    for row in loc:  # the hit flag agrees with the saved heatmap and the box file (64-px demo: no rescale)
+        heat = np.load(out / "heatmaps" / row["image"].replace(".png", ".npy"))
+        r, c = np.unravel_index(np.argmax(heat), heat.shape)
+        inside = any(
+            x <= c + 0.5 < x + w and y <= r + 0.5 < y + h for x, y, w, h in boxes.for_image(row["image"])
+        )
+        assert (row["hit"] == "True") == inside
+    summary = json.loads((out / "summary.json").read_text())["localization"]
+    assert summary["n"] == len(with_boxes) == result.summary["n"]
+    assert summary["hit_rate"] == pytest.approx(np.mean([r["hit"] == "True" for r in loc]))
+    lo, hi = summary["hit_rate_ci95"]
+    assert 0.0 <= lo <= summary["hit_rate"] <= hi <= 1.0
+    area = np.mean([min(1.0, (b[:, 2] * b[:, 3]).sum() / 64**2) for b in map(boxes.for_image, with_boxes)])
+    assert summary["random_hit_rate"] == pytest.approx(area, rel=0.15)
+
+
+def test_list_of_paths(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
+    names = sorted(p.name for p in (demo_root / "images").iterdir())[:3]
+    (tmp_path / "imgs").mkdir()
+    shutil.copy(demo_root / "images" / names[0], tmp_path / "imgs" / names[0])
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        f"imgs/{names[0]}\n\n{demo_root / 'images' / names[1]}\nfile://{demo_root / 'images' / names[2]}\n"
+    )
+    result = explain_images(str(tiny_ckpt), str(tmp_path / "out"), inputs=str(listing), progress=False)
+    assert [r["image"] for r in result.predictions] == names and not result.failed
+
+
+def test_incompatible_checkpoints_fail_with_one_clear_line(tiny_ckpt: Path, tmp_path: Path) -> None:
+    torch.save({"foo": torch.zeros(1)}, tmp_path / "other.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    blob["hyper_parameters"]["net"]["out_channels"] = 3
+    torch.save(blob, tmp_path / "shape.ckpt")
+    torch.save(
+        {"hyper_parameters": {"net": {}}, "state_dict": {}, "evil": Path("/")}, tmp_path / "pickled.ckpt"
+    )
+    cases = {
+        "other.ckpt": "is not a pneumo classifier checkpoint",
+        "text.ckpt": "is not a PyTorch checkpoint",
+        "shape.ckpt": "does not fit the classifier|cannot be rebuilt",
+        "pickled.ckpt": "cannot be loaded safely",
+    }
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=message) as err:
+            load_classifier(str(tmp_path / name))
+        assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_cli_unreadable_file_and_missing_checkpoint(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = sorted(p.name for p in (demo_root / "images").iterdir())[:3]
+    for name in names:
+        shutil.copy(demo_root / "images" / name, folder / name)
+    (folder / "00099999_000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    args = [f"paths.log_dir={tmp_path}/logs", "progress=false"]
+    proc = run_cli(
+        ["explain.py", f"ckpt_path={tiny_ckpt}", f"inputs={folder}", f"out_dir={out}", *args], cwd=ROOT
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    assert "00099999_000.png" in log and "could not be read" in log
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == names
+    assert len(_rows(out / "predictions.csv")) == 3
+    assert json.loads((out / "summary.json").read_text())["failed"][0]["image"].endswith("00099999_000.png")
+
+    missing = tmp_path / "absent.ckpt"
+    proc = run_cli(["explain.py", f"ckpt_path={missing}", f"inputs={folder}", *args], cwd=ROOT)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert proc.returncode == 2
+    assert len(lines) == 1 and f"checkpoint {missing} not found" in lines[0], lines
