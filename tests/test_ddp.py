@@ -34,7 +34,9 @@ class ShardRecorder(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._add(trainer, "train", batch)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._add(trainer, "val", batch)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -43,7 +45,9 @@ class ShardRecorder(L.Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         record = {"pid": os.getpid(), "world_size": trainer.world_size, "seen": self.seen}
-        (self.out / f"{getattr(stage, 'value', stage)}_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        (self.out / f"{getattr(stage, 'value', stage)}_rank{trainer.global_rank}.json").write_text(
+            json.dumps(record)
+        )
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 21, 50])

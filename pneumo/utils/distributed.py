@@ -58,7 +58,9 @@ def shard_sampler(
                 f"a split of {len(dataloader.dataset)} images cannot be shared by {num_replicas} ranks "
                 "(a rank would get none); use fewer devices"
             )
-        return UnrepeatedDistributedSampler(dataloader.dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        return UnrepeatedDistributedSampler(
+            dataloader.dataset, num_replicas=num_replicas, rank=rank, shuffle=False
+        )
     return None
 
 

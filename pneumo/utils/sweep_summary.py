@@ -225,14 +225,14 @@ class SweepSummary(Callback):
             rows.sort(key=lambda r: int(r["job"]) if r["job"].isdigit() else r["job"])
             values = [r.get("override_values", {}) for r in rows]
             keys = [
-                k
-                for k in dict.fromkeys(k for v in values for k in v)
-                if len({v.get(k) for v in values}) > 1
+                k for k in dict.fromkeys(k for v in values for k in v) if len({v.get(k) for v in values}) > 1
             ]
             lines: list[list[Any]] = [[*LEAD, *keys, *TAIL]]
             for r, v in zip(rows, values):
                 lines.append(
-                    [_cell(r.get(c)) for c in LEAD] + [v.get(k, "") for k in keys] + [_cell(r.get(c)) for c in TAIL]
+                    [_cell(r.get(c)) for c in LEAD]
+                    + [v.get(k, "") for k in keys]
+                    + [_cell(r.get(c)) for c in TAIL]
                 )
             _atomic_write(sweep_dir / self.filename, _to_csv(lines))
         return rows
