@@ -143,3 +143,16 @@ def test_ddp_two_cpu_processes(demo_root: Path, tmp_path: Path, compose_train) -
         prob = model.predict_proba(torch.stack([it["image"] for it in items]))
     rank0_auroc = binary_auroc(prob, torch.stack([it["label"] for it in items])).item()
     assert abs(rank0_auroc - single) > 1e-3, (rank0_auroc, single)
+
+
+def test_ddp_inside_a_local_multirun_fails_fast(compose_train) -> None:
+    import hydra
+
+    cfg = compose_train(
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "hydra.mode=MULTIRUN"]
+    )
+    with pytest.raises(Exception, match="cannot run inside a local multirun"):
+        hydra.utils.instantiate(cfg.trainer)
+    cfg = compose_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False)  # a single run may spawn its ranks
+    assert trainer.world_size == 2 and type(trainer.strategy).__name__ == "ShardedDDPStrategy"

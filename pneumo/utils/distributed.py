@@ -32,6 +32,13 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 log = logging.getLogger(__name__)
 
 
+def _in_hydra_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def shard_sampler(
     dataloader: DataLoader, num_replicas: int, rank: int, seed: int = 0
 ) -> DistributedSampler | None:
@@ -73,6 +80,18 @@ class ShardedDDPStrategy(DDPStrategy):
     """
 
     strategy_name = "ddp_sharded_exact"
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        spawns = not self.cluster_environment.creates_processes_externally and self.num_processes > 1
+        if spawns and _in_hydra_multirun():
+            # Lightning would start the other ranks by re-running this command line: a whole new sweep.
+            raise RuntimeError(
+                "trainer=ddp with several devices cannot run inside a local multirun (-m): Lightning starts "
+                "the other ranks by re-running the command line. Run DDP jobs of a sweep on SLURM "
+                "(hydra/launcher=slurm with hydra.launcher.tasks_per_node=<devices>), or train one DDP run at "
+                "a time."
+            )
 
     def process_dataloader(self, dataloader: Any) -> Any:
         dataloader = super().process_dataloader(dataloader)
