@@ -105,12 +105,17 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
     assert (crashed["epoch"], crashed["global_step"]) == (0, batches)  # the end of epoch 0, intact
     assert not list(ckpt_dir.glob(".*.tmp"))
 
-    # resume in place: same folder, same checkpoints and TensorBoard curves
+    # resume in place, from the run's own saved config (README, "Resume"), without the stalling probe
     epochs_seen = tmp_path / "epochs.json"
     proc = _popen(
         [
-            *args,
+            "-cp",
+            str(run_dir / ".hydra"),
+            "-cn",
+            "config",
             f"ckpt_path={last}",
+            f"hydra.run.dir={run_dir}",
+            "~callbacks.stall",
             "+callbacks.epochs._target_=tests.test_resume.EpochRecorder",
             f"+callbacks.epochs.out={epochs_seen}",
         ]
