@@ -488,6 +488,7 @@ def _results_from_processes(
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(store, size))
     pending: dict[Future, int] = {}
     next_chunk = 0
+    finished = False
     try:
         while pending or next_chunk < len(starts):
             while next_chunk < len(starts) and len(pending) < 2 * workers:
@@ -499,8 +500,10 @@ def _results_from_processes(
                 start = pending.pop(future)
                 for j, result in future.result():
                     yield start + j, result
+        finished = True
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # On an early stop, chunks still running are abandoned (their results are not needed).
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
