@@ -10,7 +10,8 @@ requests concurrently, each after a modelled latency (``--latency-ms``, default 
     with ``--concurrency`` requests in flight, in ``--workers`` DataLoader worker processes;
 (c) pneumo cache build (``prepare_data``, the first epoch with ``data.cache=true``), decoding in
     ``--workers`` processes with ``--concurrency`` requests in flight each, then
-(d) pneumo from cache: an epoch from the memory-mapped uint8 cache, ``num_workers=0``.
+(d) pneumo from cache: an epoch from the memory-mapped uint8 cache, ``num_workers=0``;
+(e) MONAI's ``PersistentDataset`` in place of (c)+(d) (one ``torch.save`` file per image), for comparison.
 
 (a) and (d) run in one process with ``torch.set_num_threads(1)``: their images/s are per core. A last part
 measures the peak RSS of a process reading a cached epoch of ``--rss-images`` images at 224 px (the cache
@@ -86,6 +87,11 @@ class EmulatorProcess:
             raise RuntimeError(f"emulator did not start: {line!r}")
         self.endpoint = f"http://127.0.0.1:{port}"
 
+    def cpu_seconds(self) -> float:
+        """CPU time the emulator process has used (it shares this machine's cores with the loaders)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -126,17 +132,67 @@ class SeedStyleDataset(Dataset):
         return {"image": self.transform(pixels), "label": torch.tensor(int(self.labels[i]))}
 
 
+def _monai_transform_base():
+    from monai.transforms import Transform
+
+    return Transform
+
+
+class FetchDecodeResize(_monai_transform_base()):
+    """A deterministic MONAI dict transform: ``{"name"}`` -> ``{"image": (1, S, S) uint8}`` via pneumo's store
+    (a ``Transform`` subclass, so that ``PersistentDataset`` caches its output)."""
+
+    def __init__(self, store, size: int) -> None:
+        from pneumo.data.decode import decode_grayscale
+        from pneumo.data.transforms import ResizeToUint8
+
+        self.store, self.decode, self.resize = store, decode_grayscale, ResizeToUint8(size)
+
+    def __call__(self, item: dict) -> dict:
+        pixels = self.resize(self.decode(self.store.read(item["name"]), item["name"]))
+        return {"image": pixels[None], "label": torch.tensor(item["label"])}
+
+
+def monai_persistent(store, names: list[str], labels: np.ndarray, cache_dir: Path, workers: int) -> dict:
+    """MONAI ``PersistentDataset`` (one ``torch.save`` file per image) in place of pneumo's cache: its first
+    epoch (building) with ``workers`` processes, then an epoch from its files in one process, one thread."""
+    from monai.data import PersistentDataset
+    from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityd
+
+    transform = Compose(
+        [
+            FetchDecodeResize(store, 224),
+            ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
+            Resized(keys="image", spatial_size=(224, 224), mode="area"),
+            EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+        ]
+    )
+    data = [{"name": n, "label": int(y)} for n, y in zip(names, labels)]
+    ds = PersistentDataset(data, transform, cache_dir=cache_dir)
+    t = time.perf_counter()
+    for _ in DataLoader(ds, batch_size=32, num_workers=workers):
+        pass
+    build = time.perf_counter() - t
+    read = throughput(DataLoader(torch.utils.data.ConcatDataset([ds] * 2), batch_size=32, num_workers=0))
+    disk = sum(p.stat().st_size for p in cache_dir.iterdir())
+    return {"build_img_per_s": round(len(names) / build, 1), "read": read, "disk_mb": round(disk / 2**20, 1)}
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of finished child processes (DataLoader / cache-build workers once they have exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def throughput(loader: DataLoader, limit: int | None = None) -> dict:
-    """Images/s after the first batch (worker start-up excluded), and CPU seconds of this process."""
-    it = iter(loader)
-    first = next(it)
+    """Images/s over a whole pass (worker start-up and the first batch included), CPU seconds of this process."""
     n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    for batch in it:
+    for batch in loader:
         n += len(batch["label"])
+        assert batch["image"].shape[-2:] == (224, 224)
         if limit is not None and n >= limit:
             break
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert first["image"].shape[-2:] == (224, 224)
     return {"images": n, "seconds": round(wall, 2), "img_per_s": round(n / wall, 1), "cpu_s": round(cpu, 2)}
 
 
@@ -216,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-ms", type=float, default=40.0, help="modelled time to first byte")
     parser.add_argument("--seed-images", type=int, default=96, help="images timed for the seed-style loader")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of pneumo streaming")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="worker processes of pneumo streaming / cache build"
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per streaming worker")
     parser.add_argument("--rss-images", type=int, default=20_000, help="images in the RSS test's cache")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -252,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # (a) seed-style, one process, one request at a time
         seed = SeedStyleDataset(emulator.endpoint, names, index.pneumonia, 224)
+        server_cpu = emulator.cpu_seconds()
         results["seed_style"] = throughput(
             DataLoader(seed, batch_size=16, num_workers=0), limit=args.seed_images
         )
+        results["seed_style"]["server_cpu_s"] = round(emulator.cpu_seconds() - server_cpu, 2)
         print("seed-style:", results["seed_style"], flush=True)
 
         # (b) pneumo streaming: concurrent fetch per batch, in worker processes
@@ -262,13 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=args.concurrency)
         stream_ds = NIHImageDataset(index, StreamingSource(store, index.images, 224), eval_tf)
         loader = DataLoader(stream_ds, batch_size=32, num_workers=args.workers, persistent_workers=False)
+        server_cpu, workers_cpu = emulator.cpu_seconds(), children_cpu_seconds()
         results["streaming"] = throughput(loader)
+        results["streaming"]["server_cpu_s"] = round(emulator.cpu_seconds() - server_cpu, 2)
+        results["streaming"]["workers_cpu_s"] = round(
+            children_cpu_seconds() - workers_cpu, 2
+        )  # incl. warm-up
         print("streaming:", results["streaming"], flush=True)
 
         # (c) pneumo cache build = the first epoch with data.cache=true
         build_store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=args.concurrency)
         cache = ImageCache(tmp / "cache", build_store.root, names, 224)
-        t, c = time.perf_counter(), time.process_time()
+        t, c, w = time.perf_counter(), time.process_time(), children_cpu_seconds()
         cache.build(build_store, progress=False, workers=args.workers)
         wall = time.perf_counter() - t
         results["cache_build"] = {
@@ -276,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(wall, 2),
             "img_per_s": round(len(names) / wall, 1),
             "cpu_s": round(time.process_time() - c, 2),
+            "workers_cpu_s": round(children_cpu_seconds() - w, 2),
         }
         print("cache build:", results["cache_build"], flush=True)
 
@@ -293,6 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "cached:", results["cached"], "with train augmentation:", results["cached_train_aug"], flush=True
         )
+
+        # (e) the MONAI alternative to (c)+(d): PersistentDataset, one torch.save file per image
+        results["monai_persistent"] = monai_persistent(
+            build_store, names, index.pneumonia, tmp / "persistent", args.workers
+        )
+        results["monai_persistent"]["pneumo_cache_disk_mb"] = round(
+            cache.pixels_path.stat().st_size / 2**20, 1
+        )
+        print("MONAI PersistentDataset:", results["monai_persistent"], flush=True)
         emulator.close()
         emulator = None
 
@@ -311,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
 
     seed_rate, seed_cpu = results["seed_style"]["img_per_s"], results["seed_style"]["cpu_s"]
     results["ratios"] = {
+        "cached_vs_monai_persistent_read": round(
+            results["cached"]["img_per_s"] / results["monai_persistent"]["read"]["img_per_s"], 1
+        ),
         "cached_vs_seed_per_core": round(results["cached"]["img_per_s"] / seed_rate, 1),
         "cached_vs_seed_per_cpu_second": round(
             (results["cached"]["images"] / results["cached"]["cpu_s"])

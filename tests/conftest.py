@@ -78,6 +78,10 @@ def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | N
 
 
 # ---------------------------------------------------------------- GCS emulator (issue 3: cloud data path)
+# gcsfs >= 2026 probes buckets over gRPC when this is on, stalling every call against the emulator; it is
+# read when gcsfs is imported, which any test (a logger, fsspec) may trigger first: set it at collection.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 #: Requester Pays bucket holding the tiny demo set in NIH's layout, and the project allowed to bill it.
 NIH_BUCKET, BILLING_PROJECT = "nih-test", "test-billing"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import struct
@@ -343,3 +344,56 @@ def test_store_reads_local_and_gs_the_same(gcs_emulator, nih_bucket: str, demo_r
     local = ImageStore(str(demo_root / "images")).map_ordered(names, lambda n, d: d)
     remote = gs_dm(gcs_emulator, nih_bucket, None).store.map_ordered(names, lambda n, d: d)
     assert local == remote == [(demo_root / "images" / n).read_bytes() for n in names]
+
+
+def test_cache_build_through_a_server_restart(
+    gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pneumo.data.store")
+    names = demo_names(demo_root)
+    dm = gs_dm(gcs_emulator, nih_bucket, tmp_path / "cache", io={**FAST_IO, "concurrency": 4})
+    served = {"n": 0}
+
+    def restart_after_20(req) -> int | None:
+        served["n"] += req.path.endswith(".png")
+        if served["n"] == 20:  # mid-pass the server goes away for a second, then comes back
+            threading.Thread(
+                target=lambda: (gcs_emulator.stop(), time.sleep(1.0), gcs_emulator.start())
+            ).start()
+        return None
+
+    gcs_emulator.fault = restart_after_20
+    dm.prepare_data()
+    dm.setup("fit")
+    assert served["n"] > 20 and gcs_emulator.running
+    assert any("retrying gs://" in r.getMessage() for r in caplog.records)  # requests failed meanwhile
+    pixels = dm.image_cache.open()
+    assert (dm.image_cache.status() == CACHED).all()
+    for i, name in enumerate(names):
+        assert np.array_equal(pixels[i], expected_pixels(demo_root / "images" / name, 48)), name
+
+
+def test_concurrent_builders_fetch_once_the_others_wait(
+    gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What DDP ranks (or two runs) sharing a cache folder do: one builds, the others wait on its lock."""
+    caplog.set_level(logging.INFO, logger="pneumo.data.cache")
+    names = demo_names(demo_root)
+    gcs_emulator.latency_s = 0.005
+    store = gs_dm(gcs_emulator, nih_bucket, None, io={**FAST_IO, "concurrency": 2}).store
+    results: list[dict] = []
+    first = threading.Thread(
+        target=lambda: results.append(
+            ImageCache(tmp_path, store.root, names, 48).build(store, progress=False)
+        )
+    )
+    first.start()
+    cache = ImageCache(tmp_path, store.root, names, 48)
+    while not cache.status_path.exists():
+        time.sleep(0.01)
+    results.append(cache.build(store, progress=False))  # blocks until the first build is complete
+    first.join()
+    fetched = [r.path for r in gcs_emulator.requests_for(nih_bucket) if r.path.startswith("/download/")]
+    assert len(fetched) == len(set(fetched)) == len(names)  # every image fetched exactly once
+    assert results[0] == results[1] and results[0]["cached"] == len(names)
+    assert "another process is building the cache" in caplog.text

@@ -272,12 +272,13 @@ class ImageCache:
                 )
             else:
                 log.info(
-                    "caching %d images of %s at %d px in %s (%d requests in flight)",
+                    "caching %d images of %s at %d px in %s (%d requests in flight, %s)",
                     len(self),
                     redact_url(self.images_url),
                     self.size,
                     self.dir,
-                    store.concurrency,
+                    store.concurrency * max(1, workers),
+                    f"{workers} decode processes" if workers > 0 else "decoding in threads",
                 )
             t0 = time.monotonic()
             self._fetch(store, todo, status, on_missing, on_bad_image, progress, commit_every_s, workers)
@@ -347,7 +348,8 @@ class ImageCache:
         if counts["cached"] == 0:
             raise CacheError(
                 f"none of the {len(self)} images under {redact_url(self.images_url)} could be cached "
-                f"({counts['missing']} missing, {counts['bad image']} bad): is data.images_url right?"
+                f"({counts['missing']} missing, {counts['bad image']} bad): is data.images_url right? "
+                f"(delete {self.dir} to try again)"
             )
         for kind, key in (("missing", "data.on_missing"), ("bad image", "data.on_bad_image")):
             if counts[kind]:
@@ -488,6 +490,7 @@ def _results_from_processes(
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(store, size))
     pending: dict[Future, int] = {}
     next_chunk = 0
+    finished = False
     try:
         while pending or next_chunk < len(starts):
             while next_chunk < len(starts) and len(pending) < 2 * workers:
@@ -499,8 +502,10 @@ def _results_from_processes(
                 start = pending.pop(future)
                 for j, result in future.result():
                     yield start + j, result
+        finished = True
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # On an early stop, chunks still running are abandoned (their results are not needed).
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
