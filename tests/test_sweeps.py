@@ -16,11 +16,11 @@ from tests.test_train import read_scalars
 
 
 def quick(demo_root: Path, out: Path) -> list[str]:
-    """``tiny_overrides`` cut further: one train and one val batch of 8, no sanity check, no test."""
+    """``tiny_overrides`` cut further: one train and one val batch of 4, no sanity check, no test."""
     keep = [o for o in tiny_overrides(demo_root, out) if not o.startswith(("+trainer.limit_", "data.batch"))]
     return [
         *keep,
-        "data.batch_size=8",
+        "data.batch_size=4",
         "+trainer.limit_train_batches=1",
         "+trainer.limit_val_batches=1",
         "+trainer.num_sanity_val_steps=0",
