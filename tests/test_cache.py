@@ -169,7 +169,12 @@ def test_build_killed_with_sigkill_resumes_to_the_clean_result(
     proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, json.dumps(kwargs)], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 120
-        while not (cache.status_path.exists() and (cache.status() == CACHED).sum() >= 5):
+        while not (
+            # the child may be creating status.u8 right now: read it only once it has its full size
+            cache.status_path.exists()
+            and cache.status_path.stat().st_size == len(cache)
+            and (cache.status() == CACHED).sum() >= 5
+        ):
             assert proc.poll() is None, "the build ended before it could be killed"
             assert time.monotonic() < deadline, "the build never committed an image"
             time.sleep(0.02)

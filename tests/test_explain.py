@@ -38,7 +38,7 @@ def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         cfg.callbacks.lr_monitor = None  # logger=none: nothing to monitor into
         cfg.callbacks.early_stopping = None
     _, objects = train(cfg)
-    return Path(objects["trainer"].checkpoint_callback.last_model_path)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -91,7 +91,9 @@ def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> N
         assert float(row["probability"]) == pytest.approx(reference[row["image"]], abs=1e-5)
         assert int(row["true_label"]) == truth[row["image"]]  # from the checkpoint's label index
         assert int(row["predicted_label"]) == int(float(row["probability"]) >= float(row["threshold"]))
-    assert float(rows[0]["threshold"]) == pytest.approx(0.5)
+    # the operating point is the one stored in the checkpoint (chosen on validation during training)
+    stored = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)["state_dict"]["threshold"].item()
+    assert float(rows[0]["threshold"]) == pytest.approx(stored, abs=1e-6)
 
 
 def test_predicted_label_uses_the_checkpoints_threshold(

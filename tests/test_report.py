@@ -34,7 +34,7 @@ def _overrides(data_root: Path, out: Path) -> list[str]:
         *keep,
         "+trainer.limit_train_batches=1",
         "trainer.max_epochs=2",
-        "trainer.num_sanity_val_steps=0",
+        "+trainer.num_sanity_val_steps=0",
         "eval.bootstrap.resamples=300",
     ]
 

@@ -69,7 +69,6 @@ def test_failed_job_is_reported_and_parallel_jobs_stay_apart(demo_root: Path, tm
             "hydra/launcher=parallel",
             "hydra.launcher.n_jobs=2",
             "model.class_weights=[1.0,2.0,3.0],auto",
-            "train=false",
             "optimized_metric=null",
             *quick(demo_root, tmp_path),
         ],
@@ -80,7 +79,7 @@ def test_failed_job_is_reported_and_parallel_jobs_stay_apart(demo_root: Path, tm
     sweep = the_sweep(tmp_path)
     table = pd.read_csv(sweep / "sweep_summary.csv", keep_default_na=False)
     assert list(table["status"]) == ["FAILED", "COMPLETED"]
-    assert "model.class_weights needs 2 numbers, got [1.0, 2.0, 3.0]" in table["error"][0]
+    assert "model.class_weights needs 2 numbers for task=binary, got [1.0, 2.0, 3.0]" in table["error"][0]
     assert table["error"][1] == "" and list(table["model.class_weights"]) == ["[1.0,2.0,3.0]", "auto"]
     for job in (0, 1):
         overrides = yaml.safe_load((sweep / str(job) / ".hydra" / "overrides.yaml").read_text())
