@@ -458,9 +458,10 @@ def report_markdown(report: Mapping) -> str:
         f"positives (prevalence {prevalence}).",
         "",
     ]
-    chosen = f"rule {t['rule']}" + (
-        f", chosen on {t['chosen_on']}" if t["rule"] and "fixed" not in t["rule"] else ""
-    )
+    if t.get("chosen_on") == "fixed":
+        chosen = "fixed by eval.threshold"
+    else:
+        chosen = f"rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}"
     if t.get("epoch") is not None:
         chosen += f" at epoch {t['epoch']}"
     if t.get("val"):
