@@ -79,11 +79,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info("instantiating data <%s>", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    if cfg.get("train"):
-        log.info("instantiating model <%s>", cfg.model._target_)
-        model: L.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    if not cfg.get("train") and (cfg.get("test") or cfg.get("ckpt_path")):
+        model: L.LightningModule = load_checkpoint_model(cfg)
     else:
-        model = load_checkpoint_model(cfg)
+        log.info("instantiating model <%s>", cfg.model._target_)
+        model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info("instantiating trainer <%s>", cfg.trainer._target_)

@@ -110,6 +110,9 @@ def test_report_of_a_run_and_of_its_checkpoint(compose_train, demo_root: Path, t
 
 
 def test_evaluation_only_needs_a_checkpoint(compose_train, demo_root: Path, tmp_path: Path) -> None:
+    # Nothing to fit or test: no checkpoint needed, no report (sweep smoke tests rely on this).
+    _, objects = train(compose_train([*tiny_overrides(demo_root, tmp_path), "train=false", "test=false"]))
+    assert objects["report"] is None and not (tmp_path / "run" / "report.json").exists()
     cfg = compose_train([*tiny_overrides(demo_root, tmp_path), "train=false"])
     with pytest.raises(ValueError, match="pass ckpt_path=PATH"):
         train(cfg)

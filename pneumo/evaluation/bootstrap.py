@@ -59,6 +59,7 @@ class ClusterBootstrap:
         seed: seed of the resampling; the same seed gives the same intervals.
         level: confidence level of the percentile intervals (0.95 = 2.5th to 97.5th percentile).
         chunk: resamples drawn per vectorised pass (bounds memory at ``chunk * n`` floats).
+        unit_name: what a unit is, for messages (``"patient"``).
     """
 
     def __init__(
@@ -69,11 +70,13 @@ class ClusterBootstrap:
         seed: int = 0,
         level: float = 0.95,
         chunk: int = 100,
+        unit_name: str = "patient",
     ) -> None:
         if resamples < 1:
             raise ValueError(f"eval.bootstrap.resamples must be >= 1, got {resamples}")
         if not 0.0 < level < 1.0:
             raise ValueError(f"eval.bootstrap.level must be in (0, 1), got {level}")
+        units_were_images = units is None
         if units is None:
             if n is None:
                 raise ValueError("ClusterBootstrap needs units or n")
@@ -86,6 +89,7 @@ class ClusterBootstrap:
             float(level),
             int(chunk),
         )
+        self.unit_name = "image" if units_were_images else unit_name
 
     def weights(self) -> Iterator[np.ndarray]:
         """Yield ``(b, n_images)`` float32 weights (draw counts of each image's unit), ``resamples`` rows in all."""
@@ -124,18 +128,14 @@ class ClusterBootstrap:
         """Percentile interval of a bootstrap distribution (NaN entries are undefined resamples)."""
         finite = values[np.isfinite(values)]
         if self.n_units < 2:
-            return Interval(
-                np.nan, np.nan, len(finite), self.resamples, f"no interval from {self.n_units} unit(s)"
-            )
+            reason = f"no interval: a single {self.unit_name}" if self.n_units else "no interval: no data"
+            return Interval(np.nan, np.nan, len(finite), self.resamples, reason)
         if len(finite) == 0 or len(finite) < MIN_VALID_SHARE * self.resamples:
-            return Interval(
-                np.nan,
-                np.nan,
-                len(finite),
-                self.resamples,
-                f"no interval: only {len(finite)} of {self.resamples} resamples had it defined "
-                "(too few units of one class)",
+            reason = (
+                f"no interval: only {len(finite)} of {self.resamples} {self.unit_name} resamples had it defined "
+                f"(too few {self.unit_name}s of one class)"
             )
+            return Interval(np.nan, np.nan, len(finite), self.resamples, reason)
         alpha = (1.0 - self.level) / 2.0
         low, high = np.quantile(finite, [alpha, 1.0 - alpha])
         return Interval(float(low), float(high), len(finite), self.resamples)

@@ -184,7 +184,7 @@ def report_figures(
         "roc": roc_figure(y, p, threshold, f"ROC: {target}"),
         "pr": pr_figure(y, p, threshold, f"Precision-recall: {target}"),
         "reliability": reliability_figure(y, p, bins, "Reliability"),
-        "confusion_matrix": confusion_figure(y, p, threshold, target),
+        "confusion_matrix": confusion_figure(y, p, threshold, f"Confusion matrix: {target}"),
     }
     findings = findings_roc_figure(frame)
     if findings is not None:

@@ -122,9 +122,7 @@ def _entry(value: Any, interval: Interval | None = None, note: str | None = None
         else None
     )
     if note is None and value is not None and interval is not None and ci is None:
-        note = (
-            (interval.reason or "no interval").replace("unit(s)", "patient(s)").replace("units", "patients")
-        )
+        note = interval.reason or "no interval"
     if note is None and value is None:
         note = "undefined"
     return {"value": value, "ci": ci, "note": note}
@@ -194,7 +192,7 @@ def _binary_section(
         def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
             return {**ranking_metrics(ranked, w), **rates(confusion_counts(y, p, threshold, w))}
 
-        boot = ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
+        boot = _bootstrap(units, settings)
         intervals = boot.intervals(statistic)
     metrics = {
         k: _entry(point.get(k), intervals.get(k), notes.get(k))
@@ -231,6 +229,10 @@ def _binary_section(
     return section, messages
 
 
+def _bootstrap(units: np.ndarray, settings: EvalSettings) -> ClusterBootstrap:
+    return ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
+
+
 def _auroc_with_interval(y: np.ndarray, p: np.ndarray, units: np.ndarray, settings: EvalSettings) -> dict:
     pos = int(y.sum())
     neg = len(y) - pos
@@ -238,7 +240,7 @@ def _auroc_with_interval(y: np.ndarray, p: np.ndarray, units: np.ndarray, settin
         only = "negative" if pos == 0 else "positive"
         return _entry(None, None, f"undefined: only {only} images ({len(y)})")
     ranked = RankedScores.of(y, p)
-    boot = ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
+    boot = _bootstrap(units, settings)
     interval = boot.intervals(lambda w: {"auroc": ranking_metrics(ranked, w)["auroc"]})["auroc"]
     return _entry(ranking_metrics(ranked)["auroc"][0], interval)
 
@@ -281,7 +283,7 @@ def _findings_table(frame: pd.DataFrame, settings: EvalSettings) -> tuple[list[d
         y = frame[f"y_{f}"].to_numpy()
         if 0 < y.sum() < len(y):
             ranked[f] = RankedScores.of(y, frame[f"p_{f}"].to_numpy())
-    boot = ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
+    boot = _bootstrap(units, settings)
     dists = boot.distributions(lambda w: {f: ranking_metrics(r, w)["auroc"] for f, r in ranked.items()})
     rows = []
     for f in present:
@@ -458,9 +460,10 @@ def report_markdown(report: Mapping) -> str:
         f"positives (prevalence {prevalence}).",
         "",
     ]
-    chosen = f"rule {t['rule']}" + (
-        f", chosen on {t['chosen_on']}" if t["rule"] and "fixed" not in t["rule"] else ""
-    )
+    if t.get("chosen_on") == "fixed":
+        chosen = "fixed by eval.threshold"
+    else:
+        chosen = f"rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}"
     if t.get("epoch") is not None:
         chosen += f" at epoch {t['epoch']}"
     if t.get("val"):

@@ -341,16 +341,19 @@ class PneumoniaClassifier(L.LightningModule):
         """Apply the operating-point rule to the validation predictions (identical on every process)."""
         rule = self.operating_point_rule
         previous = float(self.threshold)
-        if self.task == "multilabel":
-            for j in range(TASK_OUTPUTS["multilabel"]):
-                choice = select_threshold(outputs.targets[:, j], outputs.probs[:, j], rule)
-                if choice.value is not None:
-                    self.thresholds[j] = choice.value
-            self.threshold.fill_(float(self.thresholds[PNEUMONIA_INDEX]))
         y, p = outputs.pneumonia
         choice = select_threshold(y, p, rule)
         if choice.value is not None:
             self.threshold.fill_(choice.value)
+        if self.task == "multilabel":
+            for j in range(TASK_OUTPUTS["multilabel"]):
+                other = (
+                    choice
+                    if j == PNEUMONIA_INDEX
+                    else select_threshold(outputs.targets[:, j], outputs.probs[:, j], rule)
+                )
+                if other.value is not None:
+                    self.thresholds[j] = other.value
         note = choice.note
         if choice.value is None:
             note = f"{note}; kept the previous threshold {previous:.4g}"
