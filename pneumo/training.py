@@ -1,14 +1,26 @@
-"""The training pipeline behind ``train.py``: compose -> instantiate -> fit -> test -> metric."""
+"""The pipeline behind ``train.py``: compose -> instantiate -> fit -> test -> report -> metric.
+
+``train=false ckpt_path=CKPT`` evaluates a checkpoint without training: the model is rebuilt from the
+checkpoint, the operating point is chosen on the validation split by ``eval.threshold`` (the same rule
+that chose it during training gives the same threshold), and the test report is written as after training.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from pneumo.data.store import redact_secrets
+from pneumo.evaluation.evaluate import write_evaluation
+from pneumo.evaluation.report import EvalSettings
+from pneumo.evaluation.threshold import ThresholdRule
+from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +48,49 @@ def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
+def load_checkpoint_model(cfg: DictConfig) -> L.LightningModule:
+    """The model of ``cfg.ckpt_path`` (architecture and task from the checkpoint), for evaluation only."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        raise ValueError(
+            "train=false evaluates a checkpoint: pass ckpt_path=PATH "
+            "(e.g. ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt)"
+        )
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist (or is not a file)")
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    log.info("loading %s from %s", model_class.__name__, path)
+    model = model_class.load_from_checkpoint(path, map_location="cpu")
+    if hasattr(model, "operating_point_rule") and cfg.get("eval") is not None and "threshold" in cfg.eval:
+        # The rule of this run's eval config; validation re-applies it to the checkpoint's weights.
+        model.operating_point_rule = ThresholdRule.parse(cfg.eval.threshold)
+    return model
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit (and test) the configured model; return the logged metrics and the instantiated objects."""
+    """Fit (and test) the configured model, write the test report; return the metrics and the objects.
+
+    With ``train=false`` the checkpoint ``ckpt_path`` is evaluated instead (validation picks the operating
+    point, then test and the report).
+    """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    settings = EvalSettings.from_config(to_plain(cfg.get("eval")))
 
     log.info("instantiating data <%s>", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    log.info("instantiating model <%s>", cfg.model._target_)
-    model: L.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    if cfg.get("train"):
+        log.info("instantiating model <%s>", cfg.model._target_)
+        model: L.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    else:
+        model = load_checkpoint_model(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
 
     metrics: dict[str, Any] = {}
     if cfg.get("train"):
@@ -59,8 +98,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(trainer.callback_metrics)
 
+    report = None
     if cfg.get("test"):
-        ckpt = cfg.get("ckpt_path") if not cfg.get("train") else None
         if cfg.get("train"):
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             ckpt = best or None
@@ -68,13 +107,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 log.warning(
                     "no best checkpoint (fast_dev_run or no checkpoint callback): testing current weights"
                 )
-        log.info("testing with %s", ckpt or "the current weights")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+            log.info("testing with %s", ckpt or "the current weights")
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+        else:
+            ckpt = cfg.ckpt_path
+            log.info("choosing the operating point (%s) on validation", settings.threshold)
+            trainer.validate(model=model, datamodule=datamodule)
+            metrics.update(trainer.callback_metrics)
+            log.info("testing %s", ckpt)
+            trainer.test(model=model, datamodule=datamodule)
         metrics.update(trainer.callback_metrics)
+        report = write_evaluation(model, datamodule, trainer, settings, cfg.paths.output_dir, checkpoint=ckpt)
+    elif not cfg.get("train"):
+        log.warning("train=false and test=false: nothing to do")
 
     output_dir = cfg.paths.get("output_dir")
     log.info("outputs in %s", output_dir)
     if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
         log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
-    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "report": report}
     return metrics, objects

@@ -75,3 +75,43 @@ def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | N
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+# ---------------------------------------------------------------- GCS emulator (issue 3: cloud data path)
+#: Requester Pays bucket holding the tiny demo set in NIH's layout, and the project allowed to bill it.
+NIH_BUCKET, BILLING_PROJECT = "nih-test", "test-billing"
+
+
+@pytest.fixture(scope="session")
+def _gcs_emulator_session():
+    from tests.gcs_emulator import GCSEmulator
+
+    em = GCSEmulator().start()
+    yield em
+    em.stop()
+
+
+@pytest.fixture()
+def gcs_emulator(_gcs_emulator_session):
+    """The in-process emulator (tests/gcs_emulator.py), running, with no faults, latency or request log."""
+    em = _gcs_emulator_session
+    if not em.running:
+        em.start()
+    em.fault, em.latency_s = None, 0.0
+    em.requests.clear()
+    yield em
+    em.fault, em.latency_s = None, 0.0
+    if not em.running:
+        em.start()
+
+
+@pytest.fixture()
+def nih_bucket(gcs_emulator, demo_root: Path) -> str:
+    """``gs://nih-test``: the demo set in NIH's layout (png/, CSVs, lists), Requester Pays (billing project
+    ``test-billing``); uploaded once per session. Returns the bucket name."""
+    em = gcs_emulator
+    if NIH_BUCKET not in em.requester_pays:
+        em.create_bucket(NIH_BUCKET, requester_pays_projects={BILLING_PROJECT})
+        em.upload_nih_layout(demo_root, NIH_BUCKET)
+    em.requests.clear()
+    return NIH_BUCKET

@@ -59,7 +59,8 @@ def test_run_dir_layout(compose_train) -> None:
     cfg = compose_train([])
     assert HydraConfig.get().run.dir.startswith("./logs/train/runs/2")
     assert OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor") == "val/auroc"
-    assert cfg.callbacks.model_checkpoint.save_last is True
+    # last.ckpt is refreshed every epoch by a monitor-less checkpoint callback (the resume point)
+    assert cfg.callbacks.last_checkpoint.filename == "last" and cfg.callbacks.last_checkpoint.monitor is None
 
 
 def test_cfg_job_prints_the_composed_config() -> None:

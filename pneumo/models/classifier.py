@@ -1,4 +1,17 @@
-"""``PneumoniaClassifier``: the LightningModule that trains and evaluates a pneumonia classifier.
+"""``PneumoniaClassifier``: the LightningModule that trains and evaluates a chest X-ray classifier.
+
+Two tasks share the module: ``binary`` (the default: logits for [no pneumonia, pneumonia], cross-entropy)
+and ``multilabel`` (the 14 ChestX-ray14 findings, as CheXNet: one logit per finding, BCE-with-logits).
+
+The operating point lives in the ``threshold`` buffer: the threshold on the **pneumonia probability**
+(an image is called positive when ``probability >= threshold``). It is chosen on the validation split at the
+end of every validation epoch by the rule ``operating_point`` (``youden``, ``sensitivity@0.90``,
+``specificity@0.90`` or a fixed number), so each checkpoint carries the threshold of its own epoch; test
+and ``explain.py`` use it. Multi-label models also carry ``thresholds`` (one per finding, same rule);
+``threshold`` is then the pneumonia entry.
+
+Validation and test predictions are gathered across processes (DDP-safe) and kept in
+``model.predictions["val" | "test"]`` for the evaluation report (``pneumo.evaluation``).
 
 Example:
     >>> from functools import partial
@@ -7,56 +20,86 @@ Example:
     ...     optimizer=partial(torch.optim.Adam, lr=1e-4))
     >>> model(torch.zeros(2, 1, 64, 64)).shape
     torch.Size([2, 2])
+    >>> float(model.threshold), model.predict_proba(torch.zeros(1, 1, 64, 64)).shape
+    (0.5, torch.Size([1]))
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryRecall,
-    BinarySpecificity,
-)
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
+from pneumo.data.findings import FINDINGS, PNEUMONIA
+from pneumo.evaluation.metrics import auroc, average_precision, threshold_metrics
+from pneumo.evaluation.threshold import ThresholdRule, select_threshold
 from pneumo.models.nets import build_net, load_initial_weights
 from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
 
+#: Outputs of the network per task.
+TASK_OUTPUTS = {"binary": 2, "multilabel": len(FINDINGS)}
+PNEUMONIA_INDEX = FINDINGS.index(PNEUMONIA)
 
-def _binary_metrics(prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "auroc": BinaryAUROC(),
-            "auprc": BinaryAveragePrecision(),
-            "accuracy": BinaryAccuracy(),
-            "sensitivity": BinaryRecall(),
-            "specificity": BinarySpecificity(),
-        },
-        prefix=f"{prefix}/",
-    )
+
+@dataclass(frozen=True)
+class EvalOutputs:
+    """Predictions of one split, gathered over processes, one row per image (sorted by image name).
+
+    Attributes:
+        image_ids: image names.
+        probs: ``(n,)`` pneumonia probabilities (binary) or ``(n, 14)`` finding probabilities (multi-label).
+        targets: labels shaped like ``probs``.
+    """
+
+    image_ids: np.ndarray
+    probs: np.ndarray
+    targets: np.ndarray
+
+    @property
+    def pneumonia(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, probabilities)`` of pneumonia."""
+        if self.probs.ndim == 2:
+            return self.targets[:, PNEUMONIA_INDEX], self.probs[:, PNEUMONIA_INDEX]
+        return self.targets, self.probs
+
+
+def _concat_parts(
+    parts: list[tuple[list[str], torch.Tensor, torch.Tensor]], width: int | None
+) -> EvalOutputs:
+    shape = (0,) if width is None else (0, width)
+    ids = np.array([i for part in parts for i in part[0]], dtype=object)
+    probs = torch.cat([p[1] for p in parts]).double().numpy() if parts else np.zeros(shape)
+    targets = torch.cat([p[2] for p in parts]).long().numpy() if parts else np.zeros(shape, dtype=np.int64)
+    return EvalOutputs(ids, probs, targets)
 
 
 class PneumoniaClassifier(L.LightningModule):
-    """A binary pneumonia classifier (logits for [no pneumonia, pneumonia]).
+    """A pneumonia classifier (binary) or a 14-finding classifier (multi-label) with a chosen operating point.
 
     Args:
-        net: ``_target_`` spec of the network (kept as plain data so checkpoints rebuild it).
+        net: ``_target_`` spec of the network (kept as plain data so checkpoints rebuild it); its
+            ``out_channels`` must be 2 (binary) or 14 (multi-label).
         optimizer: ``_partial_`` spec (or a callable) taking the parameters, e.g. Adam lr 1e-4.
         scheduler: optional ``_partial_`` spec taking the optimizer (``ReduceLROnPlateau`` on ``monitor``).
         monitor: metric the scheduler watches.
-        class_weights: ``"auto"`` (inverse train prevalence), a list ``[w_neg, w_pos]``, or ``None``.
+        class_weights: ``"auto"`` (from train prevalence), explicit weights, or ``None``. Binary: the
+            cross-entropy weights ``[w_neg, w_pos]`` (auto = inverse class frequency). Multi-label: the
+            BCE ``pos_weight`` of each of the 14 findings (auto = negatives / positives in train; 1 for a
+            finding without train positives).
         init_weights: optional local checkpoint / state-dict file to initialise the network from.
+        task: ``binary`` or ``multilabel``.
+        operating_point: rule choosing ``threshold`` on validation (``eval.threshold`` in the config).
     """
 
     def __init__(
@@ -67,13 +110,28 @@ class PneumoniaClassifier(L.LightningModule):
         monitor: str = "val/auroc",
         class_weights: str | Sequence[float] | None = "auto",
         init_weights: str | None = None,
+        task: str = "binary",
+        operating_point: str | float = "youden",
     ) -> None:
         super().__init__()
         net, optimizer, scheduler, class_weights = map(to_plain, (net, optimizer, scheduler, class_weights))
+        if task not in TASK_OUTPUTS:
+            raise ValueError(f"model.task must be one of {sorted(TASK_OUTPUTS)}, got {task!r}")
+        n_out = TASK_OUTPUTS[task]
+        if isinstance(net, Mapping) and net.get("out_channels") not in (None, n_out):
+            raise ValueError(
+                f"model.task={task} needs {n_out} network outputs but model.net.out_channels={net['out_channels']}; "
+                + (
+                    "use `model=densenet121_multilabel` (or add `model.net.out_channels=14`)"
+                    if task == "multilabel"
+                    else "set `model.net.out_channels=2`"
+                )
+            )
         if isinstance(class_weights, str) and class_weights != "auto":
             raise ValueError(
-                f"model.class_weights must be 'auto', a list of 2 numbers or null, got {class_weights!r}"
+                f"model.class_weights must be 'auto', a list of {n_out} numbers or null, got {class_weights!r}"
             )
+        self.operating_point_rule = ThresholdRule.parse(operating_point)
         self.save_hyperparameters(
             {
                 "net": net,
@@ -82,63 +140,151 @@ class PneumoniaClassifier(L.LightningModule):
                 "monitor": monitor,
                 "class_weights": class_weights,
                 "init_weights": init_weights,
+                "task": task,
+                "operating_point": operating_point,
             }
         )
+        self.task = task
         self._optimizer, self._scheduler = optimizer, scheduler
         self.net = build_net(net)
         if init_weights:
             load_initial_weights(self.net, init_weights)
-        num_classes = 2
         weights = (
-            torch.ones(num_classes)
+            torch.ones(n_out)
             if class_weights in (None, "auto")
             else torch.tensor(class_weights, dtype=torch.float32)
         )
-        if weights.shape != (num_classes,):
-            raise ValueError(f"model.class_weights needs {num_classes} numbers, got {class_weights}")
-        # A buffer, so the weights travel with checkpoints and are right on any device.
+        if weights.shape != (n_out,):
+            raise ValueError(
+                f"model.class_weights needs {n_out} numbers for task={task}, got {class_weights}"
+            )
+        # Buffers travel with checkpoints and follow the module to any device.
         self.register_buffer("class_weights", weights)
-        # Operating point on the pneumonia probability; evaluation chooses it on validation and stores it here.
+        # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
         self.register_buffer("threshold", torch.tensor(0.5))
+        if task == "multilabel":
+            self.register_buffer("thresholds", torch.full((n_out,), 0.5))
+        #: How ``threshold`` was chosen (rule, epoch, validation figures); saved in checkpoints.
+        self.operating_point: dict[str, Any] = {
+            "rule": str(self.operating_point_rule),
+            "value": 0.5,
+            "chosen_on": None,
+            "epoch": None,
+            "val": None,
+            "note": "not chosen on validation yet (initial 0.5)",
+        }
+        self.checkpoint_epoch: int | None = None
         # ModuleDict keys must not shadow nn.Module attributes such as .train, hence the "_stage" keys.
         self.losses = torch.nn.ModuleDict({f"_{s}": MeanMetric() for s in ("train", "val", "test")})
-        self.metrics = torch.nn.ModuleDict({f"_{s}": _binary_metrics(s) for s in ("train", "val", "test")})
+        if task == "binary":
+            self.train_auroc, self.train_auprc = BinaryAUROC(), BinaryAveragePrecision()
+        self._outputs: dict[str, list] = {"val": [], "test": []}
+        #: Gathered predictions of the last validation / test epoch (``EvalOutputs``).
+        self.predictions: dict[str, EvalOutputs] = {}
 
+    # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pneumonia probability ``(B,)`` (binary) or the 14 finding probabilities ``(B, 14)`` (multi-label)."""
+        logits = logits.float()
+        return logits.softmax(dim=1)[:, 1] if self.task == "binary" else logits.sigmoid()
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Pneumonia probability per image (both tasks)."""
+        probs = self.probabilities(self(x))
+        return probs if self.task == "binary" else probs[:, PNEUMONIA_INDEX]
+
+    @torch.no_grad()
+    def predict_findings(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(B, 14)`` finding probabilities of a multi-label model."""
+        if self.task != "multilabel":
+            raise ValueError("predict_findings needs a model trained with model.task=multilabel")
+        return self.probabilities(self(x))
+
+    def is_positive(self, probability: torch.Tensor) -> torch.Tensor:
+        """Pneumonia calls at the operating point: ``probability >= threshold``."""
+        return probability >= self.threshold
+
+    # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         if self.hparams.class_weights == "auto" and stage == "fit":
             datamodule = getattr(self.trainer, "datamodule", None)
-            if datamodule is None or not hasattr(datamodule, "train_class_counts"):
-                raise ValueError("model.class_weights=auto needs a data module with train_class_counts()")
-            counts = torch.as_tensor(datamodule.train_class_counts(), dtype=torch.float32)
-            if (counts == 0).any():
-                raise ValueError(f"the train split has a class with no images (counts {counts.tolist()})")
-            self.class_weights.copy_(counts.sum() / (len(counts) * counts))
-            log.info(
-                "class weights from train prevalence: %s", [round(w, 3) for w in self.class_weights.tolist()]
+            if self.task == "binary":
+                self._auto_class_weights(datamodule)
+            else:
+                self._auto_pos_weights(datamodule)
+
+    def _auto_class_weights(self, datamodule: Any) -> None:
+        if datamodule is None or not hasattr(datamodule, "train_class_counts"):
+            raise ValueError("model.class_weights=auto needs a data module with train_class_counts()")
+        counts = torch.as_tensor(datamodule.train_class_counts(), dtype=torch.float32)
+        if (counts == 0).any():
+            raise ValueError(f"the train split has a class with no images (counts {counts.tolist()})")
+        self.class_weights.copy_(counts.sum() / (len(counts) * counts))
+        log.info(
+            "class weights from train prevalence: %s", [round(w, 3) for w in self.class_weights.tolist()]
+        )
+
+    def _auto_pos_weights(self, datamodule: Any) -> None:
+        if datamodule is not None and hasattr(datamodule, "train_finding_counts"):
+            positives, n = datamodule.train_finding_counts()
+        elif (
+            getattr(datamodule, "index", None) is not None and getattr(datamodule, "split", None) is not None
+        ):
+            findings = datamodule.index.subset(datamodule.split.train).findings
+            positives, n = findings.sum(axis=0), len(findings)
+        else:
+            raise ValueError(
+                "model.class_weights=auto (multilabel) needs a data module with `index` and `split` "
+                "(NIHDataModule) or train_finding_counts(); or set model.class_weights=null"
             )
+        pos = torch.as_tensor(np.asarray(positives), dtype=torch.float32)
+        weights = torch.where(pos > 0, (n - pos) / pos.clamp(min=1), torch.ones_like(pos))
+        self.class_weights.copy_(weights)
+        absent = [f for f, p in zip(FINDINGS, pos.tolist()) if p == 0]
+        log.info(
+            "BCE pos_weight from train prevalence: %s",
+            dict(zip(FINDINGS, [round(w, 2) for w in weights.tolist()])),
+        )
+        if absent:
+            log.warning("findings without a train positive (pos_weight 1, nothing to learn): %s", absent)
 
     # ------------------------------------------------------------------ steps
+    def _targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["label"] if self.task == "binary" else batch["findings"].float()
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.task == "binary":
+            return F.cross_entropy(logits, target, weight=self.class_weights)
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.class_weights)
+
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
-        target = batch["label"]
-        loss = F.cross_entropy(logits, target, weight=self.class_weights)
-        prob = logits.detach().float().softmax(dim=1)[:, 1]
-        self.losses[f"_{stage}"].update(loss.detach(), weight=len(target))
-        self.metrics[f"_{stage}"].update(prob, target)
-        on_step = stage == "train"
+        target = self._targets(batch)
+        loss = self._loss(logits, target)
+        n = len(target)
+        self.losses[f"_{stage}"].update(loss.detach(), weight=n)
         self.log(
             f"{stage}/loss",
             self.losses[f"_{stage}"],
             on_step=False,
             on_epoch=True,
             prog_bar=True,
-            batch_size=len(target),
+            batch_size=n,
         )
-        if on_step:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=len(target))
+        probs = self.probabilities(logits.detach())
+        if stage == "train":
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
+            if self.task == "binary":
+                self.train_auroc.update(probs, target)
+                self.train_auprc.update(probs, target)
+                self.log("train/auroc", self.train_auroc, on_step=False, on_epoch=True, batch_size=n)
+                self.log("train/auprc", self.train_auprc, on_step=False, on_epoch=True, batch_size=n)
+        else:
+            self._outputs[stage].append((list(batch["image_id"]), probs.cpu(), target.detach().cpu()))
         return loss
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -150,19 +296,120 @@ class PneumoniaClassifier(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        values = self.metrics[f"_{stage}"].compute()
-        self.log_dict(values, prog_bar=stage != "train", sync_dist=False)
-        self.metrics[f"_{stage}"].reset()
+    # ------------------------------------------------------------------ epoch ends
+    def on_validation_epoch_start(self) -> None:
+        self._outputs["val"] = []
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+    def on_test_epoch_start(self) -> None:
+        self._outputs["test"] = []
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+        outputs = self.gather_outputs("val")
+        self.predictions["val"] = outputs
+        if not self.trainer.sanity_checking:
+            self._choose_operating_point(outputs)
+        self._log_split_metrics("val", outputs)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        outputs = self.gather_outputs("test")
+        self.predictions["test"] = outputs
+        self._log_split_metrics("test", outputs)
+
+    def gather_outputs(self, stage: str) -> EvalOutputs:
+        """This epoch's predictions of ``stage`` from every process, de-duplicated by image, sorted by name.
+
+        Distributed samplers pad the last batch with repeated images; keeping one row per image id
+        removes those repeats.
+        """
+        width = None if self.task == "binary" else TASK_OUTPUTS[self.task]
+        local = _concat_parts(self._outputs[stage], width)
+        self._outputs[stage] = []
+        parts = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            if world > 1:
+                gathered: list = [None] * world
+                torch.distributed.all_gather_object(gathered, (local.image_ids, local.probs, local.targets))
+                parts = [EvalOutputs(*g) for g in gathered]
+        ids = np.concatenate([p.image_ids for p in parts]).astype(str)
+        probs = np.concatenate([p.probs for p in parts])
+        targets = np.concatenate([p.targets for p in parts])
+        ids, first = np.unique(ids, return_index=True)
+        return EvalOutputs(ids, probs[first], targets[first])
+
+    def _choose_operating_point(self, outputs: EvalOutputs) -> None:
+        """Apply the operating-point rule to the validation predictions (identical on every process)."""
+        rule = self.operating_point_rule
+        previous = float(self.threshold)
+        if self.task == "multilabel":
+            for j in range(TASK_OUTPUTS["multilabel"]):
+                choice = select_threshold(outputs.targets[:, j], outputs.probs[:, j], rule)
+                if choice.value is not None:
+                    self.thresholds[j] = choice.value
+            self.threshold.fill_(float(self.thresholds[PNEUMONIA_INDEX]))
+        y, p = outputs.pneumonia
+        choice = select_threshold(y, p, rule)
+        if choice.value is not None:
+            self.threshold.fill_(choice.value)
+        note = choice.note
+        if choice.value is None:
+            note = f"{note}; kept the previous threshold {previous:.4g}"
+            log.warning("operating point: %s", note)
+        elif note:
+            log.warning("operating point: %s", note)
+        at = threshold_metrics(y, p, float(self.threshold))
+        epoch = self.current_epoch if self.trainer.state.fn == "fit" else self.checkpoint_epoch
+        self.operating_point = {
+            "rule": str(rule),
+            "value": float(self.threshold),
+            "chosen_on": "fixed" if rule.kind == "fixed" else "val",
+            "epoch": epoch,
+            "val": {
+                "images": len(y),
+                "positives": int(np.sum(y)),
+                "sensitivity": None if np.isnan(at["sensitivity"]) else at["sensitivity"],
+                "specificity": None if np.isnan(at["specificity"]) else at["specificity"],
+            },
+            "note": note,
+        }
+        if self.task == "multilabel":
+            self.operating_point["thresholds"] = dict(zip(FINDINGS, map(float, self.thresholds.tolist())))
+
+    def _log_split_metrics(self, stage: str, outputs: EvalOutputs) -> None:
+        """Log AUROC/AUPRC and the metrics at the threshold, computed on the gathered predictions."""
+        values: dict[str, float] = {}
+        y, p = outputs.pneumonia
+        if self.task == "multilabel":
+            per_finding = {}
+            for j, name in enumerate(FINDINGS):
+                yj = outputs.targets[:, j]
+                if 0 < yj.sum() < len(yj):
+                    per_finding[name] = auroc(yj, outputs.probs[:, j])
+            mean = float(np.mean(list(per_finding.values()))) if per_finding else float("nan")
+            values.update({f"{stage}/auroc_{k}": v for k, v in per_finding.items()})
+            values[f"{stage}/auroc_mean"] = mean
+            values[f"{stage}/auroc"] = mean  # the monitored metric: mean AUROC over findings
+            values[f"{stage}/auroc_pneumonia"] = auroc(y, p) if len(y) else float("nan")
+        else:
+            values[f"{stage}/auroc"] = auroc(y, p) if len(y) else float("nan")
+        values[f"{stage}/auprc"] = average_precision(y, p) if len(y) else float("nan")
+        threshold = float(self.threshold)
+        at = threshold_metrics(y, p, threshold) if len(y) else {}
+        values.update({f"{stage}/{k}": v for k, v in at.items() if k != "accuracy"})
+        values[f"{stage}/threshold"] = threshold
+        # Same values on every process (gathered data): syncing keeps Lightning's DDP bookkeeping happy.
+        prog = {f"{stage}/auroc"}
+        for name, value in values.items():
+            self.log(name, float(value), prog_bar=name in prog, sync_dist=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["operating_point"] = dict(self.operating_point)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.checkpoint_epoch = checkpoint.get("epoch")
+        if "operating_point" in checkpoint:
+            self.operating_point = dict(checkpoint["operating_point"])
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
@@ -187,8 +434,3 @@ class PneumoniaClassifier(L.LightningModule):
                 "interval": "epoch",
             },
         }
-
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Pneumonia probability per image."""
-        return self(x).float().softmax(dim=1)[:, 1]

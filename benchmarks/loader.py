@@ -1,0 +1,332 @@
+"""Loader benchmark: seed-style loader vs pneumo streaming vs pneumo cache, at 224 px, side by side.
+
+Images are realistic 1024 x 1024 chest-like PNGs (``pneumo.data.synthetic`` at 1024 px with film grain
+``--noise``, ~380 KB each like NIH's ~375 KB) served from a GCS emulator in a separate process that answers
+requests concurrently, each after a modelled latency (``--latency-ms``, default 40 ms). Loaders:
+
+(a) seed-style: one google-cloud-storage blob download per ``__getitem__``, PIL decode, MONAI
+    ScaleIntensity / Resize / EnsureType on the full image, ``num_workers=0`` (one request at a time);
+(b) pneumo streaming (``data.cache=false``): ``NIHImageDataset`` + ``StreamingSource``, each batch fetched
+    with ``--concurrency`` requests in flight, in ``--workers`` DataLoader worker processes;
+(c) pneumo cache build (``prepare_data``, the first epoch with ``data.cache=true``), decoding in
+    ``--workers`` processes with ``--concurrency`` requests in flight each, then
+(d) pneumo from cache: an epoch from the memory-mapped uint8 cache, ``num_workers=0``.
+
+(a) and (d) run in one process with ``torch.set_num_threads(1)``: their images/s are per core. A last part
+measures the peak RSS of a process reading a cached epoch of ``--rss-images`` images at 224 px (the cache
+array is written directly from the resized benchmark images, tiled, instead of being built from PNGs).
+
+Usage::
+
+    python benchmarks/loader.py                      # ~3-5 minutes on 2 cores
+    python benchmarks/loader.py --images 128 --rss-images 2000 --seed-images 32   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from pneumo.data.findings import DATA_ENTRY_HEADER  # noqa: E402
+
+BUCKET, PROJECT = "nih-bench", "bench-billing"
+
+
+# ---------------------------------------------------------------------------------------------- data
+def write_benchmark_set(out: Path, n_images: int, distinct: int, noise: float) -> dict:
+    """``distinct`` realistic 1024-px PNGs, linked under ``n_images`` NIH-style names, plus a label CSV."""
+    from pneumo.data.synthetic import write_synthetic_dataset
+
+    src = out / "distinct"
+    write_synthetic_dataset(str(src), n=distinct, size=1024, seed=0, noise=noise, pneumonia_fraction=0.3)
+    pngs = sorted((src / "images").glob("*.png"))
+    (out / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n_images):
+        name = f"{i + 1:08d}_000.png"
+        os.link(pngs[i % len(pngs)], out / "images" / name)
+        label = "Pneumonia" if i % 7 == 0 else "No Finding"
+        rows.append(f"{name},{label},0,{i + 1},50,M,PA,1024,1024,0.143,0.143")
+    (out / "Data_Entry_2017.csv").write_text("\n".join([DATA_ENTRY_HEADER, *rows]) + "\n")
+    sizes = [p.stat().st_size for p in pngs]
+    return {"distinct_pngs": len(pngs), "mean_png_kb": round(float(np.mean(sizes)) / 1024, 1)}
+
+
+class EmulatorProcess:
+    """``python -m tests.gcs_emulator`` serving a folder with a per-request latency, in its own process."""
+
+    def __init__(self, folder: Path, latency_ms: float) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "tests.gcs_emulator", "--port", str(port), "--bucket", BUCKET]
+        cmd += ["--from-dir", str(folder), "--latency-ms", str(latency_ms)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "serving" not in line:
+            raise RuntimeError(f"emulator did not start: {line!r}")
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+class SeedStyleDataset(Dataset):
+    """The seed's loader: one blob download per item, PIL decode, MONAI transforms on the full image."""
+
+    def __init__(self, endpoint: str, names: list[str], labels: np.ndarray, size: int) -> None:
+        from monai.transforms import Compose, EnsureType, Resize, ScaleIntensity
+
+        self.endpoint, self.names, self.labels = endpoint, names, labels
+        self.transform = Compose([ScaleIntensity(), Resize((size, size)), EnsureType()])
+        self._bucket = None
+
+    def bucket(self):
+        if self._bucket is None:
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            client = storage.Client(
+                project=PROJECT,
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": self.endpoint},
+            )
+            self._bucket = client.bucket(BUCKET, user_project=PROJECT)
+        return self._bucket
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        data = self.bucket().blob(f"png/{self.names[i]}").download_as_bytes()
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32)[None]
+        return {"image": self.transform(pixels), "label": torch.tensor(int(self.labels[i]))}
+
+
+def throughput(loader: DataLoader, limit: int | None = None) -> dict:
+    """Images/s after the first batch (worker start-up excluded), and CPU seconds of this process."""
+    it = iter(loader)
+    first = next(it)
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    for batch in it:
+        n += len(batch["label"])
+        if limit is not None and n >= limit:
+            break
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert first["image"].shape[-2:] == (224, 224)
+    return {"images": n, "seconds": round(wall, 2), "img_per_s": round(n / wall, 1), "cpu_s": round(cpu, 2)}
+
+
+# ---------------------------------------------------------------------------------------------- rss
+RSS_SCRIPT = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np, pandas as pd, torch
+from torch.utils.data import DataLoader
+from pneumo.data.cache import ImageCache
+from pneumo.data.dataset import NIHImageDataset
+from pneumo.data.index import NIHLabelIndex
+from pneumo.data.transforms import build_tensor_transforms
+torch.set_num_threads(1)
+cache_dir, n, release = sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+names = [f"{i + 1:08d}_000.png" for i in range(n)]
+cache = ImageCache(cache_dir, "gs://nih-bench/png", names, 224)
+raw = pd.DataFrame({"Image Index": names, "Finding Labels": "No Finding", "Follow-up #": "0",
+                    "Patient ID": [str(i + 1) for i in range(n)], "Patient Age": "50", "Patient Gender": "M",
+                    "View Position": "PA"})
+index = NIHLabelIndex.from_frame(raw)
+source = cache.source(names)
+source.release_pages = release
+ds = NIHImageDataset(index, source, build_tensor_transforms(224))
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        fields = dict(line.split(":", 1) for line in fh)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+before = rss_mb()
+t0, seen = time.perf_counter(), 0
+for batch in DataLoader(ds, batch_size=64, shuffle=True, num_workers=0):
+    seen += len(batch["label"])
+wall = time.perf_counter() - t0
+after = rss_mb()
+print(json.dumps({"images": seen, "img_per_s": round(seen / wall, 1), "rss_before_mb": round(before["VmRSS"]),
+                  "peak_rss_mb": round(after["VmHWM"]), "rss_file_end_mb": round(after["RssFile"]),
+                  "rss_anon_end_mb": round(after["RssAnon"]), "release_pages": release}))
+"""
+
+
+def write_rss_cache(cache_dir: Path, n: int, tiles: np.ndarray) -> None:
+    """A complete 224-px cache of ``n`` images, written directly (tiling ``tiles``), not built from PNGs."""
+    from pneumo.data.cache import CACHED, ImageCache
+
+    names = [f"{i + 1:08d}_000.png" for i in range(n)]
+    cache = ImageCache(cache_dir, "gs://nih-bench/png", names, 224)
+    cache.dir.mkdir(parents=True, exist_ok=True)
+    cache._initialise()
+    pixels = np.memmap(cache.pixels_path, dtype=np.uint8, mode="r+", shape=(n, 224, 224))
+    for start in range(0, n, 1000):
+        stop = min(n, start + 1000)
+        pixels[start:stop] = tiles[np.arange(start, stop) % len(tiles)]
+    pixels.flush()
+    del pixels
+    status = np.full(n, CACHED, np.uint8)
+    status.tofile(cache.status_path)
+    cache._finish(status, fetched=0, seconds=0.0)
+
+
+def measure_rss(cache_dir: Path, n: int, release: bool) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, str(ROOT), str(cache_dir), str(n), "1" if release else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512, help="images in the benchmark bucket")
+    parser.add_argument("--distinct", type=int, default=64, help="distinct PNGs among them")
+    parser.add_argument(
+        "--noise", type=float, default=1.0, help="film grain of the 1024-px PNGs (size ~380 KB)"
+    )
+    parser.add_argument("--latency-ms", type=float, default=40.0, help="modelled time to first byte")
+    parser.add_argument("--seed-images", type=int, default=96, help="images timed for the seed-style loader")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of pneumo streaming")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per streaming worker")
+    parser.add_argument("--rss-images", type=int, default=20_000, help="images in the RSS test's cache")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    from pneumo.data.cache import ImageCache
+    from pneumo.data.dataset import NIHImageDataset, StreamingSource
+    from pneumo.data.index import NIHLabelIndex
+    from pneumo.data.store import ImageStore, storage_options_for
+    from pneumo.data.transforms import build_tensor_transforms
+
+    results: dict = {
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "load_average_start": os.getloadavg(),
+        "args": vars(args),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="pneumo-bench-"))
+    emulator = None
+    try:
+        t = time.perf_counter()
+        results["data"] = write_benchmark_set(tmp / "set", args.images, args.distinct, args.noise)
+        emulator = EmulatorProcess(tmp / "set", args.latency_ms)
+        results["data"]["setup_s"] = round(time.perf_counter() - t, 1)
+        print("data:", results["data"], flush=True)
+        index = NIHLabelIndex.from_csv(str(tmp / "set" / "Data_Entry_2017.csv"))
+        names = list(index.images)
+        options = storage_options_for(
+            f"gs://{BUCKET}/png", project=PROJECT, requester_pays=True, token="anon"
+        )
+        options["endpoint_url"] = emulator.endpoint
+        eval_tf = build_tensor_transforms(224)
+        torch.set_num_threads(1)
+
+        # (a) seed-style, one process, one request at a time
+        seed = SeedStyleDataset(emulator.endpoint, names, index.pneumonia, 224)
+        results["seed_style"] = throughput(
+            DataLoader(seed, batch_size=16, num_workers=0), limit=args.seed_images
+        )
+        print("seed-style:", results["seed_style"], flush=True)
+
+        # (b) pneumo streaming: concurrent fetch per batch, in worker processes
+        torch.set_num_threads(1)
+        store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=args.concurrency)
+        stream_ds = NIHImageDataset(index, StreamingSource(store, index.images, 224), eval_tf)
+        loader = DataLoader(stream_ds, batch_size=32, num_workers=args.workers, persistent_workers=False)
+        results["streaming"] = throughput(loader)
+        print("streaming:", results["streaming"], flush=True)
+
+        # (c) pneumo cache build = the first epoch with data.cache=true
+        build_store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=args.concurrency)
+        cache = ImageCache(tmp / "cache", build_store.root, names, 224)
+        t, c = time.perf_counter(), time.process_time()
+        cache.build(build_store, progress=False, workers=args.workers)
+        wall = time.perf_counter() - t
+        results["cache_build"] = {
+            "images": len(names),
+            "seconds": round(wall, 2),
+            "img_per_s": round(len(names) / wall, 1),
+            "cpu_s": round(time.process_time() - c, 2),
+        }
+        print("cache build:", results["cache_build"], flush=True)
+
+        # (d) pneumo from cache, one process, one thread (per core); eval transforms as the seed's
+        cached_ds = NIHImageDataset(index, cache.source(names), eval_tf)
+        epochs = DataLoader(torch.utils.data.ConcatDataset([cached_ds] * 4), batch_size=32, num_workers=0)
+        results["cached"] = throughput(epochs)
+        train_tf = build_tensor_transforms(
+            224, {"enabled": True, "prob": 0.5, "rotate_degrees": 7, "scale": 0.1, "translate": 0.05}
+        )
+        aug_ds = NIHImageDataset(index, cache.source(names), train_tf)
+        results["cached_train_aug"] = throughput(
+            DataLoader(aug_ds, batch_size=32, num_workers=0, shuffle=True)
+        )
+        print(
+            "cached:", results["cached"], "with train augmentation:", results["cached_train_aug"], flush=True
+        )
+        emulator.close()
+        emulator = None
+
+        # RSS of a cached epoch over --rss-images images (cache written directly, tiled)
+        tiles = cache.open()[: args.distinct]
+        t = time.perf_counter()
+        write_rss_cache(tmp / "rss", args.rss_images, np.asarray(tiles))
+        results["rss_cache_write_s"] = round(time.perf_counter() - t, 1)
+        results["rss"] = measure_rss(tmp / "rss", args.rss_images, release=True)
+        results["rss_without_page_release"] = measure_rss(tmp / "rss", args.rss_images, release=False)
+        print("rss:", results["rss"], "\nrss without page release:", results["rss_without_page_release"])
+    finally:
+        if emulator is not None:
+            emulator.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    seed_rate, seed_cpu = results["seed_style"]["img_per_s"], results["seed_style"]["cpu_s"]
+    results["ratios"] = {
+        "cached_vs_seed_per_core": round(results["cached"]["img_per_s"] / seed_rate, 1),
+        "cached_vs_seed_per_cpu_second": round(
+            (results["cached"]["images"] / results["cached"]["cpu_s"])
+            / (results["seed_style"]["images"] / seed_cpu),
+            1,
+        ),
+        "streaming_vs_seed": round(results["streaming"]["img_per_s"] / seed_rate, 1),
+        "cache_build_vs_seed": round(results["cache_build"]["img_per_s"] / seed_rate, 1),
+    }
+    results["load_average_end"] = os.getloadavg()
+    results["peak_rss_this_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

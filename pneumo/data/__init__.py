@@ -1,0 +1,1 @@
+"""Data: label index, patient-disjoint splits, image store, cache, datasets and the Lightning data module."""

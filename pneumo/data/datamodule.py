@@ -1,0 +1,387 @@
+"""``NIHDataModule``: NIH ChestX-ray14 (or the synthetic demo in the same layout) as Lightning data loaders.
+
+The demo set and the real data take the same code path; only the URLs differ (``conf/data/demo.yaml``,
+``conf/data/nih.yaml``). With ``cache=True`` (the default in both configs) ``prepare_data`` fetches, decodes
+and resizes every indexed image once into a memory-mapped uint8 cache (``pneumo.data.cache``) and the loaders
+read only that; with ``cache=False`` every item is streamed from the image store (fetched concurrently per
+batch, in DataLoader workers).
+
+Example:
+    >>> dm = NIHDataModule(images_url="data/nih_demo/images", labels_url="data/nih_demo/Data_Entry_2017.csv",
+    ...                    image_size=64, cache=True, cache_dir="data/cache")  # doctest: +SKIP
+    >>> dm.prepare_data(); dm.setup("fit"); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache, check_policy
+from pneumo.data.dataset import NIHImageDataset, StreamingSource
+from pneumo.data.index import NIHLabelIndex
+from pneumo.data.splits import PatientSplit, make_splits, read_image_list
+from pneumo.data.store import (
+    ImageStore,
+    absolute_location,
+    location_exists,
+    redact_url,
+    storage_options_for,
+    translate_error,
+)
+from pneumo.data.synthetic import ensure_synthetic_dataset
+from pneumo.data.transforms import build_tensor_transforms
+from pneumo.utils.config import to_plain
+
+log = logging.getLogger(__name__)
+
+#: Environment variable read for gs:// credentials when ``token`` is not given (keeps them out of configs).
+TOKEN_ENV = "PNEUMO_GCS_TOKEN"
+#: Keys of ``data.io`` (``ImageStore`` settings).
+IO_KEYS = ("concurrency", "request_timeout_s", "retry_deadline_s", "retry_backoff_s", "retry_backoff_max_s")
+
+
+class DataRootError(FileNotFoundError):
+    """The images or labels are not where the configuration says."""
+
+
+@contextlib.contextmanager
+def _explained(url: str) -> Iterator[None]:
+    """Re-raise access errors of reading ``url`` (403, Requester Pays, 401) with the setting to fix."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        text = str(err).lower()
+        if (
+            "requester pays" in text
+            or text.startswith("forbidden")
+            or getattr(err, "code", None) in (401, 403)
+        ):
+            raise translate_error(redact_url(url), err) from err
+        raise
+
+
+class NIHDataModule(L.LightningDataModule):
+    """Patient-disjoint train/val/test loaders of 1-channel float images and pneumonia labels.
+
+    Args:
+        images_url: folder or fsspec URL holding the PNGs named by ``Image Index`` (``gs://bucket/png``).
+        labels_url: NIH ``Data_Entry_2017*.csv`` (path or URL, plain or ``.gz``).
+        split_lists: ``{"train_val": URL, "test": URL}`` (NIH's official lists) or ``None`` for a seeded
+            patient-grouped split.
+        bbox_url: ``BBox_List_2017.csv`` (for Grad-CAM localization), optional.
+        synthetic: parameters of ``pneumo.data.synthetic`` plus ``root``: generate the demo set there
+            once (in ``prepare_data``); ``None`` for real data.
+        image_size: side of the square network input, pixels.
+        views: keep only these view positions (``["PA"]``), ``None`` = all.
+        val_fraction: share of train_val patients held out for validation.
+        test_fraction: share of patients held out for test when ``split_lists`` is ``None``.
+        split_seed: seed of the patient sampling.
+        batch_size, num_workers, pin_memory: ``DataLoader`` settings; the cache build decodes in
+            ``num_workers`` processes too (0 = threads of the main process).
+        augment: train-time augmentation (see ``build_tensor_transforms``), ``None`` for none.
+        project: Google Cloud billing project for Requester Pays buckets (sent as ``userProject``).
+        requester_pays: the ``gs://`` bucket bills the requester (NIH's public copy does).
+        token: gcsfs credentials: ``None`` = ``$PNEUMO_GCS_TOKEN`` if set (a raw access token or a
+            service-account JSON path), else Application Default Credentials; ``"anon"`` for public
+            non-Requester-Pays buckets and emulators. Never saved or logged; keep it out of configs.
+        cache: build and read the local uint8 cache (``True``) or stream every item (``False``).
+        cache_dir: parent folder of caches (required with ``cache=True``).
+        on_missing: ``error`` (stop, naming the object) or ``skip`` (leave it out, count it) for missing objects.
+        on_bad_image: the same for objects that are not a usable image (truncated, empty, not an image, ...).
+        io: ``ImageStore`` settings: ``concurrency``, ``request_timeout_s``, ``retry_deadline_s``,
+            ``retry_backoff_s``, ``retry_backoff_max_s``.
+        progress: show the cache build's progress bar on a terminal (log lines otherwise).
+        storage_options: extra fsspec options for every URL (not saved in checkpoints: may hold credentials).
+    """
+
+    def __init__(
+        self,
+        images_url: str,
+        labels_url: str,
+        split_lists: Mapping[str, str] | None = None,
+        bbox_url: str | None = None,
+        synthetic: Mapping | None = None,
+        image_size: int = 224,
+        views: Sequence[str] | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        augment: Mapping | None = None,
+        project: str | None = None,
+        requester_pays: bool = False,
+        token: Any = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        on_missing: str = "error",
+        on_bad_image: str = "error",
+        io: Mapping | None = None,
+        progress: bool = True,
+        storage_options: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        split_lists, synthetic, views, augment, io = map(
+            to_plain, (split_lists, synthetic, views, augment, io)
+        )
+        if split_lists is not None and set(split_lists) != {"train_val", "test"}:
+            raise ValueError(f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}")
+        unknown_io = sorted(set(io or {}) - set(IO_KEYS))
+        if unknown_io:
+            raise ValueError(f"unknown data.io key(s) {unknown_io}; known: {', '.join(IO_KEYS)}")
+        if cache and not cache_dir:
+            raise ValueError("data.cache=true needs data.cache_dir (a local folder for the image cache)")
+        check_policy(on_missing, "data.on_missing")
+        check_policy(on_bad_image, "data.on_bad_image")
+        self.images_url = absolute_location(images_url)
+        self.labels_url = absolute_location(labels_url)
+        self.split_lists = {k: absolute_location(v) for k, v in split_lists.items()} if split_lists else None
+        self.bbox_url = absolute_location(bbox_url) if bbox_url else None
+        self.synthetic = dict(synthetic, root=absolute_location(synthetic["root"])) if synthetic else None
+        self.cache_dir = absolute_location(cache_dir) if cache_dir else None
+        self.io = dict(io or {})
+        # Credentials live only here (never in hparams, logs or checkpoints).
+        self._token = to_plain(token) if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self._extra_options = dict(to_plain(storage_options) or {})
+        self.project = project or None
+        self.requester_pays = bool(requester_pays)
+        if self.requester_pays and not self.project and self.images_url.startswith(("gs://", "gcs://")):
+            log.warning(
+                "data.requester_pays is true but data.project is not set (nor GOOGLE_CLOUD_PROJECT): reads bill "
+                "the project of your credentials, and fail if they have none"
+            )
+        # Saved in checkpoints so explain/eval rebuild the same preprocessing; credentials stay out.
+        self.save_hyperparameters(
+            {
+                "images_url": redact_url(self.images_url),
+                "labels_url": redact_url(self.labels_url),
+                "split_lists": {k: redact_url(v) for k, v in self.split_lists.items()}
+                if self.split_lists
+                else None,
+                "bbox_url": redact_url(self.bbox_url) if self.bbox_url else None,
+                "synthetic": self.synthetic,
+                "image_size": image_size,
+                "views": views,
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "split_seed": split_seed,
+                "batch_size": batch_size,
+                "num_workers": num_workers,
+                "pin_memory": pin_memory,
+                "augment": augment,
+                "project": self.project,
+                "requester_pays": self.requester_pays,
+                "cache": bool(cache),
+                "cache_dir": self.cache_dir,
+                "on_missing": on_missing,
+                "on_bad_image": on_bad_image,
+                "io": self.io,
+            }
+        )
+        self.progress = progress
+        self.index: NIHLabelIndex | None = None
+        self.split: PatientSplit | None = None
+        self.image_cache: ImageCache | None = None
+        self.skipped: dict[str, list[str]] = {"missing": [], "bad image": []}
+        self.datasets: dict[str, NIHImageDataset] = {}
+        self._store: ImageStore | None = None
+
+    # ------------------------------------------------------------------ storage
+    def storage_options(self, url: str) -> dict:
+        """fsspec options for ``url`` (Google Cloud settings for ``gs://`` only); may hold credentials."""
+        return storage_options_for(url, self.project, self.requester_pays, self._token, self._extra_options)
+
+    @property
+    def store(self) -> ImageStore:
+        """The image store of ``images_url`` (one per data module; re-connects itself in worker processes)."""
+        if self._store is None:
+            self._store = ImageStore(self.images_url, self.storage_options(self.images_url), **self.io)
+        return self._store
+
+    # ------------------------------------------------------------------ lifecycle
+    def prepare_data(self) -> None:
+        """Generate the demo set if configured, then build the image cache (once per node).
+
+        Lightning calls this on one process per node and makes the other ranks wait; a process that calls
+        ``setup`` while another builds the same cache waits on the cache's lock.
+        """
+        if self.synthetic:
+            params = {k: v for k, v in self.synthetic.items() if k != "root"}
+            ensure_synthetic_dataset(self.synthetic["root"], **params)
+        if self.hparams.cache:
+            index = self._read_index()
+            self._build_cache(self._image_cache(index))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is None:
+            self.index = self._read_index()
+            lists = self.split_lists or {}
+            split = make_splits(
+                self.index,
+                train_val_list=self._read_list(lists["train_val"]) if lists else None,
+                test_list=self._read_list(lists["test"]) if lists else None,
+                val_fraction=self.hparams.val_fraction,
+                test_fraction=self.hparams.test_fraction,
+                seed=self.hparams.split_seed,
+            )
+            if self.hparams.cache:
+                cache = self._image_cache(self.index)
+                if not cache.is_complete():
+                    log.info(
+                        "the image cache is not built yet (prepare_data was not called): building it now"
+                    )
+                    self._build_cache(cache)
+                self.image_cache = cache
+                split = self._drop_unusable(split, cache.status())
+            else:
+                self._check_images_present()
+            self.split = split
+            for name, images in self.split.as_dict().items():
+                sub = self.index.subset(images)
+                log.info(
+                    "%s split: %d images, %d patients, %d pneumonia",
+                    name,
+                    len(images),
+                    sub.table["patient"].nunique(),
+                    int(sub.pneumonia.sum()),
+                )
+        for name in ("train", "val", "test"):
+            if name not in self.datasets:
+                self.datasets[name] = self.make_dataset(name)
+
+    def make_dataset(self, split: str, augment: bool | None = None) -> NIHImageDataset:
+        """The dataset of one split; ``augment`` defaults to True for train only."""
+        sub = self.index.subset(self.split.as_dict()[split])
+        use_aug = (split == "train") if augment is None else augment
+        transform = build_tensor_transforms(
+            self.hparams.image_size, self.hparams.augment if use_aug else None
+        )
+        if self.image_cache is not None:
+            source = self.image_cache.source(list(sub.images))
+        else:
+            source = StreamingSource(
+                self.store,
+                sub.images,
+                self.hparams.image_size,
+                on_missing=self.hparams.on_missing,
+                on_bad_image=self.hparams.on_bad_image,
+            )
+        return NIHImageDataset(sub, source, transform)
+
+    # ------------------------------------------------------------------ cache
+    def _image_cache(self, index: NIHLabelIndex) -> ImageCache:
+        return ImageCache(self.cache_dir, self.images_url, list(index.images), self.hparams.image_size)
+
+    def _build_cache(self, cache: ImageCache) -> dict:
+        if not cache.is_complete():
+            self._check_images_present(index_names=cache.names)
+        return cache.build(
+            self.store,
+            on_missing=self.hparams.on_missing,
+            on_bad_image=self.hparams.on_bad_image,
+            progress=self.progress,
+            workers=self.hparams.num_workers,
+        )
+
+    def _drop_unusable(self, split: PatientSplit, status: np.ndarray) -> PatientSplit:
+        """Leave images the cache marked missing/bad out of the splits (policy ``skip``), or fail (``error``)."""
+        names = np.asarray(self.image_cache.names, dtype=object)
+        for code, kind, key in ((MISSING, "missing", "on_missing"), (BAD, "bad image", "on_bad_image")):
+            bad = names[status == code].tolist()
+            self.skipped[kind] = bad
+            if bad and self.hparams[key] == "error":
+                raise DataRootError(
+                    f"{len(bad)} image(s) of the cache {self.image_cache.dir} are {kind} (e.g. {bad[:5]}), which "
+                    f"an earlier run skipped; data.{key}=error: fix the source or set data.{key}=skip"
+                )
+        usable = set(names[status == CACHED].tolist())
+        kept = {
+            k: np.asarray([x for x in v if x in usable], dtype=object) for k, v in split.as_dict().items()
+        }
+        dropped = sum(len(v) for v in split.as_dict().values()) - sum(len(v) for v in kept.values())
+        if dropped:
+            log.warning(
+                "%d image(s) left out of the splits as missing or bad (data.on_missing/on_bad_image=skip)",
+                dropped,
+            )
+            for name, part in kept.items():
+                if len(part) == 0:
+                    raise DataRootError(f"the {name} split has no readable image left")
+        return PatientSplit(**kept)
+
+    # ------------------------------------------------------------------ inputs
+    def _read_index(self) -> NIHLabelIndex:
+        options = self.storage_options(self.labels_url)
+        with _explained(self.labels_url):
+            exists = location_exists(self.labels_url, options)
+        if not exists:
+            raise DataRootError(
+                f"label file {redact_url(self.labels_url)} does not exist. {self._how_to_get_data()}"
+            )
+        with _explained(self.labels_url):
+            return NIHLabelIndex.from_csv(self.labels_url, options, views=self.hparams.views)
+
+    def _read_list(self, url: str) -> list[str]:
+        with _explained(url):
+            return read_image_list(url, self.storage_options(url))
+
+    def _check_images_present(self, index_names: Sequence[str] | None = None) -> None:
+        """Fail early when the image root is missing or holds none of a few indexed images."""
+        store = self.store
+        names = list(index_names) if index_names is not None else [str(x) for x in self.index.images]
+        if store.protocol in ("file", "local") and not store.exists():
+            raise DataRootError(f"image root {self.images_url} does not exist. {self._how_to_get_data()}")
+        sample = names[:: max(1, len(names) // 3)][:3]
+        if not any(store.exists(name) for name in sample):
+            raise DataRootError(
+                f"image root {redact_url(self.images_url)} holds none of the indexed images (looked for "
+                f"{', '.join(sample)}). {self._how_to_get_data()}"
+            )
+
+    def _how_to_get_data(self) -> str:
+        return (
+            "Generate the demo set with `python -m pneumo.data.synthetic DIR` (or run `python train.py`, "
+            "which writes it under paths.data_dir), or set data.images_url / data.labels_url to NIH's data "
+            "(see README, 'Real NIH data')."
+        )
+
+    # ------------------------------------------------------------------ loaders
+    def train_class_counts(self) -> np.ndarray:
+        """Images per class (negative, positive) in the train split, for class weighting."""
+        if self.split is None:
+            self.setup("fit")
+        y = self.index.subset(self.split.train).pneumonia
+        return np.bincount(y, minlength=2)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self._store is not None and self._store._state_pid == os.getpid():
+            self._store.close()

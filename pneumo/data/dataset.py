@@ -1,0 +1,141 @@
+"""``NIHImageDataset``: one labelled, preprocessed chest X-ray per item, from the cache or streamed.
+
+Example:
+    >>> source = StreamingSource(ImageStore("data/nih_demo/images"), index.images, image_size=64)  # doctest: +SKIP
+    >>> ds = NIHImageDataset(index, source, build_tensor_transforms(64))  # doctest: +SKIP
+    >>> ds[0]["image"].shape  # doctest: +SKIP
+    torch.Size([1, 64, 64])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pneumo.data.cache import check_policy
+from pneumo.data.decode import BadImageError, decode_grayscale
+from pneumo.data.index import NIHLabelIndex
+from pneumo.data.store import ImageStore, ObjectNotFoundError
+from pneumo.data.transforms import ResizeToUint8
+
+log = logging.getLogger(__name__)
+
+
+class StreamingSource:
+    """Fetch, decode and resize images of ``names`` on every call (no local copy: the seed's mode).
+
+    ``many(indices)`` fetches a whole batch with ``store.concurrency`` requests in flight and applies the
+    policies: with ``skip`` an unreadable image comes back as ``None`` (and is counted), with ``error`` its
+    exception (naming the object) is raised.
+
+    Args:
+        store: where the images are read.
+        names: image names; item ``i`` is ``names[i]``.
+        image_size: side of the resized image.
+        on_missing: ``error`` or ``skip`` for objects that do not exist.
+        on_bad_image: ``error`` or ``skip`` for objects that are not a usable image.
+    """
+
+    def __init__(
+        self,
+        store: ImageStore,
+        names: np.ndarray,
+        image_size: int,
+        on_missing: str = "error",
+        on_bad_image: str = "error",
+    ) -> None:
+        self.store, self.names = store, names
+        self.resize = ResizeToUint8(image_size)
+        self.on_missing = check_policy(on_missing, "data.on_missing")
+        self.on_bad_image = check_policy(on_bad_image, "data.on_bad_image")
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _work(self, name: str, data: bytes) -> np.ndarray:
+        return self.resize(decode_grayscale(data, self.store.url(name)))
+
+    def __call__(self, i: int) -> np.ndarray:
+        name = self.names[i]
+        return self._work(name, self.store.read(name))
+
+    def many(self, indices: Sequence[int]) -> list[np.ndarray | None]:
+        """Pixels of ``indices`` (fetched concurrently); ``None`` where an image was skipped by policy."""
+        names = [self.names[i] for i in indices]
+        out: list[np.ndarray | None] = []
+        for name, result in zip(names, self.store.map_ordered(names, self._work)):
+            if isinstance(result, np.ndarray):
+                out.append(result)
+                continue
+            skip = (isinstance(result, ObjectNotFoundError) and self.on_missing == "skip") or (
+                isinstance(result, BadImageError) and self.on_bad_image == "skip"
+            )
+            if not skip:
+                raise result
+            self.skipped.append(name)
+            if len(self.skipped) <= 5 or len(self.skipped) % 100 == 0:
+                log.warning(
+                    "skipped %d image(s) so far in this process; latest: %s", len(self.skipped), result
+                )
+            out.append(None)
+        return out
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "skipped": []}
+
+
+class NIHImageDataset(Dataset):
+    """Items ``{"image": (1, S, S) float32, "label": int64, "findings": (14,) float32, "image_id": str}``.
+
+    Args:
+        index: label index of this split (row ``i`` describes item ``i``).
+        source: callable giving the ``(S, S)`` uint8 pixels of item ``i`` (``CachedSource`` or
+            ``StreamingSource``); a source with ``many(indices)`` serves whole batches at once.
+        transform: tensor transforms (``build_tensor_transforms``).
+    """
+
+    def __init__(
+        self, index: NIHLabelIndex, source: Callable[[int], np.ndarray], transform: Callable
+    ) -> None:
+        self.index, self.source, self.transform = index, source, transform
+        self._names = index.images
+        self._labels = index.pneumonia.astype(np.int64)
+        self._findings = index.findings.astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def _item(self, i: int, pixels: np.ndarray) -> dict:
+        return {
+            "image": self.transform(pixels[None]),
+            "label": torch.tensor(self._labels[i]),
+            "findings": torch.from_numpy(self._findings[i]),
+            "image_id": self._names[i],
+        }
+
+    def __getitem__(self, i: int) -> dict:
+        return self._item(i, self.source(i))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """A batch of items (the DataLoader calls this): streamed sources fetch the batch concurrently.
+
+        Images skipped by policy are left out of the batch; a batch in which every image was skipped raises,
+        since an empty batch cannot be collated.
+        """
+        many = getattr(self.source, "many", None)
+        if many is None:
+            return [self[i] for i in indices]
+        pixels = many(list(indices))
+        items = [self._item(i, p) for i, p in zip(indices, pixels) if p is not None]
+        if not items:
+            first = self._names[indices[0]] if len(indices) else "?"
+            raise RuntimeError(
+                f"all {len(indices)} images of a batch were skipped as missing or bad (first: {first}): "
+                "check data.images_url and the label index"
+            )
+        return items

@@ -1,0 +1,544 @@
+"""The evaluation report of a split: numbers with patient-level bootstrap intervals, as a dict, JSON and Markdown.
+
+``build_report`` turns a prediction table (``predictions_frame``) and the operating point into a plain dict:
+counts and prevalence, AUROC/AUPRC with 95% intervals, sensitivity/specificity/PPV/NPV/F1/accuracy at the
+threshold (with intervals), the confusion matrix, calibration (ECE, Brier, reliability bins), AUROC per
+subgroup (view, sex, age band) and, for multi-label runs, the CheXNet-style per-finding table. Undefined
+values are ``None`` with a ``note`` saying why; the report never holds NaN.
+
+Example:
+    >>> frame = pd.DataFrame({"image": list("abcd"), "patient": [1, 1, 2, 3],
+    ...                       "probability": [.1, .8, .3, .7], "label": [0, 1, 0, 1]})
+    >>> report = build_report(frame, threshold=0.5, settings=EvalSettings(resamples=100))
+    >>> report["metrics"]["auroc"]["value"], report["confusion_matrix"]
+    (1.0, {'tn': 2, 'fp': 0, 'fn': 0, 'tp': 2})
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pneumo.evaluation.bootstrap import ClusterBootstrap, Interval
+from pneumo.evaluation.metrics import (
+    THRESHOLD_METRICS,
+    RankedScores,
+    calibration,
+    confusion_counts,
+    ranking_metrics,
+    rates,
+)
+from pneumo.evaluation.predictions import finding_columns
+from pneumo.evaluation.subgroups import subgroup_masks
+from pneumo.evaluation.threshold import ThresholdRule
+
+#: Display names of the metrics, in report order.
+METRIC_NAMES = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC (average precision)",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "ppv": "PPV (precision)",
+    "npv": "NPV",
+    "f1": "F1",
+    "accuracy": "Accuracy",
+}
+SUBGROUP_NAMES = {"view": "View position", "sex": "Sex", "age": "Age band"}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The ``eval:`` block of ``conf/train.yaml``.
+
+    Attributes:
+        threshold: operating-point rule chosen on validation (see ``pneumo.evaluation.threshold``).
+        resamples: bootstrap resamples (patients drawn with replacement).
+        seed: seed of the bootstrap.
+        level: confidence level of the intervals.
+        calibration_bins: equal-width bins of the ECE and the reliability diagram.
+        age_bands: ages where the age bands are cut (``[40, 60, 80]`` -> <40, 40-59, 60-79, 80+).
+        figures: also draw the ROC, PR, reliability and confusion-matrix figures.
+    """
+
+    threshold: str | float = "youden"
+    resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    calibration_bins: int = 10
+    age_bands: tuple[float, ...] = (40, 60, 80)
+    figures: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> EvalSettings:
+        """Read the ``eval:`` config block (``None`` = defaults); unknown keys are an error."""
+        cfg = dict(cfg or {})
+        boot = dict(cfg.pop("bootstrap", None) or {})
+        known = {"threshold", "calibration_bins", "age_bands", "figures"}
+        unknown = sorted(set(cfg) - known) + [
+            f"bootstrap.{k}" for k in sorted(set(boot) - {"resamples", "seed", "level"})
+        ]
+        if unknown:
+            raise ValueError(
+                f"unknown eval config key(s) {unknown}; known: {sorted(known)} and bootstrap.resamples/seed/level"
+            )
+        settings = cls(
+            threshold=cfg.get("threshold", "youden"),
+            resamples=int(boot.get("resamples", 1000)),
+            seed=int(boot.get("seed") or 0),
+            level=float(boot.get("level", 0.95)),
+            calibration_bins=int(cfg.get("calibration_bins", 10)),
+            age_bands=tuple(float(a) for a in (cfg.get("age_bands") or ())),
+            figures=bool(cfg.get("figures", True)),
+        )
+        ThresholdRule.parse(settings.threshold)  # fail early on a bad rule
+        ClusterBootstrap(n=1, resamples=settings.resamples, level=settings.level)
+        if settings.calibration_bins < 1:
+            raise ValueError(f"eval.calibration_bins must be >= 1, got {settings.calibration_bins}")
+        return settings
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _num(value: Any) -> float | None:
+    """A finite float, or None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _entry(value: Any, interval: Interval | None = None, note: str | None = None) -> dict:
+    """``{"value", "ci", "note"}``: value and interval as floats or None, and why something is missing."""
+    value = _num(value)
+    ci = (
+        [interval.low, interval.high]
+        if interval is not None and interval.defined and value is not None
+        else None
+    )
+    if note is None and value is not None and interval is not None and ci is None:
+        note = (
+            (interval.reason or "no interval").replace("unit(s)", "patient(s)").replace("units", "patients")
+        )
+    if note is None and value is None:
+        note = "undefined"
+    return {"value": value, "ci": ci, "note": note}
+
+
+def _class_notes(
+    pos: int, neg: int, pred_pos: int, pred_neg: int, threshold: float, split: str
+) -> dict[str, str]:
+    notes: dict[str, str] = {}
+    if pos == 0:
+        for k in ("auroc", "auprc", "sensitivity"):
+            notes[k] = f"undefined: the {split} split has no positive images"
+    if neg == 0:
+        for k in ("auroc", "specificity"):
+            notes.setdefault(k, f"undefined: the {split} split has no negative images")
+    if pred_pos == 0:
+        notes["ppv"] = f"undefined: threshold {threshold:.4g} labels every image negative"
+        if pos == 0:
+            notes["f1"] = "undefined: no positive images and none called positive"
+    if pred_neg == 0:
+        notes["npv"] = f"undefined: threshold {threshold:.4g} labels every image positive"
+    if pos + neg == 0:
+        notes["accuracy"] = "undefined: no images"
+    return notes
+
+
+def _binary_section(
+    y: np.ndarray, p: np.ndarray, units: np.ndarray, threshold: float, settings: EvalSettings, split: str
+) -> tuple[dict, list[str]]:
+    """Counts, metrics with intervals, confusion matrix and calibration of one binary target."""
+    n, pos = len(y), int(y.sum())
+    neg = n - pos
+    cm = {k: int(round(v)) for k, v in confusion_counts(y, p, threshold).items()}
+    pred_pos, pred_neg = cm["tp"] + cm["fp"], cm["tn"] + cm["fn"]
+    notes = _class_notes(pos, neg, pred_pos, pred_neg, threshold, split)
+    messages: list[str] = []
+    if n == 0:
+        messages.append(f"the {split} split produced no predictions: nothing to evaluate")
+    if pos == 0 and n:
+        messages.append(
+            f"the {split} split has no positive images ({n} negatives): AUROC, AUPRC and sensitivity are undefined"
+        )
+    if neg == 0 and n:
+        messages.append(
+            f"the {split} split has no negative images ({n} positives): AUROC and specificity are undefined"
+        )
+    if pred_pos == 0 and n:
+        messages.append(
+            f"the threshold {threshold:.4g} labels every {split} image negative: "
+            + ("sensitivity is 0, " if pos else "")
+            + "PPV is undefined; choose a lower eval.threshold or a data-driven rule (youden)"
+        )
+    if pred_neg == 0 and n:
+        messages.append(
+            f"the threshold {threshold:.4g} labels every {split} image positive: "
+            + ("specificity is 0, " if neg else "")
+            + "NPV is undefined; choose a higher eval.threshold or a data-driven rule (youden)"
+        )
+
+    point: dict[str, float] = {}
+    intervals: dict[str, Interval] = {}
+    if n:
+        ranked = RankedScores.of(y, p)
+        point.update({k: float(v[0]) for k, v in ranking_metrics(ranked).items()})
+        point.update({k: float(v) for k, v in rates(confusion_counts(y, p, threshold)).items()})
+
+        def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+            return {**ranking_metrics(ranked, w), **rates(confusion_counts(y, p, threshold, w))}
+
+        boot = ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
+        intervals = boot.intervals(statistic)
+    metrics = {
+        k: _entry(point.get(k), intervals.get(k), notes.get(k))
+        for k in ("auroc", "auprc", *THRESHOLD_METRICS)
+    }
+    cal = calibration(y, p, settings.calibration_bins)
+    reliability = [
+        {
+            "lower": float(cal.edges[b]),
+            "upper": float(cal.edges[b + 1]),
+            "count": int(cal.counts[b]),
+            "mean_probability": _num(cal.mean_probability[b]),
+            "fraction_positive": _num(cal.fraction_positive[b]),
+        }
+        for b in range(settings.calibration_bins)
+    ]
+    section = {
+        "counts": {
+            "images": n,
+            "patients": int(len(np.unique(units))),
+            "positives": pos,
+            "negatives": neg,
+            "prevalence": _num(pos / n) if n else None,
+        },
+        "metrics": metrics,
+        "confusion_matrix": cm,
+        "calibration": {
+            "ece": _num(cal.ece),
+            "brier": _num(cal.brier),
+            "bins": settings.calibration_bins,
+            "reliability": reliability,
+        },
+    }
+    return section, messages
+
+
+def _auroc_with_interval(y: np.ndarray, p: np.ndarray, units: np.ndarray, settings: EvalSettings) -> dict:
+    pos = int(y.sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        only = "negative" if pos == 0 else "positive"
+        return _entry(None, None, f"undefined: only {only} images ({len(y)})")
+    ranked = RankedScores.of(y, p)
+    boot = ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
+    interval = boot.intervals(lambda w: {"auroc": ranking_metrics(ranked, w)["auroc"]})["auroc"]
+    return _entry(ranking_metrics(ranked)["auroc"][0], interval)
+
+
+def _subgroups(frame: pd.DataFrame, settings: EvalSettings) -> tuple[dict, list[str]]:
+    y, p, units = frame["label"].to_numpy(), frame["probability"].to_numpy(), frame["patient"].to_numpy()
+    out: dict[str, list[dict]] = {}
+    one_class: list[str] = []
+    for attribute, rows in subgroup_masks(frame, settings.age_bands).items():
+        out[attribute] = []
+        for value, mask in rows:
+            entry = _auroc_with_interval(y[mask], p[mask], units[mask], settings)
+            if entry["value"] is None:
+                one_class.append(f"{attribute}={value}")
+            out[attribute].append(
+                {
+                    "value": value,
+                    "images": int(mask.sum()),
+                    "patients": int(len(np.unique(units[mask]))),
+                    "positives": int(y[mask].sum()),
+                    "auroc": entry,
+                }
+            )
+    messages = []
+    if one_class:
+        messages.append(
+            f"subgroup AUROC undefined where a subgroup holds one class only: {', '.join(one_class)}"
+        )
+    return out, messages
+
+
+def _findings_table(frame: pd.DataFrame, settings: EvalSettings) -> tuple[list[dict], dict, list[str]]:
+    """CheXNet-style per-finding AUROC table (findings with at least one positive) and the mean AUROC."""
+    units = frame["patient"].to_numpy()
+    names = finding_columns(frame)
+    present = [f for f in names if frame[f"y_{f}"].sum() > 0]
+    absent = [f for f in names if f not in present]
+    ranked: dict[str, RankedScores] = {}
+    for f in present:
+        y = frame[f"y_{f}"].to_numpy()
+        if 0 < y.sum() < len(y):
+            ranked[f] = RankedScores.of(y, frame[f"p_{f}"].to_numpy())
+    boot = ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
+    dists = boot.distributions(lambda w: {f: ranking_metrics(r, w)["auroc"] for f, r in ranked.items()})
+    rows = []
+    for f in present:
+        y = frame[f"y_{f}"].to_numpy()
+        if f in ranked:
+            entry = _entry(ranking_metrics(ranked[f])["auroc"][0], boot.interval_of(dists[f]))
+        else:
+            entry = _entry(None, None, f"undefined: every image is positive ({len(y)})")
+        rows.append({"finding": f, "positives": int(y.sum()), "images": int(len(y)), "auroc": entry})
+    defined = [r["auroc"]["value"] for r in rows if r["auroc"]["value"] is not None]
+    mean = float(np.mean(defined)) if defined else None
+    mean_interval = (
+        boot.interval_of(np.mean(np.stack([dists[f] for f in ranked]), axis=0)) if ranked else None
+    )
+    mean_entry = _entry(mean, mean_interval, None if defined else "undefined: no finding has both classes")
+    mean_entry["findings"] = len(defined)
+    messages = []
+    if absent:
+        messages.append(f"findings with no positive image in this split (no table row): {', '.join(absent)}")
+    return rows, mean_entry, messages
+
+
+def _clean(obj: Any) -> Any:
+    """Plain JSON types; NaN/inf become None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- public
+def build_report(
+    frame: pd.DataFrame,
+    threshold: float,
+    settings: EvalSettings,
+    *,
+    operating_point: Mapping | None = None,
+    split: str = "test",
+    split_counts: Mapping | None = None,
+    checkpoint: str | None = None,
+    target: str = "Pneumonia",
+) -> dict:
+    """Build the report of a prediction table.
+
+    Args:
+        frame: ``predictions_frame`` output (``image``, ``patient``, ``probability``, ``label``, metadata,
+            and ``p_*``/``y_*`` columns for a multi-label run).
+        threshold: operating point on ``probability`` (positive when ``>= threshold``).
+        settings: bootstrap, calibration and subgroup settings.
+        operating_point: how the threshold was chosen (rule, epoch, validation figures, note).
+        split: name of the evaluated split (for messages).
+        split_counts: ``{"images", "patients"}`` of the whole split, to flag a partial evaluation.
+        checkpoint: the evaluated checkpoint, recorded in the report.
+        target: name of the binary target.
+    """
+    missing = [c for c in ("image", "patient", "probability", "label") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"prediction table lacks column(s) {missing}")
+    threshold = float(threshold)
+    findings = finding_columns(frame)
+    y = frame["label"].to_numpy().astype(np.int64)
+    p = frame["probability"].to_numpy().astype(np.float64)
+    units = frame["patient"].to_numpy()
+    section, messages = _binary_section(y, p, units, threshold, settings, split)
+    op = dict(operating_point or {})
+    op_entry = {
+        "value": threshold,
+        "rule": op.get("rule", str(ThresholdRule.parse(settings.threshold))),
+        "chosen_on": op.get("chosen_on", "val"),
+        "epoch": op.get("epoch"),
+        "val": op.get("val"),
+        "note": op.get("note"),
+    }
+    if op_entry["note"]:
+        messages.append(f"operating point: {op_entry['note']}")
+    report: dict[str, Any] = {
+        "task": "multilabel" if findings else "binary",
+        "target": target,
+        "split": split,
+        "checkpoint": checkpoint,
+        "counts": section["counts"],
+        "split_counts": dict(split_counts) if split_counts else None,
+        "threshold": op_entry,
+        "bootstrap": {
+            "unit": "patient",
+            "resamples": settings.resamples,
+            "seed": settings.seed,
+            "level": settings.level,
+            "method": "percentile; threshold fixed, patients drawn with replacement",
+        },
+        "settings": settings_dict(settings),
+        "metrics": section["metrics"],
+        "confusion_matrix": section["confusion_matrix"],
+        "calibration": section["calibration"],
+    }
+    if split_counts and int(split_counts.get("images", len(frame))) != len(frame):
+        messages.append(
+            f"evaluated {len(frame)} of the {split_counts['images']} images of the {split} split "
+            "(e.g. trainer.limit_test_batches): the numbers describe that subset"
+        )
+    if np.array_equal(units.astype(str), frame["image"].to_numpy().astype(str)):
+        report["bootstrap"]["unit"] = "image"
+        messages.append(
+            "no patient ids (no label index): the bootstrap resamples images, intervals are too narrow"
+        )
+    subgroups, sub_messages = _subgroups(frame, settings)
+    report["subgroups"] = subgroups
+    messages += sub_messages
+    if findings:
+        rows, mean_entry, find_messages = _findings_table(frame, settings)
+        report["findings"] = rows
+        report["mean_auroc"] = mean_entry
+        messages += find_messages
+    report["messages"] = messages
+    return _clean(report)
+
+
+def report_scalars(report: Mapping, prefix: str = "test") -> dict[str, float]:
+    """Flat ``{prefix/name: value}`` of the report's defined numbers (for loggers and Hydra)."""
+    out: dict[str, float] = {}
+    for name, entry in report["metrics"].items():
+        if entry["value"] is not None:
+            out[f"{prefix}/{name}"] = entry["value"]
+        if entry["ci"]:
+            out[f"{prefix}/{name}_ci_low"], out[f"{prefix}/{name}_ci_high"] = entry["ci"]
+    for name in ("ece", "brier"):
+        if report["calibration"][name] is not None:
+            out[f"{prefix}/{name}"] = report["calibration"][name]
+    out[f"{prefix}/threshold"] = report["threshold"]["value"]
+    if report.get("mean_auroc") and report["mean_auroc"]["value"] is not None:
+        out[f"{prefix}/auroc_mean"] = report["mean_auroc"]["value"]
+        if report["mean_auroc"]["ci"]:
+            out[f"{prefix}/auroc_mean_ci_low"], out[f"{prefix}/auroc_mean_ci_high"] = report["mean_auroc"][
+                "ci"
+            ]
+    for row in report.get("findings", []):
+        if row["auroc"]["value"] is not None:
+            out[f"{prefix}/auroc_{row['finding']}"] = row["auroc"]["value"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_ci(entry: Mapping) -> str:
+    return f"{entry['ci'][0]:.4f} – {entry['ci'][1]:.4f}" if entry.get("ci") else ""
+
+
+def _cell(entry: Mapping) -> tuple[str, str, str]:
+    return _fmt(entry["value"]), _fmt_ci(entry), entry.get("note") or ""
+
+
+def report_markdown(report: Mapping) -> str:
+    """The report as Markdown tables (what ``report.md`` holds)."""
+    c, t, b = report["counts"], report["threshold"], report["bootstrap"]
+    split = report["split"]
+    if report["task"] == "multilabel":
+        title = f"14 findings (multi-label) and {report['target'].lower()}"
+    else:
+        title = f"{report['target'].lower()} (binary)"
+    lines = [f"# Evaluation report: {title}, {split} split", ""]
+    if report.get("checkpoint"):
+        lines += [f"Checkpoint: `{report['checkpoint']}`", ""]
+    prevalence = "n/a" if c["prevalence"] is None else f"{100 * c['prevalence']:.1f}%"
+    lines += [
+        f"{c['images']} images, {c['patients']} patients, {c['positives']} {report['target'].lower()} "
+        f"positives (prevalence {prevalence}).",
+        "",
+    ]
+    chosen = f"rule {t['rule']}" + (
+        f", chosen on {t['chosen_on']}" if t["rule"] and "fixed" not in t["rule"] else ""
+    )
+    if t.get("epoch") is not None:
+        chosen += f" at epoch {t['epoch']}"
+    if t.get("val"):
+        v = t["val"]
+        chosen += f"; validation sensitivity {_fmt(v.get('sensitivity'), 3)}, specificity {_fmt(v.get('specificity'), 3)}"
+    lines += [
+        f"Operating point: probability ≥ **{t['value']:.4f}** ({chosen}).",
+        f"Intervals: {100 * b['level']:g}% percentile bootstrap over {b['resamples']} resamples of "
+        f"{b['unit']}s (seed {b['seed']}).",
+        "",
+    ]
+    if report["task"] == "multilabel":
+        m = report["mean_auroc"]
+        lines += [
+            "## Per-finding AUROC (CheXNet layout)",
+            "",
+            "| Finding | AUROC | 95% CI | Positives | Images |",
+            "|---|---|---|---|---|",
+        ]
+        for row in report["findings"]:
+            value, ci, note = _cell(row["auroc"])
+            lines.append(
+                f"| {row['finding']} | {value} | {ci or note} | {row['positives']} | {row['images']} |"
+            )
+        value, ci, note = _cell(m)
+        lines += [f"| **Mean ({m['findings']} findings)** | **{value}** | {ci or note} | | |", ""]
+        lines += [f"## {report['target']} at the operating point", ""]
+    lines += ["| Metric | Value | 95% CI | Note |", "|---|---|---|---|"]
+    for name, entry in report["metrics"].items():
+        value, ci, note = _cell(entry)
+        lines.append(f"| {METRIC_NAMES.get(name, name)} | {value} | {ci} | {note} |")
+    cal = report["calibration"]
+    lines += [
+        f"| Expected calibration error ({cal['bins']} bins) | {_fmt(cal['ece'])} | | |",
+        f"| Brier score | {_fmt(cal['brier'])} | | |",
+        "",
+        f"Confusion matrix at threshold {t['value']:.4f}:",
+        "",
+        "| | predicted negative | predicted positive |",
+        "|---|---|---|",
+        f"| **actual negative** | {report['confusion_matrix']['tn']} (TN) | {report['confusion_matrix']['fp']} (FP) |",
+        f"| **actual positive** | {report['confusion_matrix']['fn']} (FN) | {report['confusion_matrix']['tp']} (TP) |",
+        "",
+    ]
+    if report.get("subgroups"):
+        lines += [
+            f"## AUROC by subgroup ({report['target'].lower()})",
+            "",
+            "| Subgroup | Value | Images | Patients | Positives | AUROC | 95% CI |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for attribute, rows in report["subgroups"].items():
+            for row in rows:
+                value, ci, note = _cell(row["auroc"])
+                lines.append(
+                    f"| {SUBGROUP_NAMES.get(attribute, attribute)} | {row['value']} | {row['images']} | "
+                    f"{row['patients']} | {row['positives']} | {value} | {ci or note} |"
+                )
+        lines.append("")
+    if report.get("messages"):
+        lines += ["## Notes", ""] + [f"- {m}" for m in report["messages"]] + [""]
+    if report.get("figures"):
+        lines += ["## Figures", ""] + [f"![{name}]({name})" for name in report["figures"]] + [""]
+    return "\n".join(lines)
+
+
+def write_report(report: Mapping, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "report.json", out / "report.md"
+    json_path.write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+    md_path.write_text(report_markdown(report))
+    return json_path, md_path
+
+
+def settings_dict(settings: EvalSettings) -> dict:
+    """The settings as plain data (recorded in the report)."""
+    out = asdict(settings)
+    out["age_bands"] = list(settings.age_bands)
+    return out

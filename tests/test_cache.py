@@ -1,0 +1,345 @@
+"""The image cache: equal to streaming, keyed by fingerprint, resumable after SIGKILL, never corrupt, policies."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pneumo.data.dataset
+from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache
+from pneumo.data.datamodule import NIHDataModule
+from pneumo.data.decode import BadImageError, decode_grayscale
+from pneumo.data.index import NIHLabelIndex
+from pneumo.data.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
+from pneumo.data.transforms import ResizeToUint8
+from tests.conftest import BILLING_PROJECT, ROOT
+from tests.gcs_emulator import nih_urls
+
+FAST_IO = {
+    "request_timeout_s": 1.0,
+    "retry_deadline_s": 20.0,
+    "retry_backoff_s": 0.05,
+    "retry_backoff_max_s": 0.5,
+}
+
+
+def local_dm(demo_root: Path, cache_dir: Path | None, **kw) -> NIHDataModule:
+    args = dict(
+        images_url=str(demo_root / "images"),
+        labels_url=str(demo_root / "Data_Entry_2017.csv"),
+        split_lists={
+            "train_val": str(demo_root / "train_val_list.txt"),
+            "test": str(demo_root / "test_list.txt"),
+        },
+        image_size=48,
+        batch_size=16,
+        num_workers=0,
+        val_fraction=0.2,
+        cache=cache_dir is not None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        progress=False,
+    )
+    return NIHDataModule(**{**args, **kw})
+
+
+def gs_dm(em, bucket: str, cache_dir: Path | None, **kw) -> NIHDataModule:
+    args = dict(
+        **nih_urls(bucket),
+        image_size=48,
+        batch_size=16,
+        num_workers=0,
+        val_fraction=0.2,
+        project=BILLING_PROJECT,
+        requester_pays=True,
+        token="anon",
+        storage_options={"endpoint_url": em.endpoint},
+        cache=cache_dir is not None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        io={**FAST_IO, "concurrency": 8},
+        progress=False,
+    )
+    return NIHDataModule(**{**args, **kw})
+
+
+def expected_pixels(path: Path, size: int) -> np.ndarray:
+    return ResizeToUint8(size)(decode_grayscale(path.read_bytes(), str(path)))
+
+
+def digest(folder: Path) -> dict[str, tuple[str, int]]:
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in folder.iterdir()
+    }
+
+
+def demo_names(demo_root: Path) -> list[str]:
+    return list(NIHLabelIndex.from_csv(str(demo_root / "Data_Entry_2017.csv")).images)
+
+
+def test_cached_items_equal_streamed_items_and_the_files(demo_root: Path, tmp_path: Path) -> None:
+    cached, streamed = local_dm(demo_root, tmp_path / "cache"), local_dm(demo_root, None)
+    cached.prepare_data()
+    cached.setup("fit")
+    streamed.setup("fit")
+    pixels = cached.image_cache.open()
+    for i, name in enumerate(cached.image_cache.names):
+        assert np.array_equal(pixels[i], expected_pixels(demo_root / "images" / name, 48)), name
+    for split in ("val", "test"):
+        for a, b in zip(getattr(cached, f"{split}_dataloader")(), getattr(streamed, f"{split}_dataloader")()):
+            assert a["image_id"] == b["image_id"] and torch.equal(a["image"], b["image"])
+
+
+def test_an_epoch_from_cache_needs_no_network_and_no_png(
+    gcs_emulator, nih_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dm = gs_dm(gcs_emulator, nih_bucket, tmp_path / "cache")
+    dm.prepare_data()
+    dm.setup("fit")
+    gcs_emulator.stop()  # any request now fails
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a PNG was decoded during a cached epoch")
+
+    monkeypatch.setattr(pneumo.data.dataset, "decode_grayscale", no_decoding)
+    seen = sum(
+        len(batch["image_id"]) for loader in (dm.train_dataloader(), dm.val_dataloader()) for batch in loader
+    )
+    assert seen == len(dm.split.train) + len(dm.split.val)
+
+
+def test_a_new_image_size_makes_a_new_cache_and_keeps_the_old(demo_root: Path, tmp_path: Path) -> None:
+    first = local_dm(demo_root, tmp_path / "cache", image_size=48)
+    first.prepare_data()
+    old_dir = first._image_cache(first._read_index()).dir
+    before = digest(old_dir)
+    second = local_dm(demo_root, tmp_path / "cache", image_size=32)
+    second.prepare_data()
+    second.setup("fit")
+    new_dir = second.image_cache.dir
+    assert new_dir != old_dir and new_dir.parent == old_dir.parent
+    assert digest(old_dir) == before  # not a byte (nor a timestamp) changed
+    assert second.image_cache.open().shape[1:] == (32, 32)
+    # the same inputs find the same cache again (nothing is fetched)
+    again = local_dm(demo_root, tmp_path / "cache", image_size=48)
+    again.prepare_data()
+    assert digest(old_dir) == before
+
+
+# The build of prepare_data() (ImageCache.build), without importing Lightning (slow on a busy machine).
+BUILD_SCRIPT = """
+import json, sys
+from pneumo.data.cache import ImageCache
+from pneumo.data.store import ImageStore
+a = json.loads(sys.argv[1])
+store = ImageStore(a["images_url"], a["options"], **a["io"])
+ImageCache(a["cache_dir"], a["images_url"], a["names"], 48).build(store, progress=False)
+"""
+
+
+def test_build_killed_with_sigkill_resumes_to_the_clean_result(
+    gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
+) -> None:
+    names = demo_names(demo_root)
+    store = gs_dm(gcs_emulator, nih_bucket, None, io={**FAST_IO, "concurrency": 1}).store
+    kwargs = {
+        "images_url": store.root,
+        "options": store.storage_options,
+        "io": {**FAST_IO, "concurrency": 1},
+        "cache_dir": str(tmp_path / "cache"),
+        "names": names,
+    }
+    cache = ImageCache(tmp_path / "cache", kwargs["images_url"], names, 48)
+    gcs_emulator.latency_s = 0.05  # 80 images one at a time: ~4 s, so the kill lands mid-build
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, json.dumps(kwargs)], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (cache.status_path.exists() and (cache.status() == CACHED).sum() >= 5):
+            assert proc.poll() is None, "the build ended before it could be killed"
+            assert time.monotonic() < deadline, "the build never committed an image"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done_before = int((cache.status() == CACHED).sum())
+    assert 5 <= done_before < len(names) and not cache.manifest_path.exists()
+
+    gcs_emulator.latency_s = 0.0
+    gcs_emulator.requests.clear()
+    resumed = ImageCache(tmp_path / "cache", kwargs["images_url"], names, 48)
+    manifest = resumed.build(store, progress=False)
+    assert manifest["last_build"]["fetched"] == len(names) - done_before  # only what was not done
+    fetched = [r for r in gcs_emulator.requests_for(nih_bucket) if r.path.endswith(".png")]
+    assert len(fetched) == len(names) - done_before
+
+    clean = ImageCache(tmp_path / "clean", kwargs["images_url"], names, 48)
+    clean.build(store, progress=False)
+    for part in ("pixels.u8", "status.u8", "names.txt"):
+        assert (resumed.dir / part).read_bytes() == (clean.dir / part).read_bytes(), part
+
+
+def test_server_gone_for_good_leaves_a_valid_partial_cache(
+    gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
+) -> None:
+    names = demo_names(demo_root)
+    dm = gs_dm(
+        gcs_emulator,
+        nih_bucket,
+        tmp_path / "cache",
+        io={**FAST_IO, "concurrency": 2, "retry_deadline_s": 2.0},
+    )
+    cache = ImageCache(tmp_path / "cache", dm.images_url, names, 48)
+    served = {"n": 0}
+
+    def die_after_30(req) -> int | None:
+        served["n"] += req.path.endswith(".png")
+        if served["n"] == 30:
+            threading.Thread(target=gcs_emulator.stop).start()  # the server goes away for good
+        return None
+
+    gcs_emulator.fault = die_after_30
+    with pytest.raises(
+        StoreUnavailableError, match=rf"gs://{nih_bucket}/png/\d+_\d+\.png: unreachable.*retry_deadline_s=2"
+    ):
+        dm.prepare_data()
+    status = cache.status()
+    assert 0 < (status == CACHED).sum() < len(names) and not cache.manifest_path.exists()
+    pixels = np.fromfile(cache.pixels_path, np.uint8).reshape(len(names), 48, 48)
+    for i in np.flatnonzero(status == CACHED):  # every entry marked valid is exactly right
+        assert np.array_equal(pixels[i], expected_pixels(demo_root / "images" / names[i], 48))
+    gcs_emulator.start()
+    gcs_emulator.fault = None
+    dm.prepare_data()  # resumes and completes
+    assert (cache.status() == CACHED).all() and cache.is_complete()
+
+
+@pytest.fixture()
+def holey_bucket(gcs_emulator, demo_root: Path) -> tuple[str, dict[str, str]]:
+    """A Requester Pays copy of the demo set with one object deleted and six bad ones (by kind)."""
+    bucket = "nih-holey"
+    if bucket not in gcs_emulator.requester_pays:
+        gcs_emulator.create_bucket(bucket, requester_pays_projects={BILLING_PROJECT})
+        gcs_emulator.upload_nih_layout(demo_root, bucket)
+    names = sorted(demo_names(demo_root))
+    kinds = ["missing", "truncated", "zero_bytes", "not_an_image", "bomb", "rgb", "16_bit"]
+    chosen = dict(zip(kinds, names[5::11]))
+    fs = gcs_emulator.gcsfs()
+    good = (demo_root / "images" / chosen["truncated"]).read_bytes()
+    gray = np.asarray(Image.open(demo_root / "images" / chosen["rgb"]))
+    blobs = {
+        "truncated": good[: len(good) // 2],
+        "zero_bytes": b"",
+        "not_an_image": b"<html>503 Service Unavailable</html>",
+        "bomb": png_bomb(),
+        "rgb": encode(np.stack([gray] * 3, axis=-1)),
+        "16_bit": encode(
+            np.asarray(Image.open(demo_root / "images" / chosen["16_bit"])).astype(np.uint16) * 257
+        ),
+    }
+    with gcs_emulator.billing_checks_off():
+        if fs.exists(f"{bucket}/png/{chosen['missing']}"):
+            fs.rm(f"{bucket}/png/{chosen['missing']}")
+        fs.pipe({f"{bucket}/png/{chosen[k]}": v for k, v in blobs.items()})
+    gcs_emulator.requests.clear()
+    return bucket, chosen
+
+
+def encode(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_bomb(side: int = 100_000) -> bytes:
+    """A valid PNG header announcing side x side pixels (10 gigapixels) with almost no data."""
+    data = bytearray(encode(np.zeros((8, 8), np.uint8)))
+    ihdr = struct.pack(">II", side, side) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_missing_and_bad_objects_error_by_name(gcs_emulator, holey_bucket, tmp_path: Path) -> None:
+    bucket, chosen = holey_bucket
+    dm = gs_dm(gcs_emulator, bucket, tmp_path / "c1", on_bad_image="skip")
+    with pytest.raises(ObjectNotFoundError, match=f"gs://{bucket}/png/{chosen['missing']}: object not found"):
+        dm.prepare_data()
+    dm = gs_dm(gcs_emulator, bucket, tmp_path / "c2", on_missing="skip")
+    with pytest.raises(BadImageError, match=rf"gs://{bucket}/png/\d+_\d+\.png: "):
+        dm.prepare_data()
+
+
+def test_missing_and_bad_objects_skipped_and_counted(
+    gcs_emulator, holey_bucket, demo_root: Path, tmp_path: Path, caplog
+) -> None:
+    bucket, chosen = holey_bucket
+    dm = gs_dm(gcs_emulator, bucket, tmp_path / "cache", on_missing="skip", on_bad_image="skip")
+    dm.prepare_data()
+    dm.setup("fit")
+    manifest = dm.image_cache.manifest()
+    assert (manifest["missing"], manifest["bad image"]) == (1, 4)
+    assert manifest["first_skipped"]["missing"] == [chosen["missing"]]
+    assert sorted(manifest["first_skipped"]["bad image"]) == sorted(
+        chosen[k] for k in ("truncated", "zero_bytes", "not_an_image", "bomb")
+    )
+    assert "1 of 80 images skipped as missing" in caplog.text and chosen["missing"] in caplog.text
+    status = dm.image_cache.status()
+    names = dm.image_cache.names
+    assert status[names.index(chosen["missing"])] == MISSING and status[names.index(chosen["bomb"])] == BAD
+    used = {x for part in dm.split.as_dict().values() for x in part}
+    assert len(used) == 75 and not {chosen[k] for k in ("missing", "truncated", "bomb")} & used
+    # RGB and 16-bit objects are converted, not skipped: grayscale of the same picture
+    pixels = dm.image_cache.open()
+    rgb = pixels[names.index(chosen["rgb"])]
+    assert np.array_equal(rgb, expected_pixels(demo_root / "images" / chosen["rgb"], 48))
+    deep = pixels[names.index(chosen["16_bit"])].astype(float)  # scaled to 8 bits over its own range
+    expected = expected_pixels(demo_root / "images" / chosen["16_bit"], 48).astype(float)
+    normalised = [(x - x.min()) / (x.max() - x.min()) for x in (deep, expected)]
+    assert np.abs(normalised[0] - normalised[1]).max() < 0.02
+    # a later run with policy "error" refuses the skipped images by name
+    strict = gs_dm(gcs_emulator, bucket, tmp_path / "cache")
+    with pytest.raises(
+        FileNotFoundError, match=f"1 image.*missing.*{chosen['missing']}.*data.on_missing=error"
+    ):
+        strict.setup("fit")
+
+
+def test_streaming_skips_bad_objects_inside_batches(gcs_emulator, holey_bucket, tmp_path: Path) -> None:
+    bucket, chosen = holey_bucket
+    dm = gs_dm(gcs_emulator, bucket, None, on_missing="skip", on_bad_image="skip", batch_size=80)
+    dm.setup("fit")
+    ids = [
+        x
+        for split in ("train", "val", "test")
+        for b in getattr(dm, f"{split}_dataloader")()
+        for x in b["image_id"]
+    ]
+    assert len(ids) == 75 and chosen["missing"] not in ids and chosen["rgb"] in ids
+    strict = gs_dm(gcs_emulator, bucket, None, batch_size=80)
+    strict.setup("fit")
+    with pytest.raises((ObjectNotFoundError, BadImageError), match=f"gs://{bucket}/png/"):
+        for split in ("train", "val", "test"):
+            list(getattr(strict, f"{split}_dataloader")())
+
+
+def test_store_reads_local_and_gs_the_same(gcs_emulator, nih_bucket: str, demo_root: Path) -> None:
+    names = demo_names(demo_root)[:10]
+    local = ImageStore(str(demo_root / "images")).map_ordered(names, lambda n, d: d)
+    remote = gs_dm(gcs_emulator, nih_bucket, None).store.map_ordered(names, lambda n, d: d)
+    assert local == remote == [(demo_root / "images" / n).read_bytes() for n in names]

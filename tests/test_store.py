@@ -1,0 +1,152 @@
+"""ImageStore: errors that name the object, retries through a restarted server, a deadline for a dead one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pneumo.data.store import (
+    AccessDeniedError,
+    ImageStore,
+    ObjectNotFoundError,
+    StoreUnavailableError,
+    is_transient,
+    redact_secrets,
+    redact_url,
+    storage_options_for,
+)
+from tests.conftest import BILLING_PROJECT
+
+# Fault tests: short per-request timeouts and deadlines so that they finish in seconds.
+FAST_IO = {
+    "request_timeout_s": 1.0,
+    "retry_deadline_s": 20.0,
+    "retry_backoff_s": 0.05,
+    "retry_backoff_max_s": 0.5,
+}
+
+
+def gs_store(em, bucket: str, project: str | None = BILLING_PROJECT, **io) -> ImageStore:
+    options = storage_options_for(f"gs://{bucket}/png", project=project, requester_pays=True, token="anon")
+    return ImageStore(f"gs://{bucket}/png", {**options, "endpoint_url": em.endpoint}, **{**FAST_IO, **io})
+
+
+def test_gcs_options_apply_to_gs_urls_only() -> None:
+    gs = storage_options_for("gs://b/png", project="p", requester_pays=True, token="anon", extra={"x": 1})
+    assert gs == {"requester_pays": "p", "project": "p", "token": "anon", "x": 1}
+    assert storage_options_for("/local/png", project="p", requester_pays=True, token="t") == {}
+    assert storage_options_for("gs://b/png", requester_pays=True)["requester_pays"] is True
+
+
+def test_redaction_of_tokens_and_signed_urls() -> None:
+    cfg = {
+        "data": {
+            "token": "ya29.secret",
+            "images_url": "gs://b/png",
+            "labels_url": "https://h/o.csv?X-Goog-Signature=abc123&X-Goog-Credential=me%40x&alt=media",
+            "storage_options": {"client_secret": "s3cr3t", "token": "anon", "project": "p"},
+        },
+        "seed": 1,
+    }
+    out = redact_secrets(cfg)
+    text = repr(out)
+    for secret in ("ya29.secret", "abc123", "me%40x", "s3cr3t"):
+        assert secret not in text
+    assert (
+        out["data"]["storage_options"]["token"] == "anon" and out["data"]["storage_options"]["project"] == "p"
+    )
+    assert out["data"]["images_url"] == "gs://b/png" and out["seed"] == 1
+    assert redact_url("gs://b/png/x.png") == "gs://b/png/x.png"
+
+
+def test_transient_classification() -> None:
+    class HttpError(Exception):
+        def __init__(self, code: int) -> None:
+            self.code = code
+
+    assert is_transient(TimeoutError()) and is_transient(ConnectionResetError())
+    assert is_transient(HttpError(503)) and is_transient(HttpError(429)) and is_transient(HttpError(408))
+    assert not is_transient(HttpError(400)) and not is_transient(HttpError(403))
+    assert not is_transient(FileNotFoundError("x")) and not is_transient(OSError("Forbidden: b/o"))
+
+
+def test_missing_local_object_is_named(tmp_path: Path) -> None:
+    store = ImageStore(str(tmp_path))
+    with pytest.raises(ObjectNotFoundError, match=f"{tmp_path}/nope.png: object not found"):
+        store.read("nope.png")
+
+
+def test_missing_gs_object_is_named_without_retries(gcs_emulator, nih_bucket: str) -> None:
+    store = gs_store(gcs_emulator, nih_bucket)
+    with pytest.raises(
+        ObjectNotFoundError, match=f"gs://{nih_bucket}/png/00999999_000.png: object not found"
+    ):
+        store.read("00999999_000.png")
+    assert len(gcs_emulator.requests_for(nih_bucket)) == 1  # a 404 is final
+
+
+def test_requester_pays_errors_say_what_to_set(gcs_emulator, nih_bucket: str, demo_root: Path) -> None:
+    name = sorted(p.name for p in (demo_root / "images").iterdir())[0]
+    # No billing project: GCS answers 400 "requester pays bucket but no user project provided".
+    no_project = ImageStore(
+        f"gs://{nih_bucket}/png", {"endpoint_url": gcs_emulator.endpoint, "token": "anon"}, **FAST_IO
+    )
+    with pytest.raises(
+        AccessDeniedError, match=rf"gs://{nih_bucket}/png/{name}: .*Requester Pays.*data\.project"
+    ):
+        no_project.read(name)
+    # A project the caller may not bill: 403, with the hint.
+    wrong = gs_store(gcs_emulator, nih_bucket, project="not-mine")
+    with pytest.raises(AccessDeniedError, match=r"access denied \(403\).*data\.project"):
+        wrong.read(name)
+    assert gs_store(gcs_emulator, nih_bucket).read(name) == (demo_root / "images" / name).read_bytes()
+
+
+def test_transient_5xx_are_retried(gcs_emulator, nih_bucket: str, demo_root: Path) -> None:
+    failures = {"left": 2}
+
+    def fail_twice(req) -> int | None:
+        if req.path.endswith(".png") and failures["left"] > 0:
+            failures["left"] -= 1
+            return 503
+        return None
+
+    gcs_emulator.fault = fail_twice
+    name = sorted(p.name for p in (demo_root / "images").iterdir())[1]
+    assert gs_store(gcs_emulator, nih_bucket).read(name) == (demo_root / "images" / name).read_bytes()
+    assert failures["left"] == 0
+
+
+def test_server_stopped_and_restarted_mid_pass_completes(
+    gcs_emulator, nih_bucket: str, demo_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pneumo.data.store")
+    names = sorted(p.name for p in (demo_root / "images").iterdir())
+    gcs_emulator.latency_s = 0.01
+    store = gs_store(gcs_emulator, nih_bucket, concurrency=4)
+    got: dict[int, bytes | BaseException] = {}
+    for i, result in store.map_unordered(names, lambda name, data: data):
+        got[i] = result
+        if len(got) == 20:
+            gcs_emulator.stop()  # mid-pass: the next requests are refused...
+            gcs_emulator.restart_after(1.0)  # ...until the server comes back
+    errors = [r for r in got.values() if isinstance(r, BaseException)]
+    assert not errors, errors[:3]
+    assert [got[i] for i in range(len(names))] == [(demo_root / "images" / n).read_bytes() for n in names]
+    assert gcs_emulator.running
+    assert any("retrying gs://" in r.getMessage() for r in caplog.records)  # requests did fail meanwhile
+
+
+def test_server_gone_for_good_fails_after_the_deadline(
+    gcs_emulator, nih_bucket: str, demo_root: Path
+) -> None:
+    name = sorted(p.name for p in (demo_root / "images").iterdir())[2]
+    store = gs_store(gcs_emulator, nih_bucket, request_timeout_s=0.5, retry_deadline_s=2.0)
+    gcs_emulator.stop()
+    with pytest.raises(StoreUnavailableError, match=rf"gs://{nih_bucket}/png/{name}: unreachable") as err:
+        store.read(name)
+    message = str(err.value)
+    assert "retry_deadline_s=2" in message and "request_timeout_s" in message
+    assert int(message.split(": unreachable: ")[1].split(" attempt")[0]) >= 2  # it did retry
