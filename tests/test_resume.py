@@ -65,7 +65,6 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
         "data.batch_size=4",
         f"trainer.max_epochs={epochs}",
         f"+trainer.limit_train_batches={batches}",
-        "+trainer.limit_val_batches=1",
         "+trainer.num_sanity_val_steps=0",
         "test=false",
         f"model.optimizer.lr={lr}",
