@@ -126,7 +126,8 @@ class GradCamOverlayCallback(L.Callback):
         if not bbox_url:
             return empty
         try:
-            table = BoxList.from_csv(bbox_url, getattr(datamodule, "storage_options", None))
+            options = datamodule.storage_options(bbox_url) if hasattr(datamodule, "storage_options") else None
+            table = BoxList.from_csv(bbox_url, options)
             store = datamodule.store
             out = []
             for name in names:
