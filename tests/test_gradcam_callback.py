@@ -44,6 +44,10 @@ def test_overlays_reach_tensorboard_for_a_fixed_set_of_val_images(
     assert len(ids) == 4 and set(ids) <= val_names
     labels = NIHLabelIndex.from_csv(str(demo_root / "Data_Entry_2017.csv")).subset(ids).pneumonia.tolist()
     assert sorted(labels) == [0, 0, 1, 1]
+    # the pneumonia images carry their ground-truth boxes (drawn on the tiles), the others none
+    boxes = dict(zip(ids, callback._fixed["boxes"]))
+    for name, label in zip(ids, labels):
+        assert (len(boxes[name]) > 0) == bool(label), name
 
     acc = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"), size_guidance={IMAGES: 0})
     acc.Reload()
