@@ -392,7 +392,6 @@ class PneumoniaClassifier(L.LightningModule):
             values.update({f"{stage}/auroc_{k}": v for k, v in per_finding.items()})
             values[f"{stage}/auroc_mean"] = mean
             values[f"{stage}/auroc"] = mean  # the monitored metric: mean AUROC over findings
-            values[f"{stage}/auroc_pneumonia"] = auroc(y, p) if len(y) else float("nan")
         else:
             values[f"{stage}/auroc"] = auroc(y, p) if len(y) else float("nan")
         values[f"{stage}/auprc"] = average_precision(y, p) if len(y) else float("nan")
