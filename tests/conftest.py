@@ -35,6 +35,26 @@ def tiny_overrides(data_root: Path, out: Path) -> list[str]:
     ]
 
 
+def demo_datamodule(demo_root: Path, **overrides):
+    """An ``NIHDataModule`` over a demo set in NIH layout (48 px, batches of 8, no workers) with overrides."""
+    from pneumo.data.datamodule import NIHDataModule
+
+    args = {
+        "images_url": str(demo_root / "images"),
+        "labels_url": str(demo_root / "Data_Entry_2017.csv"),
+        "split_lists": {
+            "train_val": str(demo_root / "train_val_list.txt"),
+            "test": str(demo_root / "test_list.txt"),
+        },
+        "image_size": 48,
+        "batch_size": 8,
+        "num_workers": 0,
+        "val_fraction": 0.2,
+        "progress": False,
+    }
+    return NIHDataModule(**{**args, **overrides})
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic NIH-format data set (80 images, 64 px), written once per session."""

@@ -28,7 +28,7 @@ from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
 from pneumo.data.transforms import ResizeToUint8
-from tests.conftest import BILLING_PROJECT, ROOT
+from tests.conftest import BILLING_PROJECT, ROOT, demo_datamodule
 from tests.gcs_emulator import nih_urls
 
 FAST_IO = {
@@ -40,22 +40,13 @@ FAST_IO = {
 
 
 def local_dm(demo_root: Path, cache_dir: Path | None, **kw) -> NIHDataModule:
-    args = dict(
-        images_url=str(demo_root / "images"),
-        labels_url=str(demo_root / "Data_Entry_2017.csv"),
-        split_lists={
-            "train_val": str(demo_root / "train_val_list.txt"),
-            "test": str(demo_root / "test_list.txt"),
-        },
-        image_size=48,
+    return demo_datamodule(
+        demo_root,
         batch_size=16,
-        num_workers=0,
-        val_fraction=0.2,
         cache=cache_dir is not None,
         cache_dir=str(cache_dir) if cache_dir else None,
-        progress=False,
+        **kw,
     )
-    return NIHDataModule(**{**args, **kw})
 
 
 def gs_dm(em, bucket: str, cache_dir: Path | None, **kw) -> NIHDataModule:

@@ -13,6 +13,7 @@ from PIL import Image
 from pneumo.data.datamodule import DataRootError, NIHDataModule
 from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.transforms import ResizeToUint8
+from tests.conftest import demo_datamodule
 
 
 def png(array: np.ndarray) -> bytes:
@@ -55,20 +56,7 @@ def test_resize_is_area_average() -> None:
 
 
 def make_dm(demo_root: Path, **kw) -> NIHDataModule:
-    args = dict(
-        images_url=str(demo_root / "images"),
-        labels_url=str(demo_root / "Data_Entry_2017.csv"),
-        split_lists={
-            "train_val": str(demo_root / "train_val_list.txt"),
-            "test": str(demo_root / "test_list.txt"),
-        },
-        image_size=48,
-        batch_size=8,
-        num_workers=0,
-        val_fraction=0.2,
-    )
-    args.update(kw)
-    return NIHDataModule(**args)
+    return demo_datamodule(demo_root, **kw)
 
 
 def test_items_shapes_dtypes_ranges(demo_root: Path) -> None:

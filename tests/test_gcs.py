@@ -9,27 +9,14 @@ import pytest
 import torch
 
 from pneumo.data.datamodule import NIHDataModule
-from tests.conftest import BILLING_PROJECT, ROOT, run_cli
+from tests.conftest import BILLING_PROJECT, ROOT, demo_datamodule, run_cli
 from tests.gcs_emulator import nih_urls
 
 FAKE_TOKEN = "ya29.FAKE-planted-token-0123456789abcdef"
 
 
 def local_dm(demo_root: Path, **kw) -> NIHDataModule:
-    args = dict(
-        images_url=str(demo_root / "images"),
-        labels_url=str(demo_root / "Data_Entry_2017.csv"),
-        split_lists={
-            "train_val": str(demo_root / "train_val_list.txt"),
-            "test": str(demo_root / "test_list.txt"),
-        },
-        image_size=64,
-        batch_size=16,
-        num_workers=0,
-        val_fraction=0.2,
-        progress=False,
-    )
-    return NIHDataModule(**{**args, **kw})
+    return demo_datamodule(demo_root, **{"image_size": 64, "batch_size": 16, **kw})
 
 
 def gs_dm(em, bucket: str, **kw) -> NIHDataModule:
