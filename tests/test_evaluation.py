@@ -203,3 +203,13 @@ def test_eval_settings_reject_unknown_keys() -> None:
         EvalSettings.from_config({"treshold": "youden"})
     with pytest.raises(ValueError, match="eval.bootstrap.resamples"):
         EvalSettings.from_config({"bootstrap": {"resamples": 0}})
+
+
+def test_no_interval_when_a_class_comes_from_one_patient() -> None:
+    frame = _frame(60, seed=4)
+    frame["label"] = 0
+    frame.loc[frame["patient"] == frame["patient"].iloc[0], "label"] = 1  # all positives: one patient
+    report = build_report(frame, 0.5, EvalSettings(resamples=100))
+    auroc_entry = report["metrics"]["auroc"]
+    assert auroc_entry["value"] is not None and auroc_entry["ci"] is None
+    assert auroc_entry["note"] == "no interval: every positive image comes from one patient"

@@ -192,8 +192,11 @@ def _binary_section(
         def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
             return {**ranking_metrics(ranked, w), **rates(confusion_counts(y, p, threshold, w))}
 
-        boot = _bootstrap(units, settings)
-        intervals = boot.intervals(statistic)
+        single = _single_patient_class(y, units)
+        if single is None:
+            intervals = _bootstrap(units, settings).intervals(statistic)
+        else:
+            intervals = {k: Interval(np.nan, np.nan, 0, settings.resamples, single) for k in point}
     metrics = {
         k: _entry(point.get(k), intervals.get(k), notes.get(k))
         for k in ("auroc", "auprc", *THRESHOLD_METRICS)
@@ -229,6 +232,14 @@ def _binary_section(
     return section, messages
 
 
+def _single_patient_class(y: np.ndarray, units: np.ndarray) -> str | None:
+    """Why no interval can be honest: one class comes from a single patient (``None`` if both have >= 2)."""
+    for label, name in ((1, "positive"), (0, "negative")):
+        if len(np.unique(units[y == label])) == 1:
+            return f"no interval: every {name} image comes from one patient"
+    return None
+
+
 def _bootstrap(units: np.ndarray, settings: EvalSettings) -> ClusterBootstrap:
     return ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
 
@@ -240,8 +251,12 @@ def _auroc_with_interval(y: np.ndarray, p: np.ndarray, units: np.ndarray, settin
         only = "negative" if pos == 0 else "positive"
         return _entry(None, None, f"undefined: only {only} images ({len(y)})")
     ranked = RankedScores.of(y, p)
-    boot = _bootstrap(units, settings)
-    interval = boot.intervals(lambda w: {"auroc": ranking_metrics(ranked, w)["auroc"]})["auroc"]
+    single = _single_patient_class(y, units)
+    if single is None:
+        boot = _bootstrap(units, settings)
+        interval = boot.intervals(lambda w: {"auroc": ranking_metrics(ranked, w)["auroc"]})["auroc"]
+    else:
+        interval = Interval(np.nan, np.nan, 0, settings.resamples, single)
     return _entry(ranking_metrics(ranked)["auroc"][0], interval)
 
 
@@ -289,7 +304,11 @@ def _findings_table(frame: pd.DataFrame, settings: EvalSettings) -> tuple[list[d
     for f in present:
         y = frame[f"y_{f}"].to_numpy()
         if f in ranked:
-            entry = _entry(ranking_metrics(ranked[f])["auroc"][0], boot.interval_of(dists[f]))
+            single = _single_patient_class(y, units)
+            interval = (
+                boot.interval_of(dists[f]) if single is None else Interval(np.nan, np.nan, 0, 0, single)
+            )
+            entry = _entry(ranking_metrics(ranked[f])["auroc"][0], interval)
         else:
             entry = _entry(None, None, f"undefined: every image is positive ({len(y)})")
         rows.append({"finding": f, "positives": int(y.sum()), "images": int(len(y)), "auroc": entry})
