@@ -41,6 +41,8 @@ def main(cfg: DictConfig) -> None:
             finding=cfg.localization.finding,
             iou_threshold=cfg.localization.threshold,
             overlay=OmegaConf.to_container(cfg.overlay, resolve=True),
+            project=cfg.get("project"),
+            requester_pays=cfg.get("requester_pays"),
             storage_options=OmegaConf.to_container(cfg.storage_options, resolve=True),
             progress=cfg.progress,
         )

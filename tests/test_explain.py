@@ -16,6 +16,7 @@ from pneumo.data.datamodule import NIHDataModule
 from pneumo.data.index import NIHLabelIndex
 from pneumo.xai.explain import CheckpointError, explain_images, load_classifier
 from tests.conftest import CONF, ROOT, run_cli, tiny_overrides
+from tests.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         cfg.callbacks.lr_monitor = None  # logger=none: nothing to monitor into
         cfg.callbacks.early_stopping = None
     _, objects = train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return out / "run" / "checkpoints" / "last.ckpt"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -91,9 +92,8 @@ def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> N
         assert float(row["probability"]) == pytest.approx(reference[row["image"]], abs=1e-5)
         assert int(row["true_label"]) == truth[row["image"]]  # from the checkpoint's label index
         assert int(row["predicted_label"]) == int(float(row["probability"]) >= float(row["threshold"]))
-    # the operating point is the one stored in the checkpoint (chosen on validation during training)
-    stored = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)["state_dict"]["threshold"].item()
-    assert float(rows[0]["threshold"]) == pytest.approx(stored, abs=1e-6)
+    saved = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)["state_dict"]["threshold"]
+    assert [float(r["threshold"]) for r in rows] == pytest.approx([float(saved)] * len(rows), abs=1e-6)
 
 
 def test_predicted_label_uses_the_checkpoints_threshold(
@@ -197,3 +197,34 @@ def test_cli_unreadable_file_and_missing_checkpoint(tiny_ckpt: Path, demo_root: 
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     assert proc.returncode == 2
     assert len(lines) == 1 and f"checkpoint {missing} not found" in lines[0], lines
+
+
+def test_list_of_gs_urls_on_a_requester_pays_bucket(
+    tiny_ckpt: Path, gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import BILLING_PROJECT
+
+    names = (demo_root / "test_list.txt").read_text().split()[:4]
+    listing = tmp_path / "gs_list.txt"
+    listing.write_text("".join(f"gs://{nih_bucket}/png/{n}\n" for n in names))
+    result = explain_images(
+        str(tiny_ckpt),
+        str(tmp_path / "gs"),
+        inputs=str(listing),
+        labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
+        bbox_url=f"gs://{nih_bucket}/BBox_List_2017.csv",
+        project=BILLING_PROJECT,
+        requester_pays=True,
+        storage_options={"endpoint_url": gcs_emulator.endpoint, "token": "anon"},
+        progress=False,
+    )
+    assert not result.failed and [r["image"] for r in result.predictions] == names
+    reference = _reference_probabilities(tiny_ckpt, names)  # the same images read locally
+    for row in result.predictions:
+        assert float(row["probability"]) == pytest.approx(reference[row["image"]], abs=1e-5)
+        assert row["true_label"] in (0, 1)
+    boxes = BoxList.from_csv(str(demo_root / "BBox_List_2017.csv"))
+    assert len(result.localization) == len(set(names) & boxes.images)
+    seen = gcs_emulator.requests_for(nih_bucket)
+    assert sum(r.path.endswith(".png") for r in seen) >= len(names)
+    assert {tuple(r.query.get("userProject", [])) for r in seen} == {(BILLING_PROJECT,)}

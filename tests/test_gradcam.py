@@ -66,8 +66,8 @@ def test_heatmaps_are_per_image_unit_range_at_input_resolution() -> None:
     assert torch.all(h >= 0) and torch.all(h <= 1)
     for i in range(3):
         assert h[i].max() == pytest.approx(1.0) and h[i].min() == pytest.approx(0.0)
-    assert torch.allclose(result.probabilities.sum(1), torch.ones(3))
-    assert torch.equal(result.targets, torch.ones(3, dtype=torch.long))
+    assert result.logits.shape == (3, 2)
+    assert torch.equal(result.targets, torch.ones(3, dtype=torch.long))  # pneumonia of a 2-output net
 
 
 def test_normalize_per_image_keeps_constant_maps_zero() -> None:
@@ -86,7 +86,7 @@ def test_batched_equals_one_image_at_a_time() -> None:
     torch.testing.assert_close(
         batched.heatmaps, torch.cat([s.heatmaps for s in single]), rtol=1e-4, atol=1e-5
     )
-    torch.testing.assert_close(batched.probabilities, torch.cat([s.probabilities for s in single]))
+    torch.testing.assert_close(batched.logits, torch.cat([s.logits for s in single]), rtol=1e-4, atol=1e-5)
 
 
 def test_predicted_target_explains_the_argmax_class() -> None:
@@ -156,9 +156,35 @@ def test_layer_of_a_lightning_module_resolves_through_net() -> None:
 def test_bad_settings_fail_clearly() -> None:
     with pytest.raises(GradCamError, match="'features.denseblock9' is not a submodule.*features"):
         GradCam(_net(), layer="features.denseblock9")
-    with pytest.raises(GradCamError, match="class index or 'predicted'"):
-        GradCam(_net(), target="pneumonia")
+    with pytest.raises(GradCamError, match="'pneumonia', 'predicted' or an output index"):
+        GradCam(_net(), target="lungs")
     with pytest.raises(GradCamError, match=r"\(B, C, H, W\)"):
         GradCam(_net())(torch.rand(1, 64, 64))
     with pytest.raises(GradCamError, match="convolutional feature map"):
         GradCam(_net(), layer="class_layers.out")(torch.rand(1, 1, 64, 64))
+
+
+def test_pneumonia_target_follows_the_task_of_the_model() -> None:
+    from functools import partial
+
+    from pneumo.models.classifier import PneumoniaClassifier
+    from pneumo.xai.gradcam import PNEUMONIA_INDEX, pneumonia_probability
+
+    spec = {
+        "_target_": "monai.networks.nets.DenseNet",
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "init_features": 16,
+        "growth_rate": 8,
+        "block_config": [2, 2, 2, 2],
+    }
+    x = _images(2)
+    for task, outputs, index in (("binary", 2, 1), ("multilabel", 14, PNEUMONIA_INDEX)):
+        torch.manual_seed(0)
+        model = PneumoniaClassifier(
+            net={**spec, "out_channels": outputs}, optimizer=partial(torch.optim.Adam, lr=1e-4), task=task
+        )
+        result = GradCam(model)(x)
+        assert torch.equal(result.targets, torch.full((2,), index))
+        torch.testing.assert_close(result.heatmaps, GradCam(model, target=index)(x).heatmaps)
+        torch.testing.assert_close(pneumonia_probability(model, result.logits), model.eval().predict_proba(x))

@@ -1,6 +1,6 @@
 """``GradCamOverlayCallback``: Grad-CAM overlays of a fixed set of validation images in TensorBoard.
 
-At the end of every ``every_n_epochs``-th validation epoch (sanity checks excluded) the callback computes
+At the end of every ``every_n_epochs``-th validation run (sanity checks excluded) the callback computes
 Grad-CAM for the same validation images - ``num_positives`` pneumonia and ``num_negatives`` other images,
 drawn once with ``seed`` and kept, so epochs can be compared - and logs one grid picture to every
 TensorBoard logger under ``tag``. Each tile shows the heatmap over the X-ray, the ground-truth boxes when the
@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from pneumo.data.boxes import BoxList, scaled_to
-from pneumo.xai.gradcam import DEFAULT_LAYER, PNEUMONIA_CLASS, GradCam
+from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class GradCamOverlayCallback(L.Callback):
         num_positives: pneumonia images in the set (fewer if validation has fewer).
         num_negatives: other images in the set.
         layer: Grad-CAM layer (see ``pneumo.xai.gradcam.DEFAULT_LAYER``).
-        target: class explained (1 = pneumonia) or ``"predicted"``.
+        target: ``"pneumonia"``, ``"predicted"`` or an output index (see ``pneumo.xai.gradcam``).
         seed: seed of the one-time choice of images.
         tag: TensorBoard image tag.
         tile_size: width of each overlay tile, pixels.
@@ -53,7 +53,7 @@ class GradCamOverlayCallback(L.Callback):
         num_positives: int = 4,
         num_negatives: int = 4,
         layer: str = DEFAULT_LAYER,
-        target: int | str = PNEUMONIA_CLASS,
+        target: int | str = "pneumonia",
         seed: int = 0,
         tag: str = "val/gradcam",
         tile_size: int = 192,
@@ -126,8 +126,8 @@ class GradCamOverlayCallback(L.Callback):
         if not bbox_url:
             return empty
         try:
-            options = datamodule.storage_options(bbox_url) if hasattr(datamodule, "storage_options") else None
-            table = BoxList.from_csv(bbox_url, options)
+            options = getattr(datamodule, "storage_options", None)
+            table = BoxList.from_csv(bbox_url, options(bbox_url) if callable(options) else options)
             store = datamodule.store
             out = []
             for name in names:
@@ -143,7 +143,8 @@ class GradCamOverlayCallback(L.Callback):
             return empty
 
     # ------------------------------------------------------------------ hooks
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the epoch-end hooks: the caption's predicted label uses the threshold chosen this epoch.
         if trainer.sanity_checking:
             return
         self._val_epochs += 1
@@ -168,9 +169,10 @@ class GradCamOverlayCallback(L.Callback):
         images = self._fixed["images"].to(device=param.device, dtype=param.dtype)
         result = GradCam(pl_module, layer=self.layer, target=self.target)(images)
         threshold = float(getattr(pl_module, "threshold", 0.5))
+        probs = pneumonia_probability(pl_module, result.logits)
         tiles = []
         for i, image_id in enumerate(self._fixed["image_ids"]):
-            p = float(result.probabilities[i, PNEUMONIA_CLASS])
+            p = float(probs[i])
             caption = f"{image_id}\n{caption_text(p, int(p >= threshold), self._fixed['labels'][i])}"
             tiles.append(
                 render_overlay(

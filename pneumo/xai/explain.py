@@ -34,14 +34,23 @@ import torch
 from tqdm.auto import tqdm
 
 from pneumo.data.boxes import BoxList, scaled_to
+from pneumo.data.datamodule import TOKEN_ENV
 from pneumo.data.decode import BadImageError
 from pneumo.data.findings import PNEUMONIA
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.splits import make_splits, read_image_list
-from pneumo.data.store import absolute_location, location_exists
+from pneumo.data.store import absolute_location, location_exists, storage_options_for
 from pneumo.models.classifier import PneumoniaClassifier
-from pneumo.xai.gradcam import DEFAULT_LAYER, PNEUMONIA_CLASS, GradCam
-from pneumo.xai.inputs import ImageRef, LoadedImage, Preprocessor, load_image, resolve_inputs
+from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
+from pneumo.xai.inputs import (
+    ImageRef,
+    LoadedImage,
+    Preprocessor,
+    StorageOptions,
+    load_image,
+    options_for,
+    resolve_inputs,
+)
 from pneumo.xai.localization import DEFAULT_THRESHOLD, score_heatmap, summarize
 from pneumo.xai.overlay import caption_text, render_overlay, save_png
 
@@ -68,7 +77,7 @@ class ExplainResult:
 
 # ---------------------------------------------------------------------------------------------- checkpoint
 def load_classifier(
-    ckpt_path: str, map_location: str | torch.device = "cpu"
+    ckpt_path: str, map_location: str | torch.device = "cpu", storage_options: StorageOptions = None
 ) -> tuple[PneumoniaClassifier, dict]:
     """Rebuild the classifier of a training checkpoint and return it (eval mode) with the data module's
     saved hyperparameters (image size, URLs, split settings).
@@ -79,13 +88,14 @@ def load_classifier(
         CheckpointError: the file is missing, not a checkpoint, or not a pneumo classifier's (one line).
     """
     location = absolute_location(str(ckpt_path))
-    if not location_exists(location):
+    options = options_for(location, storage_options)
+    if not location_exists(location, options):
         raise CheckpointError(
             f"checkpoint {ckpt_path} not found: set ckpt_path to a .ckpt written by train.py "
             "(logs/train/runs/<timestamp>/checkpoints/)"
         )
     try:
-        with fsspec.open(location, "rb") as fh:
+        with fsspec.open(location, "rb", **options) as fh:
             blob = torch.load(io.BytesIO(fh.read()), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
@@ -131,16 +141,17 @@ def load_classifier(
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def split_refs(dhp: Mapping, split: str, storage_options: Mapping | None = None) -> list[ImageRef]:
+def split_refs(dhp: Mapping, split: str, storage_options: StorageOptions = None) -> list[ImageRef]:
     """The images of one split of the checkpoint's data set, rebuilt from its saved settings."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {list(SPLITS)}")
-    index = NIHLabelIndex.from_csv(dhp["labels_url"], storage_options, views=dhp.get("views"))
+    so = lambda url: options_for(url, storage_options)  # noqa: E731
+    index = NIHLabelIndex.from_csv(dhp["labels_url"], so(dhp["labels_url"]), views=dhp.get("views"))
     lists = dhp.get("split_lists") or {}
     parts = make_splits(
         index,
-        train_val_list=read_image_list(lists["train_val"], storage_options) if lists else None,
-        test_list=read_image_list(lists["test"], storage_options) if lists else None,
+        train_val_list=read_image_list(lists["train_val"], so(lists["train_val"])) if lists else None,
+        test_list=read_image_list(lists["test"], so(lists["test"])) if lists else None,
         val_fraction=float(dhp.get("val_fraction", 0.1)),
         test_fraction=float(dhp.get("test_fraction", 0.2)),
         seed=int(dhp.get("split_seed", 0)),
@@ -150,11 +161,12 @@ def split_refs(dhp: Mapping, split: str, storage_options: Mapping | None = None)
     return [ImageRef(name, f"{root}/{name}") for name in names]
 
 
-def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: Mapping | None) -> int:
+def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: StorageOptions) -> int:
     """Set ``ref.label`` from a label index (matched by file name); returns how many were found."""
-    if not labels_url or not location_exists(labels_url, storage_options):
+    options = options_for(labels_url, storage_options) if labels_url else {}
+    if not labels_url or not location_exists(labels_url, options):
         return 0
-    table = NIHLabelIndex.from_csv(labels_url, storage_options).table
+    table = NIHLabelIndex.from_csv(labels_url, options).table
     label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
     for ref in refs:
         if ref.name in label_of:
@@ -163,12 +175,13 @@ def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_opti
 
 
 def attach_boxes(
-    refs: Sequence[ImageRef], bbox_url: str | None, finding: str, storage_options: Mapping | None
+    refs: Sequence[ImageRef], bbox_url: str | None, finding: str, storage_options: StorageOptions
 ) -> int:
     """Set ``ref.boxes`` (of ``finding``) from a ``BBox_List_2017.csv``; returns how many images got boxes."""
-    if not bbox_url or not location_exists(bbox_url, storage_options):
+    options = options_for(bbox_url, storage_options) if bbox_url else {}
+    if not bbox_url or not location_exists(bbox_url, options):
         return 0
-    boxes = BoxList.from_csv(bbox_url, storage_options).subset(finding)
+    boxes = BoxList.from_csv(bbox_url, options).subset(finding)
     for ref in refs:
         ref.boxes = boxes.for_image(ref.name)
     return sum(len(ref.boxes) > 0 for ref in refs)
@@ -192,7 +205,7 @@ def explain_images(
     inputs: str | None = None,
     split: str | None = None,
     layer: str = DEFAULT_LAYER,
-    target: int | str = PNEUMONIA_CLASS,
+    target: int | str = "pneumonia",
     batch_size: int = 32,
     num_workers: int = 8,
     device: str = "auto",
@@ -201,6 +214,8 @@ def explain_images(
     finding: str = PNEUMONIA,
     iou_threshold: float = DEFAULT_THRESHOLD,
     overlay: Mapping[str, Any] | None = None,
+    project: str | None = None,
+    requester_pays: bool | None = None,
     storage_options: Mapping | None = None,
     progress: bool = True,
 ) -> ExplainResult:
@@ -217,12 +232,25 @@ def explain_images(
         labels_url, bbox_url: label index / box file; ``None`` = the checkpoint's, ``""`` = none.
         finding: which boxes count as ground truth; ``iou_threshold``: heatmap level for IoU/IoBB.
         overlay: ``size``, ``alpha``, ``cmap`` of the overlay pictures.
-        storage_options: fsspec options for URLs (credentials; never saved anywhere).
+        project, requester_pays: Google Cloud billing settings for ``gs://`` URLs; ``None`` = the
+            checkpoint's (``data.project`` / ``data.requester_pays`` of its training run). Credentials:
+            Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN``.
+        storage_options: further fsspec options for every URL (never saved anywhere).
     """
     if (inputs is None) == (split is None):
         raise ValueError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    model, dhp = load_classifier(ckpt_path, map_location=dev)
+    token = os.environ.get(TOKEN_ENV) or None
+    extra = dict(storage_options or {})
+    model, dhp = load_classifier(
+        ckpt_path, dev, lambda url: storage_options_for(url, project, bool(requester_pays), token, extra)
+    )
+    project = dhp.get("project") if project is None else project
+    requester_pays = bool(dhp.get("requester_pays", False)) if requester_pays is None else requester_pays
+
+    def options(url: str) -> dict:
+        return storage_options_for(url, project, requester_pays, token, extra)
+
     model.to(dev)
     threshold = float(model.threshold)
     image_size = int(dhp["image_size"])
@@ -231,15 +259,15 @@ def explain_images(
 
     skipped: list[str] = []
     if split is not None:
-        refs = split_refs(dhp, split, storage_options)
+        refs = split_refs(dhp, split, options)
     else:
-        refs, skipped = resolve_inputs(inputs, storage_options)
+        refs, skipped = resolve_inputs(inputs, options)
     if skipped:
         log.warning(
             "skipped %d file(s) that are not images by name: %s", len(skipped), ", ".join(skipped[:10])
         )
-    n_labels = attach_labels(refs, labels_url, storage_options)
-    n_boxes = attach_boxes(refs, bbox_url, finding, storage_options)
+    n_labels = attach_labels(refs, labels_url, options)
+    n_boxes = attach_boxes(refs, bbox_url, finding, options)
     log.info(
         "%d image(s) at %d px; true labels for %d, %s boxes for %d; model threshold %.3f; Grad-CAM layer %s",
         len(refs), image_size, n_labels, finding, n_boxes, threshold, layer,
@@ -257,7 +285,7 @@ def explain_images(
 
     def _load(i: int) -> tuple[int, LoadedImage | None, str | None]:
         try:
-            return i, load_image(refs[i], preprocess, storage_options), None
+            return i, load_image(refs[i], preprocess, options), None
         except (BadImageError, OSError, ValueError, RuntimeError) as err:
             return i, None, str(err).splitlines()[0] if str(err) else type(err).__name__
 
@@ -274,10 +302,11 @@ def explain_images(
             if loaded:
                 batch = torch.stack([item.tensor for _, item in loaded]).to(dev)
                 maps = cam(batch)
+                probs = pneumonia_probability(model, maps.logits)
                 for j, (i, item) in enumerate(loaded):
                     row, score = _write_one(
                         item, stems[i], batch[j, 0].cpu(), maps.heatmaps[j].cpu().numpy().astype(np.float32),
-                        float(maps.probabilities[j, PNEUMONIA_CLASS]), threshold, out, overlay, iou_threshold,
+                        float(probs[j]), threshold, out, overlay, iou_threshold,
                     )  # fmt: skip
                     result.predictions.append(row)
                     if score is not None:

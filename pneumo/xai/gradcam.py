@@ -26,13 +26,32 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
+from pneumo.data.findings import FINDINGS, PNEUMONIA
+
 #: Default Grad-CAM layer of MONAI's DenseNet121: the 1x1 convolution of transition block 2, before its
 #: pooling - a feature map at 1/8 of the input side (12 x 12 at the demo's 96 px, 28 x 28 at 224 px). The
 #: last feature map (``class_layers.relu``, 1/32: 3 x 3 at 96 px) is too coarse to point inside a
 #: pneumonia-sized box; see docs/BENCHMARKS.md, "Explainability", for the pointing game per layer.
 DEFAULT_LAYER = "features.transition2.conv"
-#: Index of the pneumonia logit of ``PneumoniaClassifier`` (logits are [no pneumonia, pneumonia]).
+#: Index of Pneumonia among the 14 outputs of a multi-label model.
+PNEUMONIA_INDEX = FINDINGS.index(PNEUMONIA)
+#: Index of the pneumonia logit of a binary ``PneumoniaClassifier`` (logits are [no pneumonia, pneumonia]).
 PNEUMONIA_CLASS = 1
+
+
+def pneumonia_output(model: nn.Module) -> int:
+    """Index of the pneumonia logit: 1 for binary models, Pneumonia's place among the 14 findings for
+    ``task="multilabel"`` models."""
+    return PNEUMONIA_INDEX if getattr(model, "task", "binary") == "multilabel" else PNEUMONIA_CLASS
+
+
+def pneumonia_probability(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` pneumonia probability from logits: softmax (binary) or sigmoid (multi-label), as the model
+    computes it (``model.probabilities`` when it has one)."""
+    if hasattr(model, "probabilities"):
+        probs = model.probabilities(logits)
+        return probs[:, PNEUMONIA_INDEX] if probs.ndim == 2 else probs
+    return logits.float().softmax(dim=1)[:, PNEUMONIA_CLASS]
 
 
 class GradCamError(ValueError):
@@ -45,13 +64,14 @@ class GradCamResult:
 
     Attributes:
         heatmaps: ``(B, H, W)`` float32 in [0, 1], at the input resolution.
-        probabilities: ``(B, K)`` softmax of the logits from the same forward pass.
-        targets: ``(B,)`` class index each map explains.
+        logits: ``(B, K)`` from the same forward pass (``pneumonia_probability`` turns them into
+            probabilities).
+        targets: ``(B,)`` output index each map explains.
         raw: ``(B, h, w)`` ReLU'd Grad-CAM at the layer's resolution, before upsampling and normalisation.
     """
 
     heatmaps: torch.Tensor
-    probabilities: torch.Tensor
+    logits: torch.Tensor
     targets: torch.Tensor
     raw: torch.Tensor
 
@@ -98,7 +118,8 @@ class GradCam:
     Args:
         model: a classifier returning logits ``(B, K)`` (e.g. ``PneumoniaClassifier`` or its ``net``).
         layer: dotted name of the layer whose output is explained (relative to ``model`` or ``model.net``).
-        target: class index to explain (default: pneumonia), or ``"predicted"`` for each image's argmax.
+        target: ``"pneumonia"`` (the model's pneumonia output, see ``pneumonia_output``), an output index,
+            or ``"predicted"`` for each image's highest logit.
         batch_size: images per forward/backward pass; larger batches are split.
     """
 
@@ -106,11 +127,15 @@ class GradCam:
         self,
         model: nn.Module,
         layer: str = DEFAULT_LAYER,
-        target: int | str = PNEUMONIA_CLASS,
+        target: int | str = "pneumonia",
         batch_size: int = 64,
     ) -> None:
-        if not (isinstance(target, int) or target == "predicted"):
-            raise GradCamError(f"Grad-CAM target must be a class index or 'predicted', got {target!r}")
+        if not (isinstance(target, int) or target in ("pneumonia", "predicted")):
+            raise GradCamError(
+                f"Grad-CAM target must be 'pneumonia', 'predicted' or an output index, got {target!r}"
+            )
+        if target == "pneumonia":
+            target = pneumonia_output(model)
         if batch_size < 1:
             raise GradCamError(f"Grad-CAM batch_size must be >= 1, got {batch_size}")
         self.model, self.layer_name, self.target, self.batch_size = model, layer, target, int(batch_size)
@@ -147,5 +172,4 @@ class GradCam:
             )
         cam = cam.detach().float()
         up = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        probabilities = logits[-1].float().softmax(dim=1)
-        return normalize_per_image(up.clamp_min(0)), probabilities, target, cam[:, 0]
+        return normalize_per_image(up.clamp_min(0)), logits[-1], target, cam[:, 0]

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import fsspec
@@ -61,8 +61,20 @@ class LoadedImage:
     source_shape: tuple[int, int]
 
 
-def _fs(location: str, storage_options: Mapping | None):
-    return fsspec.core.url_to_fs(location, **dict(storage_options or {}))
+#: fsspec options: one mapping for every URL, or a function giving the options of a URL (``gs://`` settings
+#: such as the requester-pays project apply to ``gs://`` URLs only).
+StorageOptions = Mapping | Callable[[str], Mapping] | None
+
+
+def options_for(location: str, storage_options: StorageOptions) -> dict:
+    """The fsspec options of ``location``."""
+    if callable(storage_options):
+        return dict(storage_options(location) or {})
+    return dict(storage_options or {})
+
+
+def _fs(location: str, storage_options: StorageOptions):
+    return fsspec.core.url_to_fs(location, **options_for(location, storage_options))
 
 
 def _full(fs, path: str) -> str:
@@ -70,7 +82,7 @@ def _full(fs, path: str) -> str:
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
 
-def resolve_inputs(inputs: str, storage_options: Mapping | None = None) -> tuple[list[ImageRef], list[str]]:
+def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple[list[ImageRef], list[str]]:
     """Expand ``inputs`` (an image, a folder, or a ``.txt`` list of paths/URLs; local or any fsspec URL).
 
     Relative entries of a list resolve against the list's folder. Returns the images and the names of
@@ -111,7 +123,7 @@ def resolve_inputs(inputs: str, storage_options: Mapping | None = None) -> tuple
     return refs, skipped
 
 
-def read_bytes(location: str, storage_options: Mapping | None = None) -> bytes:
+def read_bytes(location: str, storage_options: StorageOptions = None) -> bytes:
     """The bytes at a path or URL (``FileNotFoundError`` naming it if absent)."""
     fs, path = _fs(location, storage_options)
     try:
@@ -134,7 +146,7 @@ class Preprocessor:
 
 
 def load_image(
-    ref: ImageRef, preprocess: Preprocessor, storage_options: Mapping | None = None
+    ref: ImageRef, preprocess: Preprocessor, storage_options: StorageOptions = None
 ) -> LoadedImage:
     """Read and preprocess one image; raises ``FileNotFoundError``/``BadImageError``/``OSError`` naming it."""
     tensor, shape = preprocess(read_bytes(ref.location, storage_options), ref.location)
