@@ -25,6 +25,7 @@ def test_multilabel_demo_run_reports_every_present_finding(
         [
             *tiny_overrides(demo_root, tmp_path),
             "experiment=demo_multilabel",
+            "model.class_weights=auto",  # the experiment trains unweighted; check the auto pos_weight here
             "debug=fdr",
             "trainer.detect_anomaly=false",
             "eval.bootstrap.resamples=200",
