@@ -55,6 +55,24 @@ def test_resize_is_area_average() -> None:
     assert y[:, :32].max() == 0 and y[:, 32:].min() == 200
 
 
+def test_resize_matches_monai_area_on_a_radiograph_sized_image() -> None:
+    """Pillow's box filter (the fast path) against MONAI's area Resize on a 1024 -> 224 downsample."""
+    import torch
+    from monai.transforms import Resize
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:1024, 0:1024] / 1024.0
+    smooth = 60 + 120 * np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.05) + 40 * yy  # radiograph-like
+    x = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+    x[300:500, 200:450] = 230  # a bright "opacity" with sharp edges
+    y = ResizeToUint8(224)(x)
+    monai = Resize((224, 224), mode="area")(torch.from_numpy(x.astype(np.float32))[None])[0].numpy()
+    diff = np.abs(y.astype(np.float32) - monai)
+    assert y.shape == (224, 224) and y.dtype == np.uint8 and y.flags.writeable
+    assert abs(float(y.mean()) - float(x.mean())) < 0.5  # area averaging keeps the mean
+    assert float(diff.mean()) < 1.0 and float(np.percentile(diff, 99)) < 5.0
+
+
 def make_dm(demo_root: Path, **kw) -> NIHDataModule:
     return demo_datamodule(demo_root, **kw)
 

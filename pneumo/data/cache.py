@@ -53,7 +53,7 @@ from pneumo.data.transforms import ResizeToUint8
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the stored bytes of an image would change (layout, resize stage).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TODO, CACHED, MISSING, BAD = 0, 1, 2, 3
 STATUS_NAMES = {TODO: "not done", CACHED: "cached", MISSING: "missing", BAD: "bad image"}
 POLICIES = ("error", "skip")
@@ -72,7 +72,7 @@ def cache_fingerprint(images_url: str, names: Sequence[str], image_size: int) ->
         False
     """
     digest = hashlib.sha256()
-    head = {"format": FORMAT_VERSION, "stage": "ResizeToUint8(area)", "images_url": redact_url(images_url)}
+    head = {"format": FORMAT_VERSION, "stage": "ResizeToUint8(box)", "images_url": redact_url(images_url)}
     digest.update(json.dumps({**head, "image_size": int(image_size)}, sort_keys=True).encode())
     for name in names:
         digest.update(str(name).encode())
