@@ -38,6 +38,17 @@ def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
     return objects
 
 
+def without_logger_callbacks(callbacks: list[Any]) -> list[Any]:
+    """Drop the callbacks that only write to a logger (Lightning refuses ``LearningRateMonitor`` without
+    one), so that ``logger=none`` works with the default callbacks."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    kept = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("logger=none: the learning-rate monitor has nothing to log to and is left out")
+    return kept
+
+
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
     """The optimized metric as a float (for Hydra sweepers); a clear error when it was never logged."""
     if not name:
@@ -86,6 +97,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
+    if not loggers:
+        callbacks = without_logger_callbacks(callbacks)
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

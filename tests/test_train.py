@@ -22,6 +22,20 @@ def test_fast_dev_run(compose_train, demo_root: Path, tmp_path: Path) -> None:
         assert name in metrics and torch.isfinite(torch.as_tensor(metrics[name]))
 
 
+def test_logger_none_runs_without_a_logger(compose_train, demo_root: Path, tmp_path: Path) -> None:
+    """``logger=none`` with the default callbacks: the LR monitor (which needs a logger) is left out, the
+    Grad-CAM overlays have nowhere to go, and the run still trains, tests and writes its report."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    cfg = compose_train([*tiny_overrides(demo_root, tmp_path), "debug=fdr", "logger=none"])
+    metrics, objects = train(cfg)
+    trainer = objects["trainer"]
+    assert trainer.loggers == []
+    assert not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks)
+    assert "test/auroc" in metrics
+    assert not list(Path(cfg.paths.output_dir).rglob("events.out.tfevents.*"))
+
+
 def test_class_weights_auto_follow_train_prevalence(compose_train, demo_root: Path, tmp_path: Path) -> None:
     cfg = compose_train([*tiny_overrides(demo_root, tmp_path), "debug=fdr", "test=false"])
     _, objects = train(cfg)
@@ -58,6 +72,9 @@ def test_train_cli_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     assert blob["datamodule_hyper_parameters"]["image_size"] == 64
     assert blob["hyper_parameters"]["net"]["_target_"] == "monai.networks.nets.DenseNet121"
     assert "test/auroc" in proc.stderr + proc.stdout
+    train_log = (run / "train.log").read_text()
+    assert "test/auroc = " in train_log
+    assert "alembic" not in train_log  # third-party set-up chatter stays out of the run's log
 
 
 def test_init_weights_from_a_local_checkpoint(compose_train, demo_root: Path, tmp_path: Path) -> None:
