@@ -135,6 +135,25 @@ def test_cli_prints_json_summary(demo_root: Path) -> None:
     assert summary["patient_overlap"]["train_val/test"] == 0
 
 
+def test_cli_into_a_closed_pipe_exits_quietly(demo_root: Path) -> None:
+    """``python -m pneumo.data.index CSV | head -3``: the reader leaves early, no traceback follows."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the summary is written
+    proc = subprocess.run(
+        [sys.executable, "-m", "pneumo.data.index", str(demo_root / "Data_Entry_2017.csv")],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    os.close(write_end)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("case", [*sorted(BAD_FILES), "not_csv", "missing_file"])
 def test_cli_bad_input_one_clear_line(tmp_path: Path, case: str) -> None:
     path = tmp_path / f"{case}.csv"

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.data.findings import FINDINGS, NO_FINDING, PNEUMONIA
+from pneumo.utils.cli import print_json
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,6 @@ class NIHLabelIndex:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pneumo.data.index CSV [--split-lists TRAIN_VAL TEST] [--views PA AP]``."""
     from pneumo.data.splits import SplitError, read_image_list
-
     parser = argparse.ArgumentParser(prog="python -m pneumo.data.index", description=__doc__.splitlines()[0])
     parser.add_argument("csv", help="Data_Entry_2017*.csv (path or URL, plain or .gz)")
     parser.add_argument("--split-lists", nargs=2, metavar=("TRAIN_VAL", "TEST"), help="official split lists")
@@ -242,8 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LabelIndexError, SplitError) as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
-    json.dump(summary, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    print_json(summary)
     return 0
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo.data.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
+from pneumo.utils.cli import print_json
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_fraction=args.test_fraction,
         noise=args.noise,
     )
-    json.dump({k: v for k, v in manifest.items() if k != "findings"}, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    print_json({k: v for k, v in manifest.items() if k != "findings"})
     return 0
 
 
