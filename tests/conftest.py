@@ -15,6 +15,17 @@ CONF = ROOT / "conf"
 TINY_DEMO = {"n": 80, "size": 64, "seed": 0}
 
 
+#: Trainer overrides of every CLI training test: CPU, one epoch of two batches per split, no progress bar.
+TINY_TRAINER = [
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
 def tiny_overrides(data_root: Path, out: Path) -> list[str]:
     """Hydra overrides for a seconds-long run on the tiny demo set written at ``data_root``."""
     return [
@@ -26,33 +37,43 @@ def tiny_overrides(data_root: Path, out: Path) -> list[str]:
         "data.num_workers=0",
         f"paths.log_dir={out}",
         f"paths.data_dir={out}/data",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=2",
-        "+trainer.limit_test_batches=2",
-        "callbacks.progress_bar.refresh_rate=0",
+        *TINY_TRAINER,
     ]
 
 
-def demo_datamodule(demo_root: Path, **overrides):
-    """An ``NIHDataModule`` over a demo set in NIH layout (48 px, batches of 8, no workers) with overrides."""
+def _tiny_datamodule(locations: dict, overrides: dict):
+    """An ``NIHDataModule`` at test size (48 px, batches of 8, no workers) over ``locations``, with overrides."""
     from pneumo.data.datamodule import NIHDataModule
 
-    args = {
+    args = {"image_size": 48, "batch_size": 8, "num_workers": 0, "val_fraction": 0.2, "progress": False}
+    return NIHDataModule(**{**locations, **args, **overrides})
+
+
+def demo_datamodule(demo_root: Path, **overrides):
+    """An ``NIHDataModule`` over a demo set in NIH layout on local disk (see ``_tiny_datamodule``)."""
+    locations = {
         "images_url": str(demo_root / "images"),
         "labels_url": str(demo_root / "Data_Entry_2017.csv"),
         "split_lists": {
             "train_val": str(demo_root / "train_val_list.txt"),
             "test": str(demo_root / "test_list.txt"),
         },
-        "image_size": 48,
-        "batch_size": 8,
-        "num_workers": 0,
-        "val_fraction": 0.2,
-        "progress": False,
     }
-    return NIHDataModule(**{**args, **overrides})
+    return _tiny_datamodule(locations, overrides)
+
+
+def emulator_datamodule(em, bucket: str, **overrides):
+    """The same over the demo set in an emulator's Requester Pays bucket, billed to ``BILLING_PROJECT``."""
+    from tests.gcs_emulator import nih_urls
+
+    gcs = {
+        "project": BILLING_PROJECT,
+        "requester_pays": True,
+        "token": "anon",
+        "storage_options": {"endpoint_url": em.endpoint},
+        "io": {"concurrency": 8, "request_timeout_s": 5, "retry_deadline_s": 20},
+    }
+    return _tiny_datamodule(nih_urls(bucket), {**gcs, **overrides})
 
 
 @pytest.fixture(scope="session")

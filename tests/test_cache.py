@@ -28,8 +28,7 @@ from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
 from pneumo.data.transforms import ResizeToUint8
-from tests.conftest import BILLING_PROJECT, ROOT, demo_datamodule
-from tests.gcs_emulator import nih_urls
+from tests.conftest import BILLING_PROJECT, ROOT, demo_datamodule, emulator_datamodule
 
 FAST_IO = {
     "request_timeout_s": 1.0,
@@ -50,22 +49,10 @@ def local_dm(demo_root: Path, cache_dir: Path | None, **kw) -> NIHDataModule:
 
 
 def gs_dm(em, bucket: str, cache_dir: Path | None, **kw) -> NIHDataModule:
-    args = dict(
-        **nih_urls(bucket),
-        image_size=48,
-        batch_size=16,
-        num_workers=0,
-        val_fraction=0.2,
-        project=BILLING_PROJECT,
-        requester_pays=True,
-        token="anon",
-        storage_options={"endpoint_url": em.endpoint},
-        cache=cache_dir is not None,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        io={**FAST_IO, "concurrency": 8},
-        progress=False,
+    cache = {"cache": cache_dir is not None, "cache_dir": str(cache_dir) if cache_dir else None}
+    return emulator_datamodule(
+        em, bucket, **{"batch_size": 16, "io": {**FAST_IO, "concurrency": 8}, **cache, **kw}
     )
-    return NIHDataModule(**{**args, **kw})
 
 
 def expected_pixels(path: Path, size: int) -> np.ndarray:

@@ -65,18 +65,24 @@ def _reference_probabilities(ckpt: Path, names: list[str]) -> dict[str, float]:
     return dict(zip(index.images.tolist(), model.predict_proba(x).tolist()))
 
 
-def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "in"
+def copy_demo_images(demo_root: Path, folder: Path, n: int) -> list[str]:
+    """Copy the first ``n`` demo images (by name) into a new ``folder``; returns their names."""
     folder.mkdir()
-    names = sorted(p.name for p in (demo_root / "images").iterdir())[:5]
+    names = sorted(p.name for p in (demo_root / "images").iterdir())[:n]
     for name in names:
         shutil.copy(demo_root / "images" / name, folder / name)
+    return names
+
+
+def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    names = copy_demo_images(demo_root, folder, 5)
     (folder / "notes.md").write_text("not an image")
     out = tmp_path / "out"
     result = explain_images(str(tiny_ckpt), str(out), inputs=str(folder), batch_size=2, progress=False)
 
     assert not result.failed
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == [n.replace(".png", ".png") for n in names]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == names
     assert sorted(p.name for p in (out / "heatmaps").iterdir()) == [n.replace(".png", ".npy") for n in names]
     rows = _rows(out / "predictions.csv")
     assert [r["image"] for r in rows] == names
@@ -175,10 +181,7 @@ def test_incompatible_checkpoints_fail_with_one_clear_line(tiny_ckpt: Path, tmp_
 @pytest.mark.slow
 def test_cli_unreadable_file_and_missing_checkpoint(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
-    folder.mkdir()
-    names = sorted(p.name for p in (demo_root / "images").iterdir())[:3]
-    for name in names:
-        shutil.copy(demo_root / "images" / name, folder / name)
+    names = copy_demo_images(demo_root, folder, 3)
     (folder / "00099999_000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
     args = [f"paths.log_dir={tmp_path}/logs", "progress=false"]

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from pneumo.data.datamodule import NIHDataModule
-from tests.conftest import BILLING_PROJECT, ROOT, demo_datamodule, run_cli
+from tests.conftest import (
+    BILLING_PROJECT,
+    ROOT,
+    TINY_TRAINER,
+    demo_datamodule,
+    emulator_datamodule,
+    run_cli,
+)
 from tests.gcs_emulator import nih_urls
 
 FAKE_TOKEN = "ya29.FAKE-planted-token-0123456789abcdef"
@@ -20,20 +27,7 @@ def local_dm(demo_root: Path, **kw) -> NIHDataModule:
 
 
 def gs_dm(em, bucket: str, **kw) -> NIHDataModule:
-    args = dict(
-        **nih_urls(bucket),
-        image_size=64,
-        batch_size=16,
-        num_workers=0,
-        val_fraction=0.2,
-        project=BILLING_PROJECT,
-        requester_pays=True,
-        token="anon",
-        storage_options={"endpoint_url": em.endpoint},
-        io={"concurrency": 8, "request_timeout_s": 5, "retry_deadline_s": 20},
-        progress=False,
-    )
-    return NIHDataModule(**{**args, **kw})
+    return emulator_datamodule(em, bucket, **{"image_size": 64, "batch_size": 16, **kw})
 
 
 def assert_same_eval_batches(a: NIHDataModule, b: NIHDataModule) -> int:
@@ -98,12 +92,7 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
             "data.num_workers=0",
             "data.val_fraction=0.2",
             f"paths.log_dir={tmp_path}/logs",
-            "trainer.accelerator=cpu",
-            "trainer.max_epochs=1",
-            "+trainer.limit_train_batches=2",
-            "+trainer.limit_val_batches=2",
-            "+trainer.limit_test_batches=2",
-            "callbacks.progress_bar.refresh_rate=0",
+            *TINY_TRAINER,
         ],
         cwd=ROOT,
         timeout=600,
