@@ -143,13 +143,12 @@ class FetchDecodeResize(_monai_transform_base()):
     (a ``Transform`` subclass, so that ``PersistentDataset`` caches its output)."""
 
     def __init__(self, store, size: int) -> None:
-        from pneumo.data.decode import decode_grayscale
-        from pneumo.data.transforms import ResizeToUint8
+        from pneumo.data.cache import PixelDecoder
 
-        self.store, self.decode, self.resize = store, decode_grayscale, ResizeToUint8(size)
+        self.store, self.decode = store, PixelDecoder(store, size)
 
     def __call__(self, item: dict) -> dict:
-        pixels = self.resize(self.decode(self.store.read(item["name"]), item["name"]))
+        pixels = self.decode(item["name"], self.store.read(item["name"]))
         return {"image": pixels[None], "label": torch.tensor(item["label"])}
 
 

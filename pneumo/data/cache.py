@@ -315,7 +315,7 @@ class ImageCache:
         if workers > 0:
             results = _results_from_processes(store, names, self.size, workers)
         else:
-            results = store.map_unordered(names, _Decoder(store, self.size))
+            results = store.map_unordered(names, PixelDecoder(store, self.size))
         try:
             for j, result in results:
                 row = int(todo[j])
@@ -446,8 +446,9 @@ class CachedSource:
         return {**self.__dict__, "_map": None, "_pid": None}
 
 
-class _Decoder:
-    """``work`` of ``ImageStore.map_unordered``: bytes -> decoded, resized uint8 pixels (what the cache stores)."""
+class PixelDecoder:
+    """Object bytes -> decoded, resized ``(size, size)`` uint8 pixels: what the cache stores and what streaming
+    yields (the ``work`` of ``ImageStore.map_unordered``); bad images raise ``BadImageError`` naming the URL."""
 
     def __init__(self, store: ImageStore, size: int) -> None:
         self.store, self.resize = store, ResizeToUint8(size)
@@ -456,7 +457,7 @@ class _Decoder:
         return self.resize(decode_grayscale(data, self.store.url(name)))
 
 
-_worker_decoder: _Decoder | None = None
+_worker_decoder: PixelDecoder | None = None
 
 
 def _init_worker(store: ImageStore, size: int) -> None:
@@ -464,7 +465,7 @@ def _init_worker(store: ImageStore, size: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core per process: the pool is the parallelism
-    _worker_decoder = _Decoder(store, size)
+    _worker_decoder = PixelDecoder(store, size)
 
 
 def _decode_chunk(names: list[str]) -> list[tuple[int, object]]:

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pneumo.data.cache import check_policy
-from pneumo.data.decode import BadImageError, decode_grayscale
+from pneumo.data.cache import PixelDecoder, check_policy
+from pneumo.data.decode import BadImageError
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.store import ImageStore, ObjectNotFoundError
-from pneumo.data.transforms import ResizeToUint8
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class StreamingSource:
         on_bad_image: str = "error",
     ) -> None:
         self.store, self.names = store, names
-        self.resize = ResizeToUint8(image_size)
+        self.decode = PixelDecoder(store, image_size)
         self.on_missing = check_policy(on_missing, "data.on_missing")
         self.on_bad_image = check_policy(on_bad_image, "data.on_bad_image")
         self.skipped: list[str] = []
@@ -57,18 +56,15 @@ class StreamingSource:
     def __len__(self) -> int:
         return len(self.names)
 
-    def _work(self, name: str, data: bytes) -> np.ndarray:
-        return self.resize(decode_grayscale(data, self.store.url(name)))
-
     def __call__(self, i: int) -> np.ndarray:
         name = self.names[i]
-        return self._work(name, self.store.read(name))
+        return self.decode(name, self.store.read(name))
 
     def many(self, indices: Sequence[int]) -> list[np.ndarray | None]:
         """Pixels of ``indices`` (fetched concurrently); ``None`` where an image was skipped by policy."""
         names = [self.names[i] for i in indices]
         out: list[np.ndarray | None] = []
-        for name, result in zip(names, self.store.map_ordered(names, self._work)):
+        for name, result in zip(names, self.store.map_ordered(names, self.decode)):
             if isinstance(result, np.ndarray):
                 out.append(result)
                 continue
