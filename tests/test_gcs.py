@@ -61,6 +61,19 @@ def test_every_request_to_the_requester_pays_bucket_bills_the_project(
         gs_dm(gcs_emulator, nih_bucket, project=None).setup("fit")
 
 
+def test_the_label_file_is_downloaded_once_for_prepare_data_and_setup(
+    gcs_emulator, nih_bucket: str, tmp_path: Path
+) -> None:
+    before = len(gcs_emulator.requests_for(nih_bucket))
+    dm = gs_dm(gcs_emulator, nih_bucket, cache=True, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    new = gcs_emulator.requests_for(nih_bucket)[before:]
+    csv = [r for r in new if r.path.startswith("/download/") and r.path.endswith("Data_Entry_2017.csv")]
+    assert len(csv) == 1, [r.path for r in csv]
+
+
 def test_streaming_with_workers_feeds_the_tensors_of_a_local_folder(
     gcs_emulator, nih_bucket: str, demo_root: Path
 ) -> None:

@@ -218,8 +218,7 @@ class NIHDataModule(L.LightningDataModule):
             params = {k: v for k, v in self.synthetic.items() if k != "root"}
             ensure_synthetic_dataset(self.synthetic["root"], **params)
         if self.hparams.cache:
-            index = self._read_index()
-            self._build_cache(self._image_cache(index))
+            self._build_cache(self._image_cache(self._read_index()))
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is None:
@@ -320,6 +319,9 @@ class NIHDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ inputs
     def _read_index(self) -> NIHLabelIndex:
+        """The label index, read once per process (``prepare_data`` and ``setup`` both need it)."""
+        if self.index is not None:
+            return self.index
         options = self.storage_options(self.labels_url)
         with _explained(self.labels_url):
             exists = location_exists(self.labels_url, options)
@@ -328,7 +330,8 @@ class NIHDataModule(L.LightningDataModule):
                 f"label file {redact_url(self.labels_url)} does not exist. {self._how_to_get_data()}"
             )
         with _explained(self.labels_url):
-            return NIHLabelIndex.from_csv(self.labels_url, options, views=self.hparams.views)
+            self.index = NIHLabelIndex.from_csv(self.labels_url, options, views=self.hparams.views)
+        return self.index
 
     def _read_list(self, url: str) -> list[str]:
         with _explained(url):
