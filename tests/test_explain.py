@@ -231,3 +231,18 @@ def test_list_of_gs_urls_on_a_requester_pays_bucket(
     seen = gcs_emulator.requests_for(nih_bucket)
     assert sum(r.path.endswith(".png") for r in seen) >= len(names)
     assert {tuple(r.query.get("userProject", [])) for r in seen} == {(BILLING_PROJECT,)}
+
+
+def test_a_bucket_folder_is_listed_in_one_request(gcs_emulator, nih_bucket: str) -> None:
+    from pneumo.data.store import storage_options_for
+    from pneumo.xai.inputs import resolve_inputs
+    from tests.conftest import BILLING_PROJECT
+
+    options = storage_options_for(f"gs://{nih_bucket}", BILLING_PROJECT, True, "anon")
+    options["endpoint_url"] = gcs_emulator.endpoint
+    before = len(gcs_emulator.requests_for(nih_bucket))
+    refs, skipped = resolve_inputs(f"gs://{nih_bucket}/png", options)
+    assert len(refs) == 80 and not skipped
+    assert all(r.location.startswith(f"gs://{nih_bucket}/png/") and r.name.endswith(".png") for r in refs)
+    # existence/type checks and one listing: a handful of requests, not one per image (80)
+    assert len(gcs_emulator.requests_for(nih_bucket)) - before < 10

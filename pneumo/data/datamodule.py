@@ -340,10 +340,10 @@ class NIHDataModule(L.LightningDataModule):
     def _check_images_present(self, index_names: Sequence[str] | None = None) -> None:
         """Fail early when the image root is missing or holds none of a few indexed images."""
         store = self.store
-        names = list(index_names) if index_names is not None else [str(x) for x in self.index.images]
+        names = index_names if index_names is not None else self.index.images
         if store.protocol in ("file", "local") and not store.exists():
             raise DataRootError(f"image root {self.images_url} does not exist. {self._how_to_get_data()}")
-        sample = names[:: max(1, len(names) // 3)][:3]
+        sample = [str(name) for name in names[:: max(1, len(names) // 3)][:3]]
         if not any(store.exists(name) for name in sample):
             raise DataRootError(
                 f"image root {redact_url(self.images_url)} holds none of the indexed images (looked for "

@@ -97,8 +97,12 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
         raise InputError(f"inputs={inputs}: no such file, folder or object")
     skipped: list[str] = []
     if fs.isdir(path):
-        entries = sorted(p for p in fs.ls(path, detail=False) if not posixpath.basename(p).startswith("."))
-        files = [p for p in entries if fs.isfile(p)]
+        # one listing with details: no per-entry stat (a request each on a bucket)
+        files = sorted(
+            e["name"]
+            for e in fs.ls(path, detail=True)
+            if e["type"] == "file" and not posixpath.basename(e["name"]).startswith(".")
+        )
         images = [p for p in files if p.lower().endswith(IMAGE_SUFFIXES)]
         skipped = [posixpath.basename(p) for p in files if p not in images]
         refs = [ImageRef(posixpath.basename(p), _full(fs, p)) for p in images]
