@@ -28,7 +28,9 @@ THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy
 def _as_2d(weights: np.ndarray | None, n: int) -> np.ndarray:
     if weights is None:
         return np.ones((1, n))
-    w = np.asarray(weights, dtype=np.float64)
+    w = np.asarray(weights)
+    if not np.issubdtype(w.dtype, np.floating):
+        w = w.astype(np.float64)  # float32 bootstrap counts stay float32 (exact, half the memory traffic)
     return w[None] if w.ndim == 1 else w
 
 
