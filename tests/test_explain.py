@@ -239,7 +239,8 @@ def test_a_bucket_folder_is_listed_in_one_request(gcs_emulator, nih_bucket: str)
     from tests.conftest import BILLING_PROJECT
 
     options = storage_options_for(f"gs://{nih_bucket}", BILLING_PROJECT, True, "anon")
-    options["endpoint_url"] = gcs_emulator.endpoint
+    # a private gcsfs instance: its listing cache must not answer other tests' requests
+    options.update(endpoint_url=gcs_emulator.endpoint, skip_instance_cache=True)
     before = len(gcs_emulator.requests_for(nih_bucket))
     refs, skipped = resolve_inputs(f"gs://{nih_bucket}/png", options)
     assert len(refs) == 80 and not skipped
