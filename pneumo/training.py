@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from pneumo.data.store import redact_secrets
 from pneumo.evaluation.evaluate import write_evaluation
 from pneumo.evaluation.report import EvalSettings
-from pneumo.evaluation.threshold import ThresholdRule
 from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
@@ -71,11 +70,10 @@ def load_checkpoint_model(cfg: DictConfig) -> L.LightningModule:
         raise FileNotFoundError(f"ckpt_path={path} does not exist (or is not a file)")
     model_class = hydra.utils.get_class(cfg.model._target_)
     log.info("loading %s from %s", model_class.__name__, path)
-    model = model_class.load_from_checkpoint(path, map_location="cpu")
-    if hasattr(model, "operating_point_rule") and cfg.get("eval") is not None and "threshold" in cfg.eval:
-        # The rule of this run's eval config; validation re-applies it to the checkpoint's weights.
-        model.operating_point_rule = ThresholdRule.parse(cfg.eval.threshold)
-    return model
+    # The rule of this run's eval config replaces the saved one; validation re-applies it to the weights.
+    rule = cfg.eval.get("threshold") if cfg.get("eval") is not None else None
+    overrides = {} if rule is None else {"operating_point": rule}
+    return model_class.load_from_checkpoint(path, map_location="cpu", **overrides)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -9,7 +9,7 @@ import torch
 from omegaconf import open_dict
 
 from pneumo.training import train
-from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.conftest import ROOT, demo_datamodule, run_cli, tiny_overrides
 
 
 def test_fast_dev_run(compose_train, demo_root: Path, tmp_path: Path) -> None:
@@ -43,6 +43,36 @@ def test_class_weights_auto_follow_train_prevalence(compose_train, demo_root: Pa
     w = objects["model"].class_weights
     assert torch.allclose(w, torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32))
     assert w[1] > w[0]  # pneumonia is the minority class
+
+
+def test_a_fixed_threshold_holds_without_validation(demo_root: Path) -> None:
+    """``eval.threshold=0.3``: testing a model that never ran validation calls positives at 0.3, not 0.5."""
+    from functools import partial
+
+    import lightning as L
+
+    from pneumo.models.classifier import PneumoniaClassifier
+
+    net = {
+        "_target_": "monai.networks.nets.DenseNet121",
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "out_channels": 2,
+    }
+    model = PneumoniaClassifier(net=net, optimizer=partial(torch.optim.Adam, lr=1e-4), operating_point=0.3)
+    assert float(model.threshold) == pytest.approx(0.3)
+    assert model.operating_point["chosen_on"] == "fixed" and model.operating_point["value"] == pytest.approx(
+        0.3
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        limit_test_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    (metrics,) = trainer.test(model, datamodule=demo_datamodule(demo_root), verbose=False)
+    assert metrics["test/threshold"] == pytest.approx(0.3)
 
 
 def read_scalars(event_dir: Path) -> dict[str, list[float]]:

@@ -365,6 +365,13 @@ class NIHDataModule(L.LightningDataModule):
         y = self.index.subset(self.split.train).pneumonia
         return np.bincount(y, minlength=2)
 
+    def train_finding_counts(self) -> tuple[np.ndarray, int]:
+        """Train images with each of the 14 findings, and train images in all, for BCE ``pos_weight``."""
+        if self.split is None:
+            self.setup("fit")
+        findings = self.index.subset(self.split.train).findings
+        return findings.sum(axis=0), len(findings)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from pneumo.data.findings import FINDINGS, PNEUMONIA
@@ -79,8 +78,10 @@ def _concat_parts(
 ) -> EvalOutputs:
     shape = (0,) if width is None else (0, width)
     ids = np.array([i for part in parts for i in part[0]], dtype=object)
-    probs = torch.cat([p[1] for p in parts]).double().numpy() if parts else np.zeros(shape)
-    targets = torch.cat([p[2] for p in parts]).long().numpy() if parts else np.zeros(shape, dtype=np.int64)
+    probs = torch.cat([p[1] for p in parts]).double().cpu().numpy() if parts else np.zeros(shape)
+    targets = (
+        torch.cat([p[2] for p in parts]).long().cpu().numpy() if parts else np.zeros(shape, dtype=np.int64)
+    )
     return EvalOutputs(ids, probs, targets)
 
 
@@ -161,21 +162,22 @@ class PneumoniaClassifier(L.LightningModule):
         # Buffers travel with checkpoints and follow the module to any device.
         self.register_buffer("class_weights", weights)
         # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
-        self.register_buffer("threshold", torch.tensor(0.5))
+        # A fixed rule holds from the start (a run without validation tests at it); the others start at 0.5.
+        fixed = self.operating_point_rule.kind == "fixed"
+        initial = float(self.operating_point_rule.target) if fixed else 0.5
+        self.register_buffer("threshold", torch.tensor(initial))
         if task == "multilabel":
-            self.register_buffer("thresholds", torch.full((n_out,), 0.5))
+            self.register_buffer("thresholds", torch.full((n_out,), initial))
         #: How ``threshold`` was chosen (rule, epoch, validation figures); saved in checkpoints.
         self.operating_point: dict[str, Any] = {
             "rule": str(self.operating_point_rule),
-            "value": 0.5,
-            "chosen_on": None,
+            "value": initial,
+            "chosen_on": "fixed" if fixed else None,
             "epoch": None,
             "val": None,
-            "note": "not chosen on validation yet (initial 0.5)",
+            "note": None if fixed else "not chosen on validation yet (initial 0.5)",
         }
         self.checkpoint_epoch: int | None = None
-        # ModuleDict keys must not shadow nn.Module attributes such as .train, hence the "_stage" keys.
-        self.losses = torch.nn.ModuleDict({f"_{s}": MeanMetric() for s in ("train", "val", "test")})
         if task == "binary":
             self.train_auroc, self.train_auprc = BinaryAUROC(), BinaryAveragePrecision()
         self._outputs: dict[str, list] = {"val": [], "test": []}
@@ -204,10 +206,6 @@ class PneumoniaClassifier(L.LightningModule):
             raise ValueError("predict_findings needs a model trained with model.task=multilabel")
         return self.probabilities(self(x))
 
-    def is_positive(self, probability: torch.Tensor) -> torch.Tensor:
-        """Pneumonia calls at the operating point: ``probability >= threshold``."""
-        return probability >= self.threshold
-
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         if self.hparams.class_weights == "auto" and stage == "fit":
@@ -229,18 +227,12 @@ class PneumoniaClassifier(L.LightningModule):
         )
 
     def _auto_pos_weights(self, datamodule: Any) -> None:
-        if datamodule is not None and hasattr(datamodule, "train_finding_counts"):
-            positives, n = datamodule.train_finding_counts()
-        elif (
-            getattr(datamodule, "index", None) is not None and getattr(datamodule, "split", None) is not None
-        ):
-            findings = datamodule.index.subset(datamodule.split.train).findings
-            positives, n = findings.sum(axis=0), len(findings)
-        else:
+        if datamodule is None or not hasattr(datamodule, "train_finding_counts"):
             raise ValueError(
-                "model.class_weights=auto (multilabel) needs a data module with `index` and `split` "
-                "(NIHDataModule) or train_finding_counts(); or set model.class_weights=null"
+                "model.class_weights=auto (multilabel) needs a data module with train_finding_counts() "
+                "(NIHDataModule); or set model.class_weights=null"
             )
+        positives, n = datamodule.train_finding_counts()
         pos = torch.as_tensor(np.asarray(positives), dtype=torch.float32)
         weights = torch.where(pos > 0, (n - pos) / pos.clamp(min=1), torch.ones_like(pos))
         self.class_weights.copy_(weights)
@@ -266,25 +258,21 @@ class PneumoniaClassifier(L.LightningModule):
         target = self._targets(batch)
         loss = self._loss(logits, target)
         n = len(target)
-        self.losses[f"_{stage}"].update(loss.detach(), weight=n)
-        self.log(
-            f"{stage}/loss",
-            self.losses[f"_{stage}"],
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=n,
-        )
-        probs = self.probabilities(logits.detach())
+        # Lightning's epoch mean weighted by batch_size, summed over processes only at the epoch's end.
+        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n,
+                 sync_dist=True)  # fmt: skip
         if stage == "train":
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
             if self.task == "binary":
+                probs = self.probabilities(logits.detach())
                 self.train_auroc.update(probs, target)
                 self.train_auprc.update(probs, target)
                 self.log("train/auroc", self.train_auroc, on_step=False, on_epoch=True, batch_size=n)
                 self.log("train/auprc", self.train_auprc, on_step=False, on_epoch=True, batch_size=n)
         else:
-            self._outputs[stage].append((list(batch["image_id"]), probs.cpu(), target.detach().cpu()))
+            # Kept on the device: one copy to the host per epoch (gather_outputs), no sync per batch.
+            probs = self.probabilities(logits.detach())
+            self._outputs[stage].append((list(batch["image_id"]), probs, target.detach()))
         return loss
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
