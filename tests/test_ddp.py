@@ -73,6 +73,16 @@ def test_shards_are_disjoint_train_equal_eval_exact(n: int, world: int) -> None:
     assert train_shards[0] != list(range(0, n - n % world, world)) or n < 5  # shuffled
 
 
+def test_a_users_own_sampler_is_kept() -> None:
+    """A weighted sampler, as Lightning wraps it with use_distributed_sampler=True, is not replaced."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+    from torch.utils.data import WeightedRandomSampler
+
+    weighted = WeightedRandomSampler([1.0] * 10, num_samples=10)
+    for sampler in (weighted, DistributedSamplerWrapper(weighted, num_replicas=2, rank=0, shuffle=False)):
+        assert shard_sampler(DataLoader(list(range(10)), sampler=sampler), 2, 0) is None
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(demo_root: Path, tmp_path: Path, compose_train) -> None:
     # A patient split with odd val (9) and test (21) sizes; batch 5 gives the ranks 3 and 2 test batches.

@@ -25,6 +25,7 @@ import logging
 import os
 from typing import Any
 
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
@@ -55,6 +56,8 @@ def shard_sampler(
         [1, 3]
     """
     sampler = dataloader.sampler
+    if isinstance(sampler, DistributedSamplerWrapper):
+        return None  # Lightning's wrapper around the user's own sampler (use_distributed_sampler=True): kept
     if isinstance(sampler, RandomSampler) or (isinstance(sampler, DistributedSampler) and sampler.shuffle):
         return DistributedSampler(
             dataloader.dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
