@@ -213,3 +213,15 @@ def test_no_interval_when_a_class_comes_from_one_patient() -> None:
     auroc_entry = report["metrics"]["auroc"]
     assert auroc_entry["value"] is not None and auroc_entry["ci"] is None
     assert auroc_entry["note"] == "no interval: every positive image comes from one patient"
+
+
+def test_without_patient_ids_every_message_names_images() -> None:
+    frame = _frame(60, seed=4)
+    frame["patient"] = frame["image"]  # what predictions_frame gives without a label index
+    frame["label"] = 0
+    frame.loc[0, "label"] = 1  # a single positive image
+    report = build_report(frame, 0.5, EvalSettings(resamples=100))
+    assert report["bootstrap"]["unit"] == "image" and "images drawn" in report["bootstrap"]["method"]
+    assert report["metrics"]["auroc"]["note"] == "no interval: every positive image comes from one image"
+    assert any("the bootstrap resamples images" in m for m in report["messages"])
+    assert "patient" not in json.dumps(report["metrics"])

@@ -27,6 +27,7 @@ from pneumo.evaluation.metrics import (
     confusion_counts,
     pr_points,
     roc_points,
+    threshold_metrics,
 )
 from pneumo.evaluation.predictions import finding_columns
 
@@ -43,16 +44,6 @@ def _undefined(ax: object, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
 
 
-def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    cm = confusion_counts(y, p, threshold)
-    pos, neg, called = cm["tp"] + cm["fn"], cm["tn"] + cm["fp"], cm["tp"] + cm["fp"]
-    return {
-        "tpr": cm["tp"] / pos if pos else np.nan,
-        "fpr": cm["fp"] / neg if neg else np.nan,
-        "ppv": cm["tp"] / called if called else np.nan,
-    }
-
-
 def roc_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "ROC") -> Figure:
     """ROC curve with the chance diagonal and the operating point."""
     fig, ax = _figure()
@@ -60,8 +51,15 @@ def roc_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "ROC
     if 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_points(y, p)
         ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(y, p):.3f}")
-        op = _operating_point(y, p, threshold)
-        ax.plot(op["fpr"], op["tpr"], "o", ms=8, color="C3", label=f"threshold {threshold:.3f}")
+        op = threshold_metrics(y, p, threshold)
+        ax.plot(
+            1.0 - op["specificity"],
+            op["sensitivity"],
+            "o",
+            ms=8,
+            color="C3",
+            label=f"threshold {threshold:.3f}",
+        )
         ax.legend(loc="lower right", fontsize=8)
     else:
         _undefined(ax, "ROC undefined: the split holds one class only")
@@ -84,9 +82,9 @@ def pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "Prec
             label=f"AUPRC {average_precision(y, p):.3f}",
         )
         ax.axhline(y.mean(), ls="--", color="0.6", lw=1, label=f"prevalence {y.mean():.3f}")
-        op = _operating_point(y, p, threshold)
+        op = threshold_metrics(y, p, threshold)
         if np.isfinite(op["ppv"]):
-            ax.plot(op["tpr"], op["ppv"], "o", ms=8, color="C3", label=f"threshold {threshold:.3f}")
+            ax.plot(op["sensitivity"], op["ppv"], "o", ms=8, color="C3", label=f"threshold {threshold:.3f}")
         ax.legend(loc="best", fontsize=8)
     else:
         _undefined(ax, "PR curve undefined: the split has no positive images")

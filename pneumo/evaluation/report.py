@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +150,14 @@ def _class_notes(
 
 
 def _binary_section(
-    y: np.ndarray, p: np.ndarray, units: np.ndarray, threshold: float, settings: EvalSettings, split: str
+    y: np.ndarray, p: np.ndarray, resampling: _Resampling, threshold: float, split: str
 ) -> tuple[dict, list[str]]:
     """Counts, metrics with intervals, confusion matrix and calibration of one binary target."""
+    settings, units = resampling.settings, resampling.units
     n, pos = len(y), int(y.sum())
     neg = n - pos
-    cm = {k: int(round(v)) for k, v in confusion_counts(y, p, threshold).items()}
+    counts = confusion_counts(y, p, threshold)
+    cm = {k: int(round(v)) for k, v in counts.items()}
     pred_pos, pred_neg = cm["tp"] + cm["fp"], cm["tn"] + cm["fn"]
     notes = _class_notes(pos, neg, pred_pos, pred_neg, threshold, split)
     messages: list[str] = []
@@ -187,16 +189,12 @@ def _binary_section(
     if n:
         ranked = RankedScores.of(y, p)
         point.update({k: float(v[0]) for k, v in ranking_metrics(ranked).items()})
-        point.update({k: float(v) for k, v in rates(confusion_counts(y, p, threshold)).items()})
+        point.update({k: float(v) for k, v in rates(counts).items()})
 
         def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
             return {**ranking_metrics(ranked, w), **rates(confusion_counts(y, p, threshold, w))}
 
-        single = _single_patient_class(y, units)
-        if single is None:
-            intervals = _bootstrap(units, settings).intervals(statistic)
-        else:
-            intervals = {k: Interval(np.nan, np.nan, 0, settings.resamples, single) for k in point}
+        intervals = resampling.intervals(y, statistic, point)
     metrics = {
         k: _entry(point.get(k), intervals.get(k), notes.get(k))
         for k in ("auroc", "auprc", *THRESHOLD_METRICS)
@@ -232,42 +230,65 @@ def _binary_section(
     return section, messages
 
 
-def _single_patient_class(y: np.ndarray, units: np.ndarray) -> str | None:
-    """Why no interval can be honest: one class comes from a single patient (``None`` if both have >= 2)."""
-    for label, name in ((1, "positive"), (0, "negative")):
-        if len(np.unique(units[y == label])) == 1:
-            return f"no interval: every {name} image comes from one patient"
-    return None
+@dataclass(frozen=True)
+class _Resampling:
+    """The bootstrap of one report: the cluster of each image and what a cluster is (``patient``, or ``image``
+    when the predictions carry no patient ids)."""
+
+    units: np.ndarray
+    settings: EvalSettings
+    unit: str = "patient"
+
+    def subset(self, mask: np.ndarray) -> _Resampling:
+        return replace(self, units=self.units[mask])
+
+    def bootstrap(self) -> ClusterBootstrap:
+        s = self.settings
+        return ClusterBootstrap(
+            self.units, resamples=s.resamples, seed=s.seed, level=s.level, unit_name=self.unit
+        )
+
+    def single_unit_class(self, y: np.ndarray) -> str | None:
+        """Why no interval can be honest: one class comes from a single cluster (``None`` if both have >= 2)."""
+        for label, name in ((1, "positive"), (0, "negative")):
+            if len(np.unique(self.units[y == label])) == 1:
+                return f"no interval: every {name} image comes from one {self.unit}"
+        return None
+
+    def intervals(
+        self, y: np.ndarray, statistic: Callable[[np.ndarray], Mapping[str, np.ndarray]], names: Iterable[str]
+    ) -> dict[str, Interval]:
+        """Bootstrap intervals of ``statistic`` (see ``ClusterBootstrap.intervals``), or for each of ``names``
+        an empty interval saying why when one class comes from a single cluster."""
+        single = self.single_unit_class(y)
+        if single is not None:
+            return {k: Interval(np.nan, np.nan, 0, self.settings.resamples, single) for k in names}
+        return self.bootstrap().intervals(statistic)
 
 
-def _bootstrap(units: np.ndarray, settings: EvalSettings) -> ClusterBootstrap:
-    return ClusterBootstrap(units, resamples=settings.resamples, seed=settings.seed, level=settings.level)
-
-
-def _auroc_with_interval(y: np.ndarray, p: np.ndarray, units: np.ndarray, settings: EvalSettings) -> dict:
+def _auroc_with_interval(y: np.ndarray, p: np.ndarray, resampling: _Resampling) -> dict:
     pos = int(y.sum())
     neg = len(y) - pos
     if pos == 0 or neg == 0:
         only = "negative" if pos == 0 else "positive"
         return _entry(None, None, f"undefined: only {only} images ({len(y)})")
     ranked = RankedScores.of(y, p)
-    single = _single_patient_class(y, units)
-    if single is None:
-        boot = _bootstrap(units, settings)
-        interval = boot.intervals(lambda w: {"auroc": ranking_metrics(ranked, w)["auroc"]})["auroc"]
-    else:
-        interval = Interval(np.nan, np.nan, 0, settings.resamples, single)
+
+    def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+        return {"auroc": ranking_metrics(ranked, w)["auroc"]}
+
+    interval = resampling.intervals(y, statistic, ["auroc"])["auroc"]
     return _entry(ranking_metrics(ranked)["auroc"][0], interval)
 
 
-def _subgroups(frame: pd.DataFrame, settings: EvalSettings) -> tuple[dict, list[str]]:
-    y, p, units = frame["label"].to_numpy(), frame["probability"].to_numpy(), frame["patient"].to_numpy()
+def _subgroups(frame: pd.DataFrame, resampling: _Resampling) -> tuple[dict, list[str]]:
+    y, p, units = frame["label"].to_numpy(), frame["probability"].to_numpy(), resampling.units
     out: dict[str, list[dict]] = {}
     one_class: list[str] = []
-    for attribute, rows in subgroup_masks(frame, settings.age_bands).items():
+    for attribute, rows in subgroup_masks(frame, resampling.settings.age_bands).items():
         out[attribute] = []
         for value, mask in rows:
-            entry = _auroc_with_interval(y[mask], p[mask], units[mask], settings)
+            entry = _auroc_with_interval(y[mask], p[mask], resampling.subset(mask))
             if entry["value"] is None:
                 one_class.append(f"{attribute}={value}")
             out[attribute].append(
@@ -287,9 +308,8 @@ def _subgroups(frame: pd.DataFrame, settings: EvalSettings) -> tuple[dict, list[
     return out, messages
 
 
-def _findings_table(frame: pd.DataFrame, settings: EvalSettings) -> tuple[list[dict], dict, list[str]]:
+def _findings_table(frame: pd.DataFrame, resampling: _Resampling) -> tuple[list[dict], dict, list[str]]:
     """CheXNet-style per-finding AUROC table (findings with at least one positive) and the mean AUROC."""
-    units = frame["patient"].to_numpy()
     names = finding_columns(frame)
     present = [f for f in names if frame[f"y_{f}"].sum() > 0]
     absent = [f for f in names if f not in present]
@@ -298,13 +318,13 @@ def _findings_table(frame: pd.DataFrame, settings: EvalSettings) -> tuple[list[d
         y = frame[f"y_{f}"].to_numpy()
         if 0 < y.sum() < len(y):
             ranked[f] = RankedScores.of(y, frame[f"p_{f}"].to_numpy())
-    boot = _bootstrap(units, settings)
+    boot = resampling.bootstrap()  # one set of resamples for every finding and their mean
     dists = boot.distributions(lambda w: {f: ranking_metrics(r, w)["auroc"] for f, r in ranked.items()})
     rows = []
     for f in present:
         y = frame[f"y_{f}"].to_numpy()
         if f in ranked:
-            single = _single_patient_class(y, units)
+            single = resampling.single_unit_class(y)
             interval = (
                 boot.interval_of(dists[f]) if single is None else Interval(np.nan, np.nan, 0, 0, single)
             )
@@ -371,7 +391,10 @@ def build_report(
     y = frame["label"].to_numpy().astype(np.int64)
     p = frame["probability"].to_numpy().astype(np.float64)
     units = frame["patient"].to_numpy()
-    section, messages = _binary_section(y, p, units, threshold, settings, split)
+    # Without a label index the patient column holds the image names: the bootstrap then resamples images.
+    unit = "image" if np.array_equal(units.astype(str), frame["image"].to_numpy().astype(str)) else "patient"
+    resampling = _Resampling(units, settings, unit)
+    section, messages = _binary_section(y, p, resampling, threshold, split)
     op = dict(operating_point or {})
     op_entry = {
         "value": threshold,
@@ -392,11 +415,11 @@ def build_report(
         "split_counts": dict(split_counts) if split_counts else None,
         "threshold": op_entry,
         "bootstrap": {
-            "unit": "patient",
+            "unit": unit,
             "resamples": settings.resamples,
             "seed": settings.seed,
             "level": settings.level,
-            "method": "percentile; threshold fixed, patients drawn with replacement",
+            "method": f"percentile; threshold fixed, {unit}s drawn with replacement",
         },
         "settings": settings_dict(settings),
         "metrics": section["metrics"],
@@ -408,16 +431,15 @@ def build_report(
             f"evaluated {len(frame)} of the {split_counts['images']} images of the {split} split "
             "(e.g. trainer.limit_test_batches): the numbers describe that subset"
         )
-    if np.array_equal(units.astype(str), frame["image"].to_numpy().astype(str)):
-        report["bootstrap"]["unit"] = "image"
+    if unit == "image":
         messages.append(
             "no patient ids (no label index): the bootstrap resamples images, intervals are too narrow"
         )
-    subgroups, sub_messages = _subgroups(frame, settings)
+    subgroups, sub_messages = _subgroups(frame, resampling)
     report["subgroups"] = subgroups
     messages += sub_messages
     if findings:
-        rows, mean_entry, find_messages = _findings_table(frame, settings)
+        rows, mean_entry, find_messages = _findings_table(frame, resampling)
         report["findings"] = rows
         report["mean_auroc"] = mean_entry
         messages += find_messages
