@@ -105,7 +105,7 @@ def scaled_to(boxes: np.ndarray, source_shape: tuple[int, int], target_shape: tu
 
     Example:
         >>> scaled_to(np.array([[512.0, 256.0, 100.0, 200.0]]), (1024, 1024), (64, 64))
-        array([[32. , 16. ,  6.25, 12.5 ]])
+        array([[32.  , 16.  ,  6.25, 12.5 ]])
     """
     sy = target_shape[0] / source_shape[0]
     sx = target_shape[1] / source_shape[1]
