@@ -108,6 +108,36 @@ def test_report_of_a_run_and_of_its_checkpoint(compose_train, demo_root: Path, t
     assert again["checkpoint"] == str(best)
     assert np.array_equal(pd.read_csv(again_dir / "predictions.csv")["probability"], p)
 
+    # 6. The run's own predictions.csv through the evaluate command at the same threshold: the same numbers.
+    out = tmp_path / "evaluated"
+    proc = run_cli(
+        ["-m", "pneumo.evaluation", f"predictions={run / 'predictions.csv'}", f"out_dir={out}",
+         f"labels_url={demo_root / 'Data_Entry_2017.csv'}", f"eval.threshold={t!r}",
+         "eval.bootstrap.resamples=300", f"paths.log_dir={tmp_path}/logs"],
+        cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((out / "report.json").read_text())
+    assert evaluated["threshold"]["value"] == t and evaluated["threshold"]["chosen_on"] == "fixed"
+    for key in ("counts", "metrics", "confusion_matrix", "calibration", "subgroups"):
+        assert_same_numbers(evaluated[key], report[key], key)
+
+
+def assert_same_numbers(got: object, want: object, where: str) -> None:
+    """Every number of ``want`` equals ``got``'s to 1e-9 (same structure, same text, same nulls)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for k in want:
+            assert_same_numbers(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_numbers(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, abs=1e-9, rel=0), where
+    else:
+        assert got == want, where
+
 
 def test_evaluation_only_needs_a_checkpoint(compose_train, demo_root: Path, tmp_path: Path) -> None:
     # Nothing to fit or test: no checkpoint needed, no report (sweep smoke tests rely on this).

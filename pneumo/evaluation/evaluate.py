@@ -58,6 +58,21 @@ def _log_to_tensorboard(trainer: L.Trainer, report: dict, figures: dict, split: 
         experiment.close()  # Lightning already finalized the logger; close the file we reopened
 
 
+def write_outputs(
+    frame: pd.DataFrame, report: dict, settings: EvalSettings, out_dir: str | Path
+) -> tuple[dict, Path]:
+    """Write ``predictions.csv``, the figures (listed in ``report["figures"]``), ``report.json`` and
+    ``report.md`` into ``out_dir``; returns the figures and the Markdown path."""
+    out = Path(out_dir)
+    write_predictions(frame, out / "predictions.csv")
+    threshold = report["threshold"]["value"]
+    figures = report_figures(frame, threshold, settings.calibration_bins) if settings.figures else {}
+    save_figures(figures, out)
+    report["figures"] = [f"{name}.png" for name in figures]
+    _, md_path = write_report(report, out)
+    return figures, md_path
+
+
 def write_evaluation(
     model: Any,
     datamodule: Any,
@@ -89,12 +104,7 @@ def write_evaluation(
         split_counts=split_counts,
         checkpoint=checkpoint,
     )
-    out = Path(out_dir)
-    write_predictions(frame, out / "predictions.csv")
-    figures = report_figures(frame, threshold, settings.calibration_bins) if settings.figures else {}
-    save_figures(figures, out)
-    report["figures"] = [f"{name}.png" for name in figures]
-    json_path, md_path = write_report(report, out)
+    figures, md_path = write_outputs(frame, report, settings, out_dir)
     _log_to_tensorboard(trainer, report, figures, split)
     entries = [(f"{report['target']} AUROC", report["metrics"]["auroc"])]
     if report.get("mean_auroc"):

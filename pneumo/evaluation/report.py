@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pneumo.evaluation.adjudicated import REFERENCE_TEXT, match_reference
 from pneumo.evaluation.bootstrap import ClusterBootstrap, Interval
 from pneumo.evaluation.metrics import (
     THRESHOLD_METRICS,
@@ -37,6 +38,7 @@ from pneumo.evaluation.metrics import (
 )
 from pneumo.evaluation.predictions import finding_columns
 from pneumo.evaluation.subgroups import subgroup_masks
+from pneumo.evaluation.temperature import probability_nll, scaled_probability
 from pneumo.evaluation.threshold import ThresholdRule
 
 #: Display names of the metrics, in report order.
@@ -345,6 +347,50 @@ def _findings_table(frame: pd.DataFrame, resampling: _Resampling) -> tuple[list[
     return rows, mean_entry, messages
 
 
+def _adjudicated(frame: pd.DataFrame, resampling: _Resampling, threshold: float, split: str) -> dict | None:
+    """The score against the radiologist-adjudicated reference and against NIH's label, on the same images
+    (``None`` when no evaluated image is adjudicated; see ``pneumo.evaluation.adjudicated``)."""
+    mask, reference = match_reference(frame)
+    if not mask.any():
+        return None
+    p = frame["probability"].to_numpy(dtype=np.float64)[mask]
+    nih = frame["label"].to_numpy().astype(np.int64)[mask]
+    sub = resampling.subset(mask)
+    out: dict[str, Any] = {"reference": REFERENCE_TEXT, "images": int(mask.sum())}
+    for name, y in (("adjudicated", reference), ("nih", nih)):
+        section, _ = _binary_section(y, p, sub, threshold, split)
+        out[name] = {
+            "counts": section["counts"],
+            "metrics": {k: section["metrics"][k] for k in ("auroc", "sensitivity", "specificity")},
+            "confusion_matrix": section["confusion_matrix"],
+        }
+    out["agreement"] = {  # how the two references disagree on these images
+        "both_positive": int(((reference == 1) & (nih == 1)).sum()),
+        "adjudicated_only": int(((reference == 1) & (nih == 0)).sum()),
+        "nih_only": int(((reference == 0) & (nih == 1)).sum()),
+        "both_negative": int(((reference == 0) & (nih == 0)).sum()),
+    }
+    return out
+
+
+def _temperature_section(
+    frame: pd.DataFrame, settings: EvalSettings, temperature: Mapping | None
+) -> dict | None:
+    """Calibration of the raw logits (temperature 1) and of the reported probabilities, on these images."""
+    if "logit" not in frame.columns:
+        return None
+    y = frame["label"].to_numpy().astype(np.float64)
+    phases = {
+        "before": scaled_probability(frame["logit"].to_numpy(), 1.0),
+        "after": frame["probability"].to_numpy(dtype=np.float64),
+    }
+    out: dict[str, Any] = {"value": None, "fitted_on": None, **dict(temperature or {})}
+    for name, p in phases.items():
+        cal = calibration(y, p, settings.calibration_bins)
+        out[name] = {"ece": _num(cal.ece), "brier": _num(cal.brier), "nll": _num(probability_nll(y, p))}
+    return out
+
+
 def _clean(obj: Any) -> Any:
     """Plain JSON types; NaN/inf become None."""
     if isinstance(obj, Mapping):
@@ -369,6 +415,7 @@ def build_report(
     split_counts: Mapping | None = None,
     checkpoint: str | None = None,
     target: str = "Pneumonia",
+    temperature: Mapping | None = None,
 ) -> dict:
     """Build the report of a prediction table.
 
@@ -382,6 +429,8 @@ def build_report(
         split_counts: ``{"images", "patients"}`` of the whole split, to flag a partial evaluation.
         checkpoint: the evaluated checkpoint, recorded in the report.
         target: name of the binary target.
+        temperature: the temperature behind ``probability`` (``value``, ``fitted_on``...); with a ``logit``
+            column the report adds calibration before (temperature 1) and after scaling.
     """
     missing = [c for c in ("image", "patient", "probability", "label") if c not in frame.columns]
     if missing:
@@ -437,6 +486,14 @@ def build_report(
         )
     subgroups, sub_messages = _subgroups(frame, resampling)
     report["subgroups"] = subgroups
+    scaling = _temperature_section(frame, settings, temperature)
+    if scaling is not None:
+        report["temperature"] = scaling
+        if scaling.get("note"):
+            messages.append(f"temperature: {scaling['note']}")
+    adjudicated = _adjudicated(frame, resampling, threshold, split)
+    if adjudicated is not None:
+        report["adjudicated"] = adjudicated
     messages += sub_messages
     if findings:
         rows, mean_entry, find_messages = _findings_table(frame, resampling)
@@ -541,6 +598,7 @@ def report_markdown(report: Mapping) -> str:
         f"| Expected calibration error ({cal['bins']} bins) | {_fmt(cal['ece'])} | | |",
         f"| Brier score | {_fmt(cal['brier'])} | | |",
         "",
+        *_temperature_markdown(report.get("temperature")),
         f"Confusion matrix at threshold {t['value']:.4f}:",
         "",
         "| | predicted negative | predicted positive |",
@@ -564,11 +622,66 @@ def report_markdown(report: Mapping) -> str:
                     f"{row['patients']} | {row['positives']} | {value} | {ci or note} |"
                 )
         lines.append("")
+    if report.get("adjudicated"):
+        lines += _adjudicated_markdown(report["adjudicated"], report["target"], t["value"])
     if report.get("messages"):
         lines += ["## Notes", ""] + [f"- {m}" for m in report["messages"]] + [""]
     if report.get("figures"):
         lines += ["## Figures", ""] + [f"![{name}]({name})" for name in report["figures"]] + [""]
     return "\n".join(lines)
+
+
+def _temperature_markdown(section: Mapping | None) -> list[str]:
+    if not section:
+        return []
+    value = section.get("value")
+    how = (
+        f"temperature {value:.4f}, fitted on {section.get('fitted_on') or 'validation'} by NLL"
+        if value is not None
+        else "no temperature recorded"
+    )
+    b, a = section["before"], section["after"]
+    return [
+        f"Calibration before and after temperature scaling ({how}):",
+        "",
+        "| | ECE | Brier | NLL |",
+        "|---|---|---|---|",
+        f"| before (temperature 1) | {_fmt(b['ece'])} | {_fmt(b['brier'])} | {_fmt(b['nll'])} |",
+        f"| after (reported probabilities) | {_fmt(a['ece'])} | {_fmt(a['brier'])} | {_fmt(a['nll'])} |",
+        "",
+    ]
+
+
+def _adjudicated_markdown(section: Mapping, target: str, threshold: float) -> list[str]:
+    adj, nih, agree = section["adjudicated"], section["nih"], section["agreement"]
+    lines = [
+        "## Radiologist-adjudicated reference (Airspace opacity)",
+        "",
+        f"{section['reference']}",
+        "",
+        f"{section['images']} of the evaluated images are adjudicated ({adj['counts']['patients']} patients). "
+        f"The same {target.lower()} probabilities at the same operating point ({threshold:.4f}), scored "
+        "against each reference:",
+        "",
+        "| Reference | Positives | Negatives | AUROC | 95% CI | Sensitivity | 95% CI | Specificity | 95% CI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, part in (("Adjudicated airspace opacity", adj), (f"NIH {target.lower()} label", nih)):
+        cells = []
+        for metric in ("auroc", "sensitivity", "specificity"):
+            value, ci, note = _cell(part["metrics"][metric])
+            cells += [value, ci or note]
+        lines.append(
+            f"| {name} | {part['counts']['positives']} | {part['counts']['negatives']} | {' | '.join(cells)} |"
+        )
+    lines += [
+        "",
+        f"The references agree on {agree['both_positive']} positive and {agree['both_negative']} negative "
+        f"images; {agree['adjudicated_only']} are positive only for the radiologists, {agree['nih_only']} only "
+        "for NIH's label.",
+        "",
+    ]
+    return lines
 
 
 def write_report(report: Mapping, out_dir: str | Path) -> tuple[Path, Path]:
