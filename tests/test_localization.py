@@ -137,3 +137,41 @@ def test_bad_box_files_name_the_problem(tmp_path: Path, header: str, rows: list[
 def test_missing_box_file(tmp_path: Path) -> None:
     with pytest.raises(BoxListError, match="absent.csv: box file not found"):
         BoxList.from_csv(str(tmp_path / "absent.csv"))
+
+
+# ---------------------------------------------------------------------------------------------- boxes from heatmaps
+def test_boxes_from_a_hand_made_heatmap_and_their_iobb() -> None:
+    from pneumo.xai.heatmap_boxes import connected_regions, heatmap_boxes, localization_table
+
+    heat = np.zeros((10, 10))
+    heat[1:3, 1:5] = 0.6  # region A: rows 1-2, columns 1-4 (8 pixels) ...
+    heat[2, 5] = 0.9  # ... and its right neighbour: 9 pixels, columns 1-5, mass 5.7
+    heat[6:9, 7:9] = 1.0  # region B: rows 6-8, columns 7-8, 6 pixels, mass 6.0
+    heat[8, 1] = 0.55  # region C: one pixel, mass 0.55
+    heat[5, 5] = 0.4  # below the threshold
+    labels = connected_regions(heat >= 0.5)
+    assert (
+        labels.max() == 3
+        and labels[1, 1] == 1
+        and labels[2, 5] == 1
+        and labels[6, 7] == 2
+        and labels[8, 1] == 3
+    )
+    boxes = heatmap_boxes(heat, threshold=0.5, top_k=3)
+    assert [b.box.tolist() for b in boxes] == [[7, 6, 2, 3], [1, 1, 5, 2], [1, 8, 1, 1]]
+    assert [b.mass for b in boxes] == pytest.approx([6.0, 5.7, 0.55])
+    assert [b.pixels for b in boxes] == [6, 9, 1]
+    # to a 1000 x 500 (H x W) source: x, w scale by 50, y, h by 100
+    top = heatmap_boxes(heat, threshold=0.5, top_k=1, source_shape=(1000, 500))
+    assert len(top) == 1 and top[0].box.tolist() == [350.0, 600.0, 100.0, 300.0]
+    # a ground-truth box over B's lower two rows and one more column: IoBB = 4 / 6, IoU = 4 / (6 + 6 - 4)
+    truth = np.array([[7.0, 7.0, 3.0, 2.0]])
+    table = localization_table([boxes[0].box[None]], [truth], thresholds=(0.5, 0.6, 0.7))
+    assert table["best_iobb"] == [pytest.approx(4 / 6)] and table["best_iou"] == [pytest.approx(0.5)]
+    assert table["iobb"] == [1.0, 1.0, 0.0] and table["iou"] == [1.0, 0.0, 0.0]
+    # any of the top-k boxes may localise; an image without a box is a miss
+    both = localization_table(
+        [np.stack([b.box for b in boxes]), np.zeros((0, 4))], [np.array([[1.0, 1.0, 2.0, 2.0]])] * 2
+    )
+    assert both["best_iobb"] == [pytest.approx(4 / 10), 0.0]  # A (area 10) ∩ truth = 2 x 2
+    assert heatmap_boxes(np.zeros((4, 4))) == []

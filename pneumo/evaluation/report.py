@@ -541,6 +541,35 @@ def _cell(entry: Mapping) -> tuple[str, str, str]:
     return _fmt(entry["value"]), _fmt_ci(entry), entry.get("note") or ""
 
 
+def metrics_table(report: Mapping) -> list[str]:
+    """The Markdown lines of the metrics table (with intervals, ECE and Brier score)."""
+    lines = ["| Metric | Value | 95% CI | Note |", "|---|---|---|---|"]
+    for name, entry in report["metrics"].items():
+        value, ci, note = _cell(entry)
+        lines.append(f"| {METRIC_NAMES.get(name, name)} | {value} | {ci} | {note} |")
+    cal = report["calibration"]
+    return lines + [
+        f"| Expected calibration error ({cal['bins']} bins) | {_fmt(cal['ece'])} | | |",
+        f"| Brier score | {_fmt(cal['brier'])} | | |",
+    ]
+
+
+def subgroup_table(report: Mapping) -> list[str]:
+    """The Markdown lines of the subgroup AUROC table."""
+    lines = [
+        "| Subgroup | Value | Images | Patients | Positives | AUROC | 95% CI |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for attribute, rows in report.get("subgroups", {}).items():
+        for row in rows:
+            value, ci, note = _cell(row["auroc"])
+            lines.append(
+                f"| {SUBGROUP_NAMES.get(attribute, attribute)} | {row['value']} | {row['images']} | "
+                f"{row['patients']} | {row['positives']} | {value} | {ci or note} |"
+            )
+    return lines
+
+
 def report_markdown(report: Mapping) -> str:
     """The report as Markdown tables (what ``report.md`` holds)."""
     c, t, b = report["counts"], report["threshold"], report["bootstrap"]
@@ -589,14 +618,8 @@ def report_markdown(report: Mapping) -> str:
         value, ci, note = _cell(m)
         lines += [f"| **Mean ({m['findings']} findings)** | **{value}** | {ci or note} | | |", ""]
         lines += [f"## {report['target']} at the operating point", ""]
-    lines += ["| Metric | Value | 95% CI | Note |", "|---|---|---|---|"]
-    for name, entry in report["metrics"].items():
-        value, ci, note = _cell(entry)
-        lines.append(f"| {METRIC_NAMES.get(name, name)} | {value} | {ci} | {note} |")
-    cal = report["calibration"]
+    lines += metrics_table(report)
     lines += [
-        f"| Expected calibration error ({cal['bins']} bins) | {_fmt(cal['ece'])} | | |",
-        f"| Brier score | {_fmt(cal['brier'])} | | |",
         "",
         *_temperature_markdown(report.get("temperature")),
         f"Confusion matrix at threshold {t['value']:.4f}:",
@@ -608,20 +631,7 @@ def report_markdown(report: Mapping) -> str:
         "",
     ]
     if report.get("subgroups"):
-        lines += [
-            f"## AUROC by subgroup ({report['target'].lower()})",
-            "",
-            "| Subgroup | Value | Images | Patients | Positives | AUROC | 95% CI |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for attribute, rows in report["subgroups"].items():
-            for row in rows:
-                value, ci, note = _cell(row["auroc"])
-                lines.append(
-                    f"| {SUBGROUP_NAMES.get(attribute, attribute)} | {row['value']} | {row['images']} | "
-                    f"{row['patients']} | {row['positives']} | {value} | {ci or note} |"
-                )
-        lines.append("")
+        lines += [f"## AUROC by subgroup ({report['target'].lower()})", "", *subgroup_table(report), ""]
     if report.get("adjudicated"):
         lines += _adjudicated_markdown(report["adjudicated"], report["target"], t["value"])
     if report.get("messages"):
