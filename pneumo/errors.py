@@ -23,3 +23,7 @@ USER_ERROR_EXIT = 2
 
 class PneumoError(Exception):
     """An error the user can fix (bad input, bad setting, missing file); the message says how."""
+
+
+class ConfigError(PneumoError, ValueError):
+    """A configuration value that cannot be used; the message names the key, the value and the fix."""

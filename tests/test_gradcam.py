@@ -167,8 +167,9 @@ def test_bad_settings_fail_clearly() -> None:
 def test_pneumonia_target_follows_the_task_of_the_model() -> None:
     from functools import partial
 
+    from pneumo.data.findings import FINDINGS
     from pneumo.models.classifier import PneumoniaClassifier
-    from pneumo.xai.gradcam import PNEUMONIA_INDEX, pneumonia_probability
+    from pneumo.xai.gradcam import pneumonia_probability
 
     spec = {
         "_target_": "monai.networks.nets.DenseNet",
@@ -179,7 +180,7 @@ def test_pneumonia_target_follows_the_task_of_the_model() -> None:
         "block_config": [2, 2, 2, 2],
     }
     x = _images(2)
-    for task, outputs, index in (("binary", 2, 1), ("multilabel", 14, PNEUMONIA_INDEX)):
+    for task, outputs, index in (("binary", 2, 1), ("multilabel", 14, FINDINGS.index("Pneumonia"))):
         torch.manual_seed(0)
         model = PneumoniaClassifier(
             net={**spec, "out_channels": outputs}, optimizer=partial(torch.optim.Adam, lr=1e-4), task=task

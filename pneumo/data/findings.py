@@ -20,6 +20,8 @@ FINDINGS: tuple[str, ...] = (
 )
 NO_FINDING = "No Finding"
 PNEUMONIA = "Pneumonia"
+#: Column of Pneumonia among the 14 findings (label matrices, multi-label model outputs).
+PNEUMONIA_INDEX = FINDINGS.index(PNEUMONIA)
 
 #: Header of ``Data_Entry_2017*.csv`` exactly as NIH writes it (the bracketed names split into columns).
 DATA_ENTRY_HEADER = (

@@ -26,7 +26,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from pneumo.data.findings import FINDINGS, NO_FINDING, PNEUMONIA
+from pneumo.data.findings import FINDINGS, NO_FINDING, PNEUMONIA_INDEX
 from pneumo.utils.cli import print_json
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class NIHLabelIndex:
                 "view": raw["View Position"].str.strip().str.upper().to_numpy(dtype=object),
                 "age": age.astype(float).to_numpy(),
                 "sex": raw[sex_col].str.strip().str.upper().to_numpy(dtype=object),
-                "pneumonia": findings[:, FINDINGS.index(PNEUMONIA)].astype(np.int64),
+                "pneumonia": findings[:, PNEUMONIA_INDEX].astype(np.int64),
             }
         )
         index = cls(table=table, findings=findings, source=source)

@@ -2,6 +2,8 @@
 
 Two tasks share the module: ``binary`` (the default: logits for [no pneumonia, pneumonia], cross-entropy)
 and ``multilabel`` (the 14 ChestX-ray14 findings, as CheXNet: one logit per finding, BCE-with-logits).
+Everything that differs between them (outputs, loss, probabilities, targets, automatic weights, which
+output is pneumonia) lives in ``pneumo.models.tasks``; the module delegates to ``self.task``.
 
 The operating point lives in the ``threshold`` buffer: the threshold on the **pneumonia probability**
 (an image is called positive when ``probability >= threshold``). It is chosen on the validation split at the
@@ -34,21 +36,17 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
+from torch import nn
 
-from pneumo.data.findings import FINDINGS, PNEUMONIA
-from pneumo.evaluation.metrics import auroc, average_precision, threshold_metrics
+from pneumo.errors import ConfigError
+from pneumo.evaluation.metrics import average_precision, threshold_metrics
 from pneumo.evaluation.threshold import ThresholdRule, select_threshold
 from pneumo.models.nets import build_net, load_initial_weights
+from pneumo.models.tasks import pneumonia_column, task_named
 from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
-
-#: Outputs of the network per task.
-TASK_OUTPUTS = {"binary": 2, "multilabel": len(FINDINGS)}
-PNEUMONIA_INDEX = FINDINGS.index(PNEUMONIA)
 
 
 @dataclass(frozen=True)
@@ -68,15 +66,13 @@ class EvalOutputs:
     @property
     def pneumonia(self) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, probabilities)`` of pneumonia."""
-        if self.probs.ndim == 2:
-            return self.targets[:, PNEUMONIA_INDEX], self.probs[:, PNEUMONIA_INDEX]
-        return self.targets, self.probs
+        return pneumonia_column(self.targets), pneumonia_column(self.probs)
 
 
 def _concat_parts(
-    parts: list[tuple[list[str], torch.Tensor, torch.Tensor]], width: int | None
+    parts: list[tuple[list[str], torch.Tensor, torch.Tensor]], row_shape: tuple[int, ...]
 ) -> EvalOutputs:
-    shape = (0,) if width is None else (0, width)
+    shape = (0, *row_shape)
     ids = np.array([i for part in parts for i in part[0]], dtype=object)
     probs = torch.cat([p[1] for p in parts]).double().cpu().numpy() if parts else np.zeros(shape)
     targets = (
@@ -116,22 +112,15 @@ class PneumoniaClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         net, optimizer, scheduler, class_weights = map(to_plain, (net, optimizer, scheduler, class_weights))
-        if task not in TASK_OUTPUTS:
-            raise ValueError(f"model.task must be one of {sorted(TASK_OUTPUTS)}, got {task!r}")
-        n_out = TASK_OUTPUTS[task]
+        #: What the outputs mean (``pneumo.models.tasks``): loss, probabilities, pneumonia output, weights.
+        self.task = task_named(task)
+        n_out = self.task.outputs
         if isinstance(net, Mapping) and net.get("out_channels") not in (None, n_out):
-            raise ValueError(
+            raise ConfigError(
                 f"model.task={task} needs {n_out} network outputs but model.net.out_channels={net['out_channels']}; "
-                + (
-                    "use `model=densenet121_multilabel` (or add `model.net.out_channels=14`)"
-                    if task == "multilabel"
-                    else "set `model.net.out_channels=2`"
-                )
+                f"{self.task.net_fix}"
             )
-        if isinstance(class_weights, str) and class_weights != "auto":
-            raise ValueError(
-                f"model.class_weights must be 'auto', a list of {n_out} numbers or null, got {class_weights!r}"
-            )
+        weights = self._weights_of(class_weights, n_out)
         self.operating_point_rule = ThresholdRule.parse(operating_point)
         self.save_hyperparameters(
             {
@@ -145,20 +134,10 @@ class PneumoniaClassifier(L.LightningModule):
                 "operating_point": operating_point,
             }
         )
-        self.task = task
         self._optimizer, self._scheduler = optimizer, scheduler
         self.net = build_net(net)
         if init_weights:
             load_initial_weights(self.net, init_weights)
-        weights = (
-            torch.ones(n_out)
-            if class_weights in (None, "auto")
-            else torch.tensor(class_weights, dtype=torch.float32)
-        )
-        if weights.shape != (n_out,):
-            raise ValueError(
-                f"model.class_weights needs {n_out} numbers for task={task}, got {class_weights}"
-            )
         # Buffers travel with checkpoints and follow the module to any device.
         self.register_buffer("class_weights", weights)
         # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
@@ -166,8 +145,8 @@ class PneumoniaClassifier(L.LightningModule):
         fixed = self.operating_point_rule.kind == "fixed"
         initial = float(self.operating_point_rule.target) if fixed else 0.5
         self.register_buffer("threshold", torch.tensor(initial))
-        if task == "multilabel":
-            self.register_buffer("thresholds", torch.full((n_out,), initial))
+        if self.task.findings:  # one threshold per finding; ``threshold`` is the pneumonia one
+            self.register_buffer("thresholds", torch.full((len(self.task.findings),), initial))
         #: How ``threshold`` was chosen (rule, epoch, validation figures); saved in checkpoints.
         self.operating_point: dict[str, Any] = {
             "rule": str(self.operating_point_rule),
@@ -178,11 +157,26 @@ class PneumoniaClassifier(L.LightningModule):
             "note": None if fixed else "not chosen on validation yet (initial 0.5)",
         }
         self.checkpoint_epoch: int | None = None
-        if task == "binary":
-            self.train_auroc, self.train_auprc = BinaryAUROC(), BinaryAveragePrecision()
+        self.train_metrics = nn.ModuleDict(self.task.train_metrics())
         self._outputs: dict[str, list] = {"val": [], "test": []}
         #: Gathered predictions of the last validation / test epoch (``EvalOutputs``).
         self.predictions: dict[str, EvalOutputs] = {}
+
+    @staticmethod
+    def _weights_of(class_weights: Any, n_out: int) -> torch.Tensor:
+        """The initial ``class_weights`` buffer (ones for ``auto``/``None``: ``setup`` fills ``auto``)."""
+        fix = f"model.class_weights must be 'auto', a list of {n_out} numbers or null"
+        if isinstance(class_weights, str) and class_weights != "auto":
+            raise ConfigError(f"{fix}, got {class_weights!r}")
+        if class_weights in (None, "auto"):
+            return torch.ones(n_out)
+        try:
+            weights = torch.tensor(class_weights, dtype=torch.float32)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{fix}, got {class_weights!r}") from err
+        if weights.shape != (n_out,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise ConfigError(f"{fix} (finite, >= 0), got {class_weights!r}")
+        return weights
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,85 +184,41 @@ class PneumoniaClassifier(L.LightningModule):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Pneumonia probability ``(B,)`` (binary) or the 14 finding probabilities ``(B, 14)`` (multi-label)."""
-        logits = logits.float()
-        return logits.softmax(dim=1)[:, 1] if self.task == "binary" else logits.sigmoid()
+        return self.task.probabilities(logits)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Pneumonia probability per image (both tasks)."""
-        probs = self.probabilities(self(x))
-        return probs if self.task == "binary" else probs[:, PNEUMONIA_INDEX]
+        return self.task.pneumonia_probability(self(x))
 
     @torch.no_grad()
     def predict_findings(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(B, 14)`` finding probabilities of a multi-label model."""
-        if self.task != "multilabel":
-            raise ValueError("predict_findings needs a model trained with model.task=multilabel")
+        if not self.task.findings:
+            raise ConfigError("predict_findings needs a model trained with model.task=multilabel")
         return self.probabilities(self(x))
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         if self.hparams.class_weights == "auto" and stage == "fit":
-            datamodule = getattr(self.trainer, "datamodule", None)
-            if self.task == "binary":
-                self._auto_class_weights(datamodule)
-            else:
-                self._auto_pos_weights(datamodule)
-
-    def _auto_class_weights(self, datamodule: Any) -> None:
-        if datamodule is None or not hasattr(datamodule, "train_class_counts"):
-            raise ValueError("model.class_weights=auto needs a data module with train_class_counts()")
-        counts = torch.as_tensor(datamodule.train_class_counts(), dtype=torch.float32)
-        if (counts == 0).any():
-            raise ValueError(f"the train split has a class with no images (counts {counts.tolist()})")
-        self.class_weights.copy_(counts.sum() / (len(counts) * counts))
-        log.info(
-            "class weights from train prevalence: %s", [round(w, 3) for w in self.class_weights.tolist()]
-        )
-
-    def _auto_pos_weights(self, datamodule: Any) -> None:
-        if datamodule is None or not hasattr(datamodule, "train_finding_counts"):
-            raise ValueError(
-                "model.class_weights=auto (multilabel) needs a data module with train_finding_counts() "
-                "(NIHDataModule); or set model.class_weights=null"
-            )
-        positives, n = datamodule.train_finding_counts()
-        pos = torch.as_tensor(np.asarray(positives), dtype=torch.float32)
-        weights = torch.where(pos > 0, (n - pos) / pos.clamp(min=1), torch.ones_like(pos))
-        self.class_weights.copy_(weights)
-        absent = [f for f, p in zip(FINDINGS, pos.tolist()) if p == 0]
-        log.info(
-            "BCE pos_weight from train prevalence: %s",
-            dict(zip(FINDINGS, [round(w, 2) for w in weights.tolist()])),
-        )
-        if absent:
-            log.warning("findings without a train positive (pos_weight 1, nothing to learn): %s", absent)
+            self.class_weights.copy_(self.task.auto_weights(getattr(self.trainer, "datamodule", None)))
 
     # ------------------------------------------------------------------ steps
-    def _targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        return batch["label"] if self.task == "binary" else batch["findings"].float()
-
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.task == "binary":
-            return F.cross_entropy(logits, target, weight=self.class_weights)
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.class_weights)
-
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
-        target = self._targets(batch)
-        loss = self._loss(logits, target)
+        target = self.task.targets(batch)
+        loss = self.task.loss(logits, target, self.class_weights)
         n = len(target)
         # Lightning's epoch mean weighted by batch_size, summed over processes only at the epoch's end.
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n,
                  sync_dist=True)  # fmt: skip
         if stage == "train":
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
-            if self.task == "binary":
-                probs = self.probabilities(logits.detach())
-                self.train_auroc.update(probs, target)
-                self.train_auprc.update(probs, target)
-                self.log("train/auroc", self.train_auroc, on_step=False, on_epoch=True, batch_size=n)
-                self.log("train/auprc", self.train_auprc, on_step=False, on_epoch=True, batch_size=n)
+            if len(self.train_metrics):
+                probs, labels = self.task.pneumonia_probability(logits.detach()), pneumonia_column(target)
+                for name, metric in self.train_metrics.items():
+                    metric.update(probs, labels)
+                    self.log(f"train/{name}", metric, on_step=False, on_epoch=True, batch_size=n)
         else:
             # Kept on the device: one copy to the host per epoch (gather_outputs), no sync per batch.
             probs = self.probabilities(logits.detach())
@@ -309,8 +259,7 @@ class PneumoniaClassifier(L.LightningModule):
         Distributed samplers pad the last batch with repeated images; keeping one row per image id
         removes those repeats.
         """
-        width = None if self.task == "binary" else TASK_OUTPUTS[self.task]
-        local = _concat_parts(self._outputs[stage], width)
+        local = _concat_parts(self._outputs[stage], self.task.probability_shape)
         self._outputs[stage] = []
         parts = [local]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -333,15 +282,14 @@ class PneumoniaClassifier(L.LightningModule):
         choice = select_threshold(y, p, rule)
         if choice.value is not None:
             self.threshold.fill_(choice.value)
-        if self.task == "multilabel":
-            for j in range(TASK_OUTPUTS["multilabel"]):
-                other = (
-                    choice
-                    if j == PNEUMONIA_INDEX
-                    else select_threshold(outputs.targets[:, j], outputs.probs[:, j], rule)
-                )
-                if other.value is not None:
-                    self.thresholds[j] = other.value
+        for j, _ in enumerate(self.task.findings):  # multi-label: one threshold per finding, same rule
+            other = (
+                choice
+                if j == self.task.pneumonia_output
+                else select_threshold(outputs.targets[:, j], outputs.probs[:, j], rule)
+            )
+            if other.value is not None:
+                self.thresholds[j] = other.value
         note = choice.note
         if choice.value is None:
             note = f"{note}; kept the previous threshold {previous:.4g}"
@@ -363,25 +311,17 @@ class PneumoniaClassifier(L.LightningModule):
             },
             "note": note,
         }
-        if self.task == "multilabel":
-            self.operating_point["thresholds"] = dict(zip(FINDINGS, map(float, self.thresholds.tolist())))
+        if self.task.findings:
+            self.operating_point["thresholds"] = dict(
+                zip(self.task.findings, map(float, self.thresholds.tolist()))
+            )
 
     def _log_split_metrics(self, stage: str, outputs: EvalOutputs) -> None:
         """Log AUROC/AUPRC and the metrics at the threshold, computed on the gathered predictions."""
-        values: dict[str, float] = {}
         y, p = outputs.pneumonia
-        if self.task == "multilabel":
-            per_finding = {}
-            for j, name in enumerate(FINDINGS):
-                yj = outputs.targets[:, j]
-                if 0 < yj.sum() < len(yj):
-                    per_finding[name] = auroc(yj, outputs.probs[:, j])
-            mean = float(np.mean(list(per_finding.values()))) if per_finding else float("nan")
-            values.update({f"{stage}/auroc_{k}": v for k, v in per_finding.items()})
-            values[f"{stage}/auroc_mean"] = mean
-            values[f"{stage}/auroc"] = mean  # the monitored metric: mean AUROC over findings
-        else:
-            values[f"{stage}/auroc"] = auroc(y, p) if len(y) else float("nan")
+        values = {
+            f"{stage}/{k}": v for k, v in self.task.auroc_values(outputs.targets, outputs.probs).items()
+        }
         values[f"{stage}/auprc"] = average_precision(y, p) if len(y) else float("nan")
         threshold = float(self.threshold)
         at = threshold_metrics(y, p, threshold) if len(y) else {}

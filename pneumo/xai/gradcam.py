@@ -26,32 +26,23 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-from pneumo.data.findings import FINDINGS, PNEUMONIA
+from pneumo.models.tasks import task_of
 
 #: Default Grad-CAM layer of MONAI's DenseNet121: the 1x1 convolution of transition block 2, before its
 #: pooling - a feature map at 1/8 of the input side (12 x 12 at the demo's 96 px, 28 x 28 at 224 px). The
 #: last feature map (``class_layers.relu``, 1/32: 3 x 3 at 96 px) is too coarse to point inside a
 #: pneumonia-sized box; see docs/BENCHMARKS.md, "Explainability", for the pointing game per layer.
 DEFAULT_LAYER = "features.transition2.conv"
-#: Index of Pneumonia among the 14 outputs of a multi-label model.
-PNEUMONIA_INDEX = FINDINGS.index(PNEUMONIA)
-#: Index of the pneumonia logit of a binary ``PneumoniaClassifier`` (logits are [no pneumonia, pneumonia]).
-PNEUMONIA_CLASS = 1
 
 
 def pneumonia_output(model: nn.Module) -> int:
-    """Index of the pneumonia logit: 1 for binary models, Pneumonia's place among the 14 findings for
-    ``task="multilabel"`` models."""
-    return PNEUMONIA_INDEX if getattr(model, "task", "binary") == "multilabel" else PNEUMONIA_CLASS
+    """Index of the pneumonia logit of ``model`` (``Task.pneumonia_output``; a bare network: binary)."""
+    return task_of(model).pneumonia_output
 
 
 def pneumonia_probability(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` pneumonia probability from logits: softmax (binary) or sigmoid (multi-label), as the model
-    computes it (``model.probabilities`` when it has one)."""
-    if hasattr(model, "probabilities"):
-        probs = model.probabilities(logits)
-        return probs[:, PNEUMONIA_INDEX] if probs.ndim == 2 else probs
-    return logits.float().softmax(dim=1)[:, PNEUMONIA_CLASS]
+    """``(B,)`` pneumonia probability from logits: softmax (binary) or sigmoid (multi-label)."""
+    return task_of(model).pneumonia_probability(logits)
 
 
 class GradCamError(ValueError):
