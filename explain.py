@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumo.data.boxes import BoxListError
 from pneumo.data.index import LabelIndexError
 from pneumo.data.splits import SplitError
+from pneumo.errors import PneumoError
 from pneumo.xai.explain import CheckpointError, explain_images, format_summary
 from pneumo.xai.gradcam import GradCamError
 from pneumo.xai.inputs import InputError
@@ -41,12 +42,11 @@ def main(cfg: DictConfig) -> None:
             finding=cfg.localization.finding,
             iou_threshold=cfg.localization.threshold,
             overlay=OmegaConf.to_container(cfg.overlay, resolve=True),
-            project=cfg.get("project"),
-            requester_pays=cfg.get("requester_pays"),
-            storage_options=OmegaConf.to_container(cfg.storage_options, resolve=True),
+            storage=OmegaConf.to_container(cfg.storage, resolve=True),
             progress=cfg.progress,
         )
     except (
+        PneumoError,
         CheckpointError,
         InputError,
         GradCamError,

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     from pneumo.data.cache import ImageCache
     from pneumo.data.dataset import NIHImageDataset, StreamingSource
     from pneumo.data.index import NIHLabelIndex
-    from pneumo.data.store import ImageStore, storage_options_for
+    from pneumo.data.storage import StorageSettings
     from pneumo.data.transforms import build_tensor_transforms
 
     results: dict = {
@@ -300,10 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         print("data:", results["data"], flush=True)
         index = NIHLabelIndex.from_csv(str(tmp / "set" / "Data_Entry_2017.csv"))
         names = list(index.images)
-        options = storage_options_for(
-            f"gs://{BUCKET}/png", project=PROJECT, requester_pays=True, token="anon"
+        storage = StorageSettings(
+            project=PROJECT,
+            requester_pays=True,
+            token="anon",
+            options={"endpoint_url": emulator.endpoint},
+            concurrency=args.concurrency,
         )
-        options["endpoint_url"] = emulator.endpoint
         eval_tf = build_tensor_transforms(224)
         torch.set_num_threads(1)
 
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # (b) pneumo streaming: concurrent fetch per batch, in worker processes
         torch.set_num_threads(1)
-        store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=args.concurrency)
+        store = storage.image_store(f"gs://{BUCKET}/png")
         stream_ds = NIHImageDataset(index, StreamingSource(store, index.images, 224), eval_tf)
         loader = DataLoader(stream_ds, batch_size=32, num_workers=args.workers, persistent_workers=False)
         server_cpu, workers_cpu = emulator.cpu_seconds(), children_cpu_seconds()
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print("streaming:", results["streaming"], flush=True)
 
         # (c) pneumo cache build = the first epoch with data.cache=true
-        build_store = ImageStore(f"gs://{BUCKET}/png", options, concurrency=args.concurrency)
+        build_store = storage.image_store(f"gs://{BUCKET}/png")
         cache = ImageCache(tmp / "cache", build_store.root, names, 224)
         t, c, w = time.perf_counter(), time.process_time(), children_cpu_seconds()
         cache.build(build_store, progress=False, workers=args.workers)

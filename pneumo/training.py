@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo.data.store import redact_secrets
+from pneumo.data.storage import redact_secrets
 from pneumo.evaluation.evaluate import write_evaluation
 from pneumo.evaluation.report import EvalSettings
 from pneumo.utils.config import to_plain

@@ -62,18 +62,21 @@ def demo_datamodule(demo_root: Path, **overrides):
     return _tiny_datamodule(locations, overrides)
 
 
-def emulator_datamodule(em, bucket: str, **overrides):
-    """The same over the demo set in an emulator's Requester Pays bucket, billed to ``BILLING_PROJECT``."""
+def emulator_datamodule(em, bucket: str, storage: dict | None = None, **overrides):
+    """The same over the demo set in an emulator's Requester Pays bucket, billed to ``BILLING_PROJECT``;
+    ``storage`` replaces keys of its ``StorageSettings`` (anonymous, 8 requests in flight, short timeouts)."""
     from tests.gcs_emulator import nih_urls
 
-    gcs = {
+    settings = {
         "project": BILLING_PROJECT,
         "requester_pays": True,
         "token": "anon",
-        "storage_options": {"endpoint_url": em.endpoint},
-        "io": {"concurrency": 8, "request_timeout_s": 5, "retry_deadline_s": 20},
+        "options": {"endpoint_url": em.endpoint},
+        "concurrency": 8,
+        "request_timeout_s": 5,
+        "retry_deadline_s": 20,
     }
-    return _tiny_datamodule(nih_urls(bucket), {**gcs, **overrides})
+    return _tiny_datamodule(nih_urls(bucket), {"storage": {**settings, **(storage or {})}, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def local_dm(demo_root: Path, cache_dir: Path | None, **kw) -> NIHDataModule:
 def gs_dm(em, bucket: str, cache_dir: Path | None, **kw) -> NIHDataModule:
     cache = {"cache": cache_dir is not None, "cache_dir": str(cache_dir) if cache_dir else None}
     return emulator_datamodule(
-        em, bucket, **{"batch_size": 16, "io": {**FAST_IO, "concurrency": 8}, **cache, **kw}
+        em, bucket, **{"batch_size": 16, "storage": {**FAST_IO, "concurrency": 8}, **cache, **kw}
     )
 
 
@@ -133,7 +133,7 @@ def test_build_killed_with_sigkill_resumes_to_the_clean_result(
     gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
 ) -> None:
     names = demo_names(demo_root)
-    store = gs_dm(gcs_emulator, nih_bucket, None, io={**FAST_IO, "concurrency": 1}).store
+    store = gs_dm(gcs_emulator, nih_bucket, None, storage={**FAST_IO, "concurrency": 1}).store
     kwargs = {
         "images_url": store.root,
         "options": store.storage_options,
@@ -186,7 +186,7 @@ def test_server_gone_for_good_leaves_a_valid_partial_cache(
         gcs_emulator,
         nih_bucket,
         tmp_path / "cache",
-        io={**FAST_IO, "concurrency": 2, "retry_deadline_s": 2.0},
+        storage={**FAST_IO, "concurrency": 2, "retry_deadline_s": 2.0},
     )
     cache = ImageCache(tmp_path / "cache", dm.images_url, names, 48)
     served = {"n": 0}
@@ -334,7 +334,7 @@ def test_cache_build_through_a_server_restart(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="pneumo.data.store")
     names = demo_names(demo_root)
-    dm = gs_dm(gcs_emulator, nih_bucket, tmp_path / "cache", io={**FAST_IO, "concurrency": 4})
+    dm = gs_dm(gcs_emulator, nih_bucket, tmp_path / "cache", storage={**FAST_IO, "concurrency": 4})
     served = {"n": 0}
 
     def restart_after_20(req) -> int | None:
@@ -363,7 +363,7 @@ def test_concurrent_builders_fetch_once_the_others_wait(
     caplog.set_level(logging.INFO, logger="pneumo.data.cache")
     names = demo_names(demo_root)
     gcs_emulator.latency_s = 0.005
-    store = gs_dm(gcs_emulator, nih_bucket, None, io={**FAST_IO, "concurrency": 2}).store
+    store = gs_dm(gcs_emulator, nih_bucket, None, storage={**FAST_IO, "concurrency": 2}).store
     results: list[dict] = []
     first = threading.Thread(
         target=lambda: results.append(

@@ -216,9 +216,12 @@ def test_list_of_gs_urls_on_a_requester_pays_bucket(
         inputs=str(listing),
         labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
         bbox_url=f"gs://{nih_bucket}/BBox_List_2017.csv",
-        project=BILLING_PROJECT,
-        requester_pays=True,
-        storage_options={"endpoint_url": gcs_emulator.endpoint, "token": "anon"},
+        storage={
+            "project": BILLING_PROJECT,
+            "requester_pays": True,
+            "token": "anon",
+            "options": {"endpoint_url": gcs_emulator.endpoint},
+        },
         progress=False,
     )
     assert not result.failed and [r["image"] for r in result.predictions] == names
@@ -234,11 +237,11 @@ def test_list_of_gs_urls_on_a_requester_pays_bucket(
 
 
 def test_a_bucket_folder_is_listed_in_one_request(gcs_emulator, nih_bucket: str) -> None:
-    from pneumo.data.store import storage_options_for
+    from pneumo.data.storage import StorageSettings
     from pneumo.xai.inputs import resolve_inputs
     from tests.conftest import BILLING_PROJECT
 
-    options = storage_options_for(f"gs://{nih_bucket}", BILLING_PROJECT, True, "anon")
+    options = StorageSettings(BILLING_PROJECT, True, "anon").options_for(f"gs://{nih_bucket}")
     # a private gcsfs instance: its listing cache must not answer other tests' requests
     options.update(endpoint_url=gcs_emulator.endpoint, skip_instance_cache=True)
     before = len(gcs_emulator.requests_for(nih_bucket))

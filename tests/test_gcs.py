@@ -57,8 +57,10 @@ def test_every_request_to_the_requester_pays_bucket_bills_the_project(
     assert len(images) >= 80 + 16 and any(r.path.endswith("Data_Entry_2017.csv") for r in seen)
     assert {tuple(r.query.get("userProject", [])) for r in seen} == {(BILLING_PROJECT,)}
     # without a project the bucket refuses, and the error says what to set
-    with pytest.raises(PermissionError, match=r"Data_Entry_2017\.csv.*Requester Pays.*data\.project"):
-        gs_dm(gcs_emulator, nih_bucket, project=None).setup("fit")
+    with pytest.raises(
+        PermissionError, match=r"Data_Entry_2017\.csv.*Requester Pays.*data\.storage\.project"
+    ):
+        gs_dm(gcs_emulator, nih_bucket, storage={"project": None}).setup("fit")
 
 
 def test_the_label_file_is_downloaded_once_for_prepare_data_and_setup(
@@ -111,7 +113,7 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
         timeout=600,
         env={
             "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
-            "GOOGLE_CLOUD_PROJECT": BILLING_PROJECT,  # data.project's default
+            "GOOGLE_CLOUD_PROJECT": BILLING_PROJECT,  # data.storage.project's default
             "PNEUMO_GCS_TOKEN": FAKE_TOKEN,  # a raw access token, as from `gcloud auth print-access-token`
             "FETCH_RAW_TOKEN_EXPIRY": "false",  # gcsfs would ask oauth2.googleapis.com about it
         },

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from pneumo.data.storage import StorageSettings, redact_secrets, redact_url
 from pneumo.data.store import (
     AccessDeniedError,
     ImageStore,
     ObjectNotFoundError,
     StoreUnavailableError,
     is_transient,
-    redact_secrets,
-    redact_url,
-    storage_options_for,
 )
 from tests.conftest import BILLING_PROJECT
 
@@ -29,15 +27,24 @@ FAST_IO = {
 
 
 def gs_store(em, bucket: str, project: str | None = BILLING_PROJECT, **io) -> ImageStore:
-    options = storage_options_for(f"gs://{bucket}/png", project=project, requester_pays=True, token="anon")
-    return ImageStore(f"gs://{bucket}/png", {**options, "endpoint_url": em.endpoint}, **{**FAST_IO, **io})
+    settings = StorageSettings(
+        project=project, requester_pays=True, token="anon", options={"endpoint_url": em.endpoint}, **FAST_IO
+    )
+    return ImageStore(
+        f"gs://{bucket}/png", settings.options_for(f"gs://{bucket}/png"), **{**settings.io, **io}
+    )
 
 
 def test_gcs_options_apply_to_gs_urls_only() -> None:
-    gs = storage_options_for("gs://b/png", project="p", requester_pays=True, token="anon", extra={"x": 1})
-    assert gs == {"requester_pays": "p", "project": "p", "token": "anon", "x": 1}
-    assert storage_options_for("/local/png", project="p", requester_pays=True, token="t") == {}
-    assert storage_options_for("gs://b/png", requester_pays=True)["requester_pays"] is True
+    settings = StorageSettings(project="p", requester_pays=True, token="anon", options={"x": 1})
+    assert settings.options_for("gs://b/png") == {
+        "requester_pays": "p",
+        "project": "p",
+        "token": "anon",
+        "x": 1,
+    }
+    assert settings.options_for("/local/png") == {"x": 1}
+    assert StorageSettings(requester_pays=True).options_for("gs://b/png")["requester_pays"] is True
 
 
 def test_redaction_of_tokens_and_signed_urls() -> None:
@@ -94,12 +101,12 @@ def test_requester_pays_errors_say_what_to_set(gcs_emulator, nih_bucket: str, de
         f"gs://{nih_bucket}/png", {"endpoint_url": gcs_emulator.endpoint, "token": "anon"}, **FAST_IO
     )
     with pytest.raises(
-        AccessDeniedError, match=rf"gs://{nih_bucket}/png/{name}: .*Requester Pays.*data\.project"
+        AccessDeniedError, match=rf"gs://{nih_bucket}/png/{name}: .*Requester Pays.*data\.storage\.project"
     ):
         no_project.read(name)
     # A project the caller may not bill: 403, with the hint.
     wrong = gs_store(gcs_emulator, nih_bucket, project="not-mine")
-    with pytest.raises(AccessDeniedError, match=r"access denied \(403\).*data\.project"):
+    with pytest.raises(AccessDeniedError, match=r"access denied \(403\).*data\.storage\.project"):
         wrong.read(name)
     assert gs_store(gcs_emulator, nih_bucket).read(name) == (demo_root / "images" / name).read_bytes()
 

@@ -126,8 +126,7 @@ class GradCamOverlayCallback(L.Callback):
         if not bbox_url:
             return empty
         try:
-            options = getattr(datamodule, "storage_options", None)
-            table = BoxList.from_csv(bbox_url, options(bbox_url) if callable(options) else options)
+            table = BoxList.from_csv(bbox_url, datamodule.storage.options_for(bbox_url))
             store = datamodule.store
             out = []
             for name in names:

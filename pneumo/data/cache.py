@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data.decode import BadImageError, decode_grayscale
-from pneumo.data.store import ImageStore, ObjectNotFoundError, redact_url
+from pneumo.data.storage import redact_url
+from pneumo.data.store import ImageStore, ObjectNotFoundError
 from pneumo.data.transforms import ResizeToUint8
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -28,24 +27,13 @@ from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache, check_policy
 from pneumo.data.dataset import NIHImageDataset, StreamingSource
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.splits import PatientSplit, make_splits, read_image_list
-from pneumo.data.store import (
-    ImageStore,
-    absolute_location,
-    location_exists,
-    redact_url,
-    storage_options_for,
-    translate_error,
-)
+from pneumo.data.storage import StorageSettings, redact_url
+from pneumo.data.store import ImageStore, absolute_location, location_exists, translate_error
 from pneumo.data.synthetic import ensure_synthetic_dataset
 from pneumo.data.transforms import build_tensor_transforms
 from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
-
-#: Environment variable read for gs:// credentials when ``token`` is not given (keeps them out of configs).
-TOKEN_ENV = "PNEUMO_GCS_TOKEN"
-#: Keys of ``data.io`` (``ImageStore`` settings).
-IO_KEYS = ("concurrency", "request_timeout_s", "retry_deadline_s", "retry_backoff_s", "retry_backoff_max_s")
 
 
 class DataRootError(FileNotFoundError):
@@ -87,19 +75,13 @@ class NIHDataModule(L.LightningDataModule):
         batch_size, num_workers, pin_memory: ``DataLoader`` settings; the cache build decodes in
             ``num_workers`` processes too (0 = threads of the main process).
         augment: train-time augmentation (see ``build_tensor_transforms``), ``None`` for none.
-        project: Google Cloud billing project for Requester Pays buckets (sent as ``userProject``).
-        requester_pays: the ``gs://`` bucket bills the requester (NIH's public copy does).
-        token: gcsfs credentials: ``None`` = ``$PNEUMO_GCS_TOKEN`` if set (a raw access token or a
-            service-account JSON path), else Application Default Credentials; ``"anon"`` for public
-            non-Requester-Pays buckets and emulators. Never saved or logged; keep it out of configs.
+        storage: billing project, Requester Pays, credentials, fsspec options and I/O limits of every read
+            (``StorageSettings`` or its config mapping, ``data.storage``); saved without credentials.
         cache: build and read the local uint8 cache (``True``) or stream every item (``False``).
         cache_dir: parent folder of caches (required with ``cache=True``).
         on_missing: ``error`` (stop, naming the object) or ``skip`` (leave it out, count it) for missing objects.
         on_bad_image: the same for objects that are not a usable image (truncated, empty, not an image, ...).
-        io: ``ImageStore`` settings: ``concurrency``, ``request_timeout_s``, ``retry_deadline_s``,
-            ``retry_backoff_s``, ``retry_backoff_max_s``.
         progress: show the cache build's progress bar on a terminal (log lines otherwise).
-        storage_options: extra fsspec options for every URL (not saved in checkpoints: may hold credentials).
     """
 
     def __init__(
@@ -118,26 +100,17 @@ class NIHDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = False,
         augment: Mapping | None = None,
-        project: str | None = None,
-        requester_pays: bool = False,
-        token: Any = None,
+        storage: StorageSettings | Mapping | None = None,
         cache: bool = False,
         cache_dir: str | None = None,
         on_missing: str = "error",
         on_bad_image: str = "error",
-        io: Mapping | None = None,
         progress: bool = True,
-        storage_options: Mapping | None = None,
     ) -> None:
         super().__init__()
-        split_lists, synthetic, views, augment, io = map(
-            to_plain, (split_lists, synthetic, views, augment, io)
-        )
+        split_lists, synthetic, views, augment = map(to_plain, (split_lists, synthetic, views, augment))
         if split_lists is not None and set(split_lists) != {"train_val", "test"}:
             raise ValueError(f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}")
-        unknown_io = sorted(set(io or {}) - set(IO_KEYS))
-        if unknown_io:
-            raise ValueError(f"unknown data.io key(s) {unknown_io}; known: {', '.join(IO_KEYS)}")
         if cache and not cache_dir:
             raise ValueError("data.cache=true needs data.cache_dir (a local folder for the image cache)")
         check_policy(on_missing, "data.on_missing")
@@ -148,16 +121,11 @@ class NIHDataModule(L.LightningDataModule):
         self.bbox_url = absolute_location(bbox_url) if bbox_url else None
         self.synthetic = dict(synthetic, root=absolute_location(synthetic["root"])) if synthetic else None
         self.cache_dir = absolute_location(cache_dir) if cache_dir else None
-        self.io = dict(io or {})
-        # Credentials live only here (never in hparams, logs or checkpoints).
-        self._token = to_plain(token) if token is not None else (os.environ.get(TOKEN_ENV) or None)
-        self._extra_options = dict(to_plain(storage_options) or {})
-        self.project = project or None
-        self.requester_pays = bool(requester_pays)
-        if self.requester_pays and not self.project and self.images_url.startswith(("gs://", "gcs://")):
+        self.storage = StorageSettings.from_config(storage)
+        if self.storage.requester_pays and not self.storage.project and self.storage.endpoint_of(self.images_url):
             log.warning(
-                "data.requester_pays is true but data.project is not set (nor GOOGLE_CLOUD_PROJECT): reads bill "
-                "the project of your credentials, and fail if they have none"
+                "data.storage.requester_pays is true but data.storage.project is not set (nor "
+                "GOOGLE_CLOUD_PROJECT): reads bill the project of your credentials, and fail if they have none"
             )
         # Saved in checkpoints so explain/eval rebuild the same preprocessing; credentials stay out.
         self.save_hyperparameters(
@@ -178,13 +146,11 @@ class NIHDataModule(L.LightningDataModule):
                 "num_workers": num_workers,
                 "pin_memory": pin_memory,
                 "augment": augment,
-                "project": self.project,
-                "requester_pays": self.requester_pays,
+                "storage": self.storage.to_config(),
                 "cache": bool(cache),
                 "cache_dir": self.cache_dir,
                 "on_missing": on_missing,
                 "on_bad_image": on_bad_image,
-                "io": self.io,
             }
         )
         self.progress = progress
@@ -196,15 +162,11 @@ class NIHDataModule(L.LightningDataModule):
         self._store: ImageStore | None = None
 
     # ------------------------------------------------------------------ storage
-    def storage_options(self, url: str) -> dict:
-        """fsspec options for ``url`` (Google Cloud settings for ``gs://`` only); may hold credentials."""
-        return storage_options_for(url, self.project, self.requester_pays, self._token, self._extra_options)
-
     @property
     def store(self) -> ImageStore:
         """The image store of ``images_url`` (one per data module; re-connects itself in worker processes)."""
         if self._store is None:
-            self._store = ImageStore(self.images_url, self.storage_options(self.images_url), **self.io)
+            self._store = self.storage.image_store(self.images_url)
         return self._store
 
     # ------------------------------------------------------------------ lifecycle
@@ -322,7 +284,10 @@ class NIHDataModule(L.LightningDataModule):
         """The label index, read once per process (``prepare_data`` and ``setup`` both need it)."""
         if self.index is not None:
             return self.index
-        options = self.storage_options(self.labels_url)
+        # One small request per storage endpoint first: an unreachable one fails in seconds, in one line.
+        for url in (self.images_url, self.labels_url, *(self.split_lists or {}).values()):
+            self.storage.probe(url)
+        options = self.storage.options_for(self.labels_url)
         with _explained(self.labels_url):
             exists = location_exists(self.labels_url, options)
         if not exists:
@@ -335,7 +300,7 @@ class NIHDataModule(L.LightningDataModule):
 
     def _read_list(self, url: str) -> list[str]:
         with _explained(url):
-            return read_image_list(url, self.storage_options(url))
+            return read_image_list(url, self.storage.options_for(url))
 
     def _check_images_present(self, index_names: Sequence[str] | None = None) -> None:
         """Fail early when the image root is missing or holds none of a few indexed images."""

@@ -4,7 +4,7 @@ One reader for every protocol. Reads retry transient failures (5xx, 408, 429, co
 with jittered exponential backoff under a total deadline per object, each attempt bounded by a per-request
 timeout; many objects are fetched at once by a thread pool (``concurrency`` requests in flight), and the
 work a caller passes along (decode, resize) runs in the same threads. Errors name the full object URL and,
-for access problems on Google Cloud Storage, the setting to fix (``data.project`` for Requester Pays).
+for access problems on Google Cloud Storage, the setting to fix (``data.storage.project`` for Requester Pays).
 
 Example:
     >>> store = ImageStore("data/nih_demo/images", concurrency=16)  # doctest: +SKIP
@@ -18,15 +18,14 @@ from __future__ import annotations
 import os
 import sys
 
-# gcsfs >= 2026 probes every bucket's layout over gRPC when this is on, which stalls every call against a
-# storage emulator (DESIGN.md section 5). It must be decided before gcsfs is imported.
+# gcsfs >= 2026 probes every bucket's layout over gRPC when this is on (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT),
+# which stalls every call against a storage emulator for seconds. It must be decided before gcsfs is imported.
 if os.environ.get("STORAGE_EMULATOR_HOST") and "gcsfs" not in sys.modules:
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
-import re  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
@@ -36,29 +35,30 @@ from typing import Any, TypeVar  # noqa: E402
 import fsspec  # noqa: E402
 from fsspec.exceptions import FSTimeoutError  # noqa: E402
 
+from pneumo.data.storage import StorageSettingsError, protocol_of, redact_url  # noqa: E402
+from pneumo.errors import PneumoError  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: HTTP statuses worth retrying (GCS guidance: 408, 429 and 5xx).
 TRANSIENT_HTTP_CODES = frozenset({408, 429, 500, 502, 503, 504})
-#: gcsfs token values that name a method rather than hold a secret.
-TOKEN_METHODS = frozenset({"anon", "google_default", "cache", "cloud", "browser", "token"})
 
 
 class ImageStoreError(OSError):
     """An object that cannot be read; the message names its full URL."""
 
 
-class ObjectNotFoundError(ImageStoreError, FileNotFoundError):
+class ObjectNotFoundError(PneumoError, ImageStoreError, FileNotFoundError):
     """The object does not exist (HTTP 404 / no such file)."""
 
 
-class AccessDeniedError(ImageStoreError, PermissionError):
+class AccessDeniedError(PneumoError, ImageStoreError, PermissionError):
     """The credentials may not read the object (401/403, or a Requester Pays bucket without a project)."""
 
 
-class StoreUnavailableError(ImageStoreError, TimeoutError):
+class StoreUnavailableError(PneumoError, ImageStoreError, TimeoutError):
     """Transient failures went on past the retry deadline (server down, network gone)."""
 
 
@@ -67,95 +67,9 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def protocol_of(url: str) -> str:
-    """The fsspec protocol of a path or URL (``gs``, ``file``, ``memory``, ...)."""
-    return url.split("://", 1)[0] if "://" in url else "file"
-
-
 def absolute_location(path: str) -> str:
     """Make a local path absolute (so it still resolves from another working directory); URLs unchanged."""
     return path if is_url(path) or path.startswith("file://") else os.path.abspath(os.path.expanduser(path))
-
-
-_SECRET_QUERY = re.compile(
-    r"([?&](?:X-Goog-Signature|X-Goog-Credential|X-Amz-Signature|X-Amz-Credential|Signature|sig|access_token|token)=)[^&#\s]+",
-    re.I,
-)
-
-
-def redact_url(url: str) -> str:
-    """A URL safe to log: signature and token query parameters become ``***``.
-
-    Example:
-        >>> redact_url("https://storage.googleapis.com/b/o.csv?X-Goog-Signature=abc&x=1")
-        'https://storage.googleapis.com/b/o.csv?X-Goog-Signature=***&x=1'
-    """
-    return _SECRET_QUERY.sub(r"\1***", url) if isinstance(url, str) else url
-
-
-#: Config keys whose values are credentials (matched case-insensitively, anywhere in the key).
-_SECRET_KEY = re.compile(
-    r"token|secret|password|passwd|credential|private_key|api_key|access_key|signature", re.I
-)
-REDACTED = "***"
-
-
-def redact_secrets(value: Any, key: str = "") -> Any:
-    """A copy of a plain config tree with credentials replaced by ``***`` (for logs, hparams, TensorBoard).
-
-    Values under secret-looking keys (``token``, ``*_secret``, ``credentials``, ...) are redacted unless they
-    name a credential method (``anon``, ``google_default``, ...) or are empty; signature and token query
-    parameters of URLs are redacted everywhere.
-
-    Example:
-        >>> redact_secrets({"data": {"token": "ya29.abc", "images_url": "gs://b/png"}, "lr": 0.1})
-        {'data': {'token': '***', 'images_url': 'gs://b/png'}, 'lr': 0.1}
-    """
-    if isinstance(value, Mapping):
-        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_secrets(v, key) for v in value)
-    if key and _SECRET_KEY.search(key) and value not in (None, "", False) and value not in TOKEN_METHODS:
-        return REDACTED
-    if isinstance(value, str):
-        return redact_url(value)
-    return value
-
-
-def storage_options_for(
-    url: str,
-    project: str | None = None,
-    requester_pays: bool = False,
-    token: Any = None,
-    extra: Mapping | None = None,
-) -> dict:
-    """fsspec options for ``url``: the Google Cloud settings apply to ``gs://`` URLs only.
-
-    Args:
-        url: the location the options are for.
-        project: billing project sent as ``userProject`` when ``requester_pays`` is true.
-        requester_pays: the bucket bills the requester (NIH's public copy does).
-        token: gcsfs credentials: ``None`` = Application Default Credentials, ``"anon"`` = none (public,
-            non-Requester-Pays buckets and emulators), a service-account JSON path, or a raw access token.
-        extra: further options for this URL's protocol (``data.storage_options``).
-
-    Example:
-        >>> storage_options_for("gs://b/png", project="p", requester_pays=True)
-        {'requester_pays': 'p', 'project': 'p'}
-        >>> storage_options_for("/data/png", project="p", requester_pays=True)
-        {}
-    """
-    options: dict = {}
-    if protocol_of(url) in ("gs", "gcs"):
-        if requester_pays:
-            # A string names the project billed (userProject); True bills the credentials' own project.
-            options["requester_pays"] = project if project else True
-        if project:
-            options["project"] = project
-        if token is not None:
-            options["token"] = token
-    options.update(dict(extra or {}))
-    return options
 
 
 def location_exists(url: str, storage_options: Mapping | None = None) -> bool:
@@ -221,9 +135,9 @@ class ImageStore:
         retry_backoff_max_s: float = 16.0,
     ) -> None:
         if int(concurrency) < 1:
-            raise ValueError(f"data.io.concurrency must be >= 1, got {concurrency}")
+            raise StorageSettingsError(f"data.storage.concurrency must be >= 1, got {concurrency}")
         if float(request_timeout_s) <= 0 or float(retry_deadline_s) <= 0:
-            raise ValueError("data.io.request_timeout_s and data.io.retry_deadline_s must be > 0")
+            raise StorageSettingsError("data.storage.request_timeout_s and data.storage.retry_deadline_s must be > 0")
         self.root = absolute_location(root).rstrip("/")
         self.storage_options = dict(storage_options or {})
         self.concurrency = int(concurrency)
@@ -329,13 +243,13 @@ class ImageStore:
             left = deadline - time.monotonic()
             if left <= 0:
                 last_error = (
-                    f"no answer within {timeout:.3g} s (data.io.request_timeout_s)"
+                    f"no answer within {timeout:.3g} s (data.storage.request_timeout_s)"
                     if isinstance(last, (FSTimeoutError, asyncio.TimeoutError))
                     else _describe(last)
                 )
                 raise StoreUnavailableError(
                     f"{self.url(name)}: unreachable: {tries} attempt(s) failed over {time.monotonic() - start:.1f} s "
-                    f"(deadline data.io.retry_deadline_s={self.retry_deadline_s:g}); last error: {last_error}"
+                    f"(deadline data.storage.retry_deadline_s={self.retry_deadline_s:g}); last error: {last_error}"
                 ) from last
             log.debug("retrying %s after %s", self.url(name), _describe(last))
             time.sleep(min(left, pause * (0.5 + random.random())))
@@ -394,13 +308,13 @@ def translate_error(url: str, err: BaseException) -> ImageStoreError:
         return ObjectNotFoundError(f"{url}: object not found")
     if "requester pays" in text.lower():
         return AccessDeniedError(
-            f"{url}: the bucket is Requester Pays: set data.requester_pays=true and data.project to a "
+            f"{url}: the bucket is Requester Pays: set data.storage.requester_pays=true and data.storage.project to a "
             "billing project your credentials may use (or export GOOGLE_CLOUD_PROJECT)"
         )
     if isinstance(err, PermissionError) or code == 403 or text.startswith("Forbidden"):
         hint = (
-            " If this is a Requester Pays bucket (NIH's is), set data.project (or GOOGLE_CLOUD_PROJECT) to a "
-            "billing project your credentials may bill, with data.requester_pays=true."
+            " If this is a Requester Pays bucket (NIH's is), set data.storage.project (or GOOGLE_CLOUD_PROJECT) to a "
+            "billing project your credentials may bill, with data.storage.requester_pays=true."
             if protocol_of(url) in ("gs", "gcs")
             else ""
         )

@@ -34,12 +34,12 @@ import torch
 from tqdm.auto import tqdm
 
 from pneumo.data.boxes import BoxList, scaled_to
-from pneumo.data.datamodule import TOKEN_ENV
 from pneumo.data.decode import BadImageError
 from pneumo.data.findings import PNEUMONIA
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.splits import make_splits, read_image_list
-from pneumo.data.store import absolute_location, location_exists, storage_options_for
+from pneumo.data.storage import StorageSettings
+from pneumo.data.store import absolute_location, location_exists
 from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.inputs import (
@@ -214,9 +214,7 @@ def explain_images(
     finding: str = PNEUMONIA,
     iou_threshold: float = DEFAULT_THRESHOLD,
     overlay: Mapping[str, Any] | None = None,
-    project: str | None = None,
-    requester_pays: bool | None = None,
-    storage_options: Mapping | None = None,
+    storage: Mapping | None = None,
     progress: bool = True,
 ) -> ExplainResult:
     """Explain every input image; see the module docstring for what is written.
@@ -232,24 +230,19 @@ def explain_images(
         labels_url, bbox_url: label index / box file; ``None`` = the checkpoint's, ``""`` = none.
         finding: which boxes count as ground truth; ``iou_threshold``: heatmap level for IoU/IoBB.
         overlay: ``size``, ``alpha``, ``cmap`` of the overlay pictures.
-        project, requester_pays: Google Cloud billing settings for ``gs://`` URLs; ``None`` = the
-            checkpoint's (``data.project`` / ``data.requester_pays`` of its training run). Credentials:
-            Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN``.
-        storage_options: further fsspec options for every URL (never saved anywhere).
+        storage: ``StorageSettings`` keys (``project``, ``requester_pays``, ``token``, ``options``, I/O limits)
+            that replace the checkpoint's ``data.storage``; ``None`` values keep the checkpoint's. Credentials:
+            Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
     """
     if (inputs is None) == (split is None):
         raise ValueError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    token = os.environ.get(TOKEN_ENV) or None
-    extra = dict(storage_options or {})
-    model, dhp = load_classifier(
-        ckpt_path, dev, lambda url: storage_options_for(url, project, bool(requester_pays), token, extra)
-    )
-    project = dhp.get("project") if project is None else project
-    requester_pays = bool(dhp.get("requester_pays", False)) if requester_pays is None else requester_pays
-
-    def options(url: str) -> dict:
-        return storage_options_for(url, project, requester_pays, token, extra)
+    given = {k: v for k, v in dict(storage or {}).items() if v is not None}
+    model, dhp = load_classifier(ckpt_path, dev, StorageSettings.from_config(given).options_for)
+    # checkpoints from before data.storage saved project / requester_pays at the top level
+    saved = dhp.get("storage") or {k: dhp[k] for k in ("project", "requester_pays") if k in dhp}
+    settings = StorageSettings.from_config({**dict(saved), **given})
+    options = settings.options_for
 
     model.to(dev)
     threshold = float(model.threshold)
@@ -261,6 +254,7 @@ def explain_images(
     if split is not None:
         refs = split_refs(dhp, split, options)
     else:
+        settings.probe(str(inputs))  # an unreachable endpoint fails here, in one line
         refs, skipped = resolve_inputs(inputs, options)
     if skipped:
         log.warning(
