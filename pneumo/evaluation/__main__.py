@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> None:
             recalibrate=bool(cfg.recalibrate),
             choose_on_evaluated=bool(cfg.choose_on_evaluated),
             split=cfg.split,
-            storage_options=OmegaConf.to_container(cfg.storage_options, resolve=True),
+            storage=OmegaConf.to_container(cfg.storage, resolve=True),
         )
     except (PneumoError, LabelIndexError) as err:
         log.error("%s", err)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.nih import shipped_path
+from pneumo.data.storage import StorageSettings
 from pneumo.errors import PneumoError
 from pneumo.evaluation.evaluate import write_outputs
 from pneumo.evaluation.metrics import threshold_metrics
@@ -118,7 +119,7 @@ def evaluate_files(
     recalibrate: bool = False,
     choose_on_evaluated: bool = False,
     split: str = "test",
-    storage_options: Mapping | None = None,
+    storage: StorageSettings | Mapping | None = None,
 ) -> dict:
     """Write the report of a predictions file into ``out_dir``; returns the report dict.
 
@@ -132,7 +133,7 @@ def evaluate_files(
         recalibrate: fit a temperature on ``val_predictions`` (NLL) and apply it to both files.
         choose_on_evaluated: apply a threshold rule to the evaluated images when no validation file is given.
         split: name of the evaluated images in messages.
-        storage_options: fsspec options for the three files.
+        storage: ``StorageSettings`` (or its config mapping) of the three files' reads.
 
     Raises:
         PneumoError: a file or a setting that cannot be used (one line naming it and the fix).
@@ -143,9 +144,10 @@ def evaluate_files(
             "recalibrate=true fits the temperature on validation images: pass val_predictions=PATH"
         )
     labels = labels_url or shipped_path(DEFAULT_LABELS)
-    index = NIHLabelIndex.from_csv(labels, storage_options)
-    frame = read_predictions(predictions, index, storage_options)
-    val = read_predictions(val_predictions, index, storage_options) if val_predictions else None
+    options = StorageSettings.from_config(storage).options_for
+    index = NIHLabelIndex.from_csv(labels, options(labels))
+    frame = read_predictions(predictions, index, options(predictions))
+    val = read_predictions(val_predictions, index, options(val_predictions)) if val_predictions else None
     if val is not None:
         shared = sorted(set(frame["image"]) & set(val["image"]))
         if shared:
