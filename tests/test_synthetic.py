@@ -90,3 +90,58 @@ def test_writes_to_any_fsspec_url_and_is_reused(tmp_path: Path) -> None:
     ensure_synthetic_dataset(url, n=25, size=32, seed=0)  # other parameters: written again
     assert len(fs.ls("/pneumo-test-demo/images")) >= 25
     fs.rm("/pneumo-test-demo", recursive=True)
+
+
+# ---------------------------------------------------------------- one image per row of NIH's real index
+def test_like_index_draws_each_row_of_the_real_index_with_nih_boxes_scaled(tmp_path: Path) -> None:
+    """Rows of NIH's shipped index: names, patients, views, ages, labels kept; NIH's box scaled to 64 px."""
+    import gzip
+
+    from pneumo.data import nih
+    from pneumo.data.synthetic import main
+
+    with gzip.open(nih.HERE / "Data_Entry_2017_v2020.csv.gz", "rt") as fh:
+        lines = fh.read().splitlines()
+    # patient 150 (00000150_002.png: Pneumonia with an NIH box) and patient 1 (no pneumonia)
+    rows = [lines[0]] + [ln for ln in lines[1:] if ln.startswith(("00000150_", "00000001_"))]
+    (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
+    bbox = nih.HERE / "BBox_List_2017.csv.gz"
+    out = tmp_path / "like"
+    argv = [str(out), "--like-index", str(tmp_path / "rows.csv"), "--bbox", str(bbox), "--size", "64"]
+    assert main([*argv, "--workers", "2"]) == 0
+
+    source = NIHLabelIndex.from_csv(str(tmp_path / "rows.csv"))
+    written = NIHLabelIndex.from_csv(str(out / "Data_Entry_2017.csv"))
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(source.images)
+    cols = ["image", "patient", "follow_up", "view", "age", "sex"]
+    pd.testing.assert_frame_equal(written.table[cols], source.table[cols])
+    assert np.array_equal(written.findings, source.findings)
+    for name in source.images:
+        with Image.open(out / "images" / name) as im:
+            assert im.size == (64, 64) and im.mode == "L"
+
+    # NIH's box of 00000150_002.png, from its own line, scaled from 1024 to 64 px
+    with gzip.open(bbox, "rt") as fh:
+        nih_line = next(ln for ln in fh if ln.startswith("00000150_002.png,Pneumonia,"))
+    expected = np.array([float(v) for v in nih_line.split(",")[2:6]]) * 64 / 1024
+    box_rows = (out / "BBox_List_2017.csv").read_text().splitlines()
+    assert box_rows[0] == BBOX_HEADER and len(box_rows) == 2
+    assert box_rows[1].startswith("00000150_002.png,Pneumonia,")
+    np.testing.assert_allclose([float(v) for v in box_rows[1].split(",")[2:6]], expected, atol=1e-3)
+    # the opacity is drawn there: brighter than the same place on most of the patient's other images
+    x, y, w, h = np.round(expected).astype(int)
+    inside = {
+        name: np.asarray(Image.open(out / "images" / name), dtype=float)[y : y + h, x : x + w].mean()
+        for name in source.images
+        if name.startswith("00000150_")
+    }
+    boxed = inside.pop("00000150_002.png")
+    assert boxed > np.median(list(inside.values())) + 8, (boxed, inside)
+    # the same rows drawn in this process give the same bytes (each image depends on the seed and its row only)
+    again = tmp_path / "again"
+    assert main([str(again), *argv[1:], "--workers", "0"]) == 0
+    assert digest(again / "images") == digest(out / "images")
+    # the official lists, restricted to these rows
+    test_list = (out / "test_list.txt").read_text().split()
+    assert set(test_list) | set((out / "train_val_list.txt").read_text().split()) == set(source.images)
+    assert set(test_list) <= set((nih.HERE / "test_list.txt").read_text().split())

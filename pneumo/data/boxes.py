@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.data.findings import BBOX_LABEL_ALIASES, FINDINGS, PNEUMONIA
+from pneumo.data.nih import verified
 
 _COLUMNS = ("image", "finding", "x", "y", "w", "h")
 
@@ -44,6 +45,7 @@ class BoxList:
             BoxListError: the file is missing, not in the BBox_List layout, names an unknown finding or holds
                 a coordinate that is not a number or a box with no area.
         """
+        verified(url)
         try:
             with fsspec.open(url, "rb", compression="infer", **dict(storage_options or {})) as fh:
                 raw = pd.read_csv(fh, dtype=str, keep_default_na=False, header=0)

@@ -8,8 +8,9 @@ Example:
     >>> index = NIHLabelIndex.from_csv("data/nih_demo/Data_Entry_2017.csv")  # doctest: +SKIP
     >>> index.pneumonia.mean()  # doctest: +SKIP
 
-Command line (prints a JSON summary)::
+Command line (prints a JSON summary; with no CSV, of NIH's files shipped with pneumo and the official split)::
 
+    python -m pneumo.data.index
     python -m pneumo.data.index Data_Entry_2017.csv --split-lists train_val_list.txt test_list.txt
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.data.findings import FINDINGS, NO_FINDING, PNEUMONIA_INDEX
+from pneumo.data.nih import verified
 from pneumo.utils.cli import print_json
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class NIHLabelIndex:
             LabelIndexError: the file is missing, empty, not a CSV, lacks a column, names an unknown
                 finding or repeats an image id.
         """
+        verified(url)
         try:
             with fsspec.open(url, "rb", compression="infer", **dict(storage_options or {})) as fh:
                 raw = pd.read_csv(fh, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -84,11 +87,15 @@ class NIHLabelIndex:
             raise LabelIndexError(f"{url}: the label file is empty") from err
         except (UnicodeDecodeError, pd.errors.ParserError, EOFError, OSError) as err:
             detail = " ".join(str(err).split())  # parser messages span lines; keep one
-            raise LabelIndexError(f"{url}: not a readable CSV label file ({type(err).__name__}: {detail})") from err
+            raise LabelIndexError(
+                f"{url}: not a readable CSV label file ({type(err).__name__}: {detail})"
+            ) from err
         return cls.from_frame(raw, source=url, views=views)
 
     @classmethod
-    def from_frame(cls, raw: pd.DataFrame, source: str = "<memory>", views: Sequence[str] | None = None) -> NIHLabelIndex:
+    def from_frame(
+        cls, raw: pd.DataFrame, source: str = "<memory>", views: Sequence[str] | None = None
+    ) -> NIHLabelIndex:
         """Build the index from the raw NIH table (all columns as strings)."""
         raw = raw.rename(columns=lambda c: str(c).strip())
         # The 2017 file ends each line with a comma: an unnamed, empty column.
@@ -175,7 +182,9 @@ class NIHLabelIndex:
         wanted = {v.upper() for v in views}
         known = set(self.table["view"])
         if not wanted & known:
-            raise LabelIndexError(f"{self.source}: no image has a view in {sorted(wanted)}; views present: {sorted(known)}")
+            raise LabelIndexError(
+                f"{self.source}: no image has a view in {sorted(wanted)}; views present: {sorted(known)}"
+            )
         return self._take(self.table["view"].isin(wanted).to_numpy())
 
     def subset(self, images: Iterable[str]) -> NIHLabelIndex:
@@ -225,23 +234,43 @@ class NIHLabelIndex:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pneumo.data.index CSV [--split-lists TRAIN_VAL TEST] [--views PA AP]``."""
+    """``python -m pneumo.data.index [CSV] [--split-lists TRAIN_VAL TEST] [--views PA AP]``.
+
+    Without ``CSV`` it summarises the NIH files shipped with pneumo: ``Data_Entry_2017_v2020.csv.gz`` and
+    the official split (``train_val_list.txt``, ``test_list.txt``), nothing downloaded.
+    """
+    from pneumo.data.nih import location
     from pneumo.data.splits import SplitError, read_image_list
+    from pneumo.errors import USER_ERROR_EXIT, PneumoError
+
     parser = argparse.ArgumentParser(prog="python -m pneumo.data.index", description=__doc__.splitlines()[0])
-    parser.add_argument("csv", help="Data_Entry_2017*.csv (path or URL, plain or .gz)")
-    parser.add_argument("--split-lists", nargs=2, metavar=("TRAIN_VAL", "TEST"), help="official split lists")
+    parser.add_argument(
+        "csv",
+        nargs="?",
+        help="Data_Entry_2017*.csv (path or URL, plain or .gz); default: the shipped NIH file",
+    )
+    parser.add_argument(
+        "--split-lists",
+        nargs=2,
+        metavar=("TRAIN_VAL", "TEST"),
+        help="split lists; default without CSV: NIH's official lists shipped with pneumo",
+    )
     parser.add_argument("--views", nargs="+", help="keep only these view positions (PA, AP)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    csv, lists = args.csv, args.split_lists
+    if csv is None:
+        csv = location("Data_Entry_2017_v2020.csv.gz")
+        lists = lists or [location("train_val_list.txt"), location("test_list.txt")]
     try:
-        index = NIHLabelIndex.from_csv(args.csv, views=args.views)
+        index = NIHLabelIndex.from_csv(csv, views=args.views)
         splits = None
-        if args.split_lists:
-            splits = {"train_val": read_image_list(args.split_lists[0]), "test": read_image_list(args.split_lists[1])}
+        if lists:
+            splits = {"train_val": read_image_list(lists[0]), "test": read_image_list(lists[1])}
         summary = index.summary(splits)
-    except (LabelIndexError, SplitError) as err:
+    except (LabelIndexError, SplitError, PneumoError) as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     print_json(summary)
     return 0
 

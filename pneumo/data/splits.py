@@ -20,6 +20,7 @@ import fsspec
 import numpy as np
 
 from pneumo.data.index import NIHLabelIndex
+from pneumo.data.nih import verified
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class PatientSplit:
 
 def read_image_list(url: str, storage_options: Mapping | None = None) -> list[str]:
     """Read an NIH split list (one image name per line) from a path or URL."""
+    verified(url)
     try:
         with fsspec.open(url, "rt", compression="infer", **dict(storage_options or {})) as fh:
             names = [line.strip() for line in fh if line.strip()]

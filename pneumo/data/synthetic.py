@@ -18,9 +18,10 @@ Output is deterministic per seed and may go to any fsspec URL (a local folder, `
 Example:
     >>> write_synthetic_dataset("data/nih_demo", n=600, size=128, seed=0)  # doctest: +SKIP
 
-Command line::
+Command line (the second form: one image per row of NIH's real index, see ``pneumo.data.synthetic_like_index``)::
 
     python -m pneumo.data.synthetic OUT --n 600 --size 128 --seed 0
+    python -m pneumo.data.synthetic OUT --like-index [Data_Entry CSV] [--bbox BBox CSV] --size 64
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.BICUBIC))
 
 
-def _ellipse(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, rx: float, ry: float, soft: float) -> np.ndarray:
+def _ellipse(
+    xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, rx: float, ry: float, soft: float
+) -> np.ndarray:
     """A soft-edged filled ellipse in [0, 1]."""
     r = np.sqrt(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)
     return 1.0 / (1.0 + np.exp((r - 1.0) / soft))
@@ -219,7 +222,9 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
         fs.pipe(batch)
 
     patients = np.array(sorted(patient_images))
-    test_patients = set(rng.choice(patients, size=max(1, int(round(cfg.test_fraction * len(patients)))), replace=False))
+    test_patients = set(
+        rng.choice(patients, size=max(1, int(round(cfg.test_fraction * len(patients)))), replace=False)
+    )
     test = sorted(x for p in patients if p in test_patients for x in patient_images[p])
     train_val = sorted(x for p in patients if p not in test_patients for x in patient_images[p])
 
@@ -256,7 +261,10 @@ def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **ove
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pneumo.data.synthetic", description=__doc__.splitlines()[0])
+    """``python -m pneumo.data.synthetic OUT [--n N] [--size S] ...`` or ``OUT --like-index [CSV] [--bbox CSV]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.data.synthetic", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out", help="output folder or fsspec URL")
     defaults = SyntheticConfig()
     parser.add_argument("--n", type=int, default=defaults.n, help="number of images")
@@ -265,16 +273,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pneumonia-fraction", type=float, default=defaults.pneumonia_fraction)
     parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
     parser.add_argument("--noise", type=float, default=defaults.noise, help="film grain, grey levels")
-    args = parser.parse_args(argv)
-    manifest = write_synthetic_dataset(
-        args.out,
-        n=args.n,
-        size=args.size,
-        seed=args.seed,
-        pneumonia_fraction=args.pneumonia_fraction,
-        test_fraction=args.test_fraction,
-        noise=args.noise,
+    like = parser.add_argument_group("one image per row of a real index (--n and the fractions do not apply)")
+    like.add_argument(
+        "--like-index",
+        nargs="?",
+        const="",
+        metavar="CSV",
+        help="a Data_Entry_2017*.csv; without CSV, NIH's file shipped with pneumo (and its boxes)",
     )
+    like.add_argument(
+        "--bbox", help="NIH's BBox_List_2017.csv (1024-px boxes) whose pneumonia boxes are drawn"
+    )
+    like.add_argument("--workers", type=int, help="rendering processes (default: the CPUs available)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if args.like_index is not None:
+        from pneumo.data.synthetic_like_index import write_like_index
+        from pneumo.errors import USER_ERROR_EXIT, PneumoError
+
+        try:
+            manifest = write_like_index(
+                args.out,
+                index_csv=args.like_index or None,
+                bbox_csv=args.bbox,
+                size=args.size,
+                seed=args.seed,
+                noise=args.noise,
+                workers=args.workers,
+            )
+        except (
+            PneumoError,
+            ValueError,
+        ) as err:  # LabelIndexError, BoxListError, SplitError, ShippedFileError
+            print("error: " + " ".join(str(err).split()), file=sys.stderr)
+            return USER_ERROR_EXIT
+    else:
+        manifest = write_synthetic_dataset(
+            args.out,
+            n=args.n,
+            size=args.size,
+            seed=args.seed,
+            pneumonia_fraction=args.pneumonia_fraction,
+            test_fraction=args.test_fraction,
+            noise=args.noise,
+        )
     print_json({k: v for k, v in manifest.items() if k != "findings"})
     return 0
 

@@ -1,12 +1,22 @@
 """NIH ChestX-ray14's own metadata files, shipped inside pneumo (no images).
 
 See ``ATTRIBUTION.md`` beside this file (and README, "Real NIH data") for provenance and the attribution
-the data providers require. Each file is verified by its sha256 when its path is asked for: a changed or
-truncated file is an error that says so, never a silently different table.
+the data providers require. Each file is verified by its sha256 when it is read (``verified``, called by the
+readers of labels, lists and boxes) or when its path is asked for (``shipped_path``): a changed or truncated
+file is an error that says so, never a silently different table.
+
+Configs name the files with the OmegaConf resolver ``${nih:NAME}`` (registered when pneumo is imported), e.g.
+``labels_url: ${nih:Data_Entry_2017_v2020.csv.gz}`` in ``conf/data/nih.yaml``; it resolves to the file's path
+without reading it, so the check happens once, where the file is read, and fails there as one line.
 
 Example:
     >>> path = shipped_path("test_list.txt")
     >>> path.endswith("pneumo/data/nih/test_list.txt")
+    True
+    >>> from omegaconf import OmegaConf
+    >>> OmegaConf.create({"labels": "${nih:test_list.txt}"}).labels == path
+    True
+    >>> verified(path) == path  # the sha256 matches NIH's release
     True
     >>> shipped_path("nope.csv")
     Traceback (most recent call last):
@@ -20,9 +30,13 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from pneumo.errors import PneumoError
 
 HERE = Path(__file__).resolve().parent
+#: Name of the OmegaConf resolver giving a shipped file's path: ``${nih:test_list.txt}``.
+RESOLVER = "nih"
 
 #: Shipped file -> sha256 of its bytes, as published (see ATTRIBUTION.md).
 SHIPPED: dict[str, str] = {
@@ -48,21 +62,47 @@ def sha256_of(path: str | Path) -> str:
 
 
 @cache
-def _verified(name: str) -> str:
-    path = HERE / name
-    if not path.is_file():
+def _verified(path: str, expected: str) -> str:
+    if not Path(path).is_file():
         raise ShippedFileError(f"{path}: the shipped NIH file is missing; reinstall pneumo")
     found = sha256_of(path)
-    if found != SHIPPED[name]:
+    if found != expected:
         raise ShippedFileError(
-            f"{path}: sha256 {found[:12]}... differs from NIH's release ({SHIPPED[name][:12]}...); "
+            f"{path}: sha256 {found[:12]}... differs from NIH's release ({expected[:12]}...); "
             "the file was changed or truncated: reinstall pneumo"
         )
-    return str(path)
+    return path
+
+
+def location(name: str) -> str:
+    """Path of the shipped file ``name`` (not read, not checked: ``verified`` does that when it is read)."""
+    if name not in SHIPPED:
+        raise ShippedFileError(f"no shipped NIH file {name!r}; shipped: {', '.join(sorted(SHIPPED))}")
+    return str(HERE / name)
 
 
 def shipped_path(name: str) -> str:
-    """Local path of the shipped file ``name``, after checking its sha256 (once per process)."""
-    if name not in SHIPPED:
-        raise ShippedFileError(f"no shipped NIH file {name!r}; shipped: {', '.join(sorted(SHIPPED))}")
-    return _verified(name)
+    """Local path of the shipped file ``name``, after checking its sha256 (once per process and path)."""
+    return _verified(location(name), SHIPPED[name])
+
+
+def verified(url: str) -> str:
+    """``url`` unchanged; if it is one of the shipped files, only after checking that file's sha256.
+
+    Readers call this on every location they open, so a shipped file is checked wherever it is read from
+    (a config's ``${nih:...}``, a path typed by hand, a checkpoint's saved location); other paths and URLs
+    pass untouched.
+    """
+    text = str(url)
+    if "://" in text and not text.startswith("file://"):
+        return url
+    path = Path(text.removeprefix("file://")).expanduser()
+    if path.name in SHIPPED and path.absolute().parent.resolve() == HERE:
+        shipped_path(path.name)
+    return url
+
+
+def register_resolver() -> None:
+    """Register ``${nih:NAME}`` with OmegaConf (once per process; ``import pneumo`` calls this)."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, location)
