@@ -42,6 +42,8 @@ def main(cfg: DictConfig) -> None:
             finding=cfg.localization.finding,
             iou_threshold=cfg.localization.threshold,
             overlay=OmegaConf.to_container(cfg.overlay, resolve=True),
+            box_threshold=cfg.boxes.threshold,
+            top_k=cfg.boxes.top_k,
             storage=OmegaConf.to_container(cfg.storage, resolve=True),
             progress=cfg.progress,
         )
@@ -58,7 +60,9 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", err)
         sys.exit(2)
     n_ok, n_bad = len(result.predictions), len(result.failed)
-    log.info("explained %d image(s) -> %s (predictions.csv, overlays/, heatmaps/)", n_ok, result.out_dir)
+    log.info(
+        "explained %d image(s) -> %s (predictions.csv, boxes.csv, overlays/, heatmaps/)", n_ok, result.out_dir
+    )
     for line in format_summary(result.summary):
         log.info("%s", line)
     if n_bad:

@@ -250,3 +250,60 @@ def test_a_bucket_folder_is_listed_in_one_request(gcs_emulator, nih_bucket: str)
     assert all(r.location.startswith(f"gs://{nih_bucket}/png/") and r.name.endswith(".png") for r in refs)
     # existence/type checks and one listing: a handful of requests, not one per image (80)
     assert len(gcs_emulator.requests_for(nih_bucket)) - before < 10
+
+
+def test_overlay_on_the_source_image_and_boxes_csv(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pneumo.xai.heatmap_boxes import heatmap_boxes
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = sorted(p.name for p in (demo_root / "images").iterdir())[0]
+    with Image.open(demo_root / "images" / name) as img:  # NIH's size: 1024 x 1024
+        img.resize((1024, 1024), Image.Resampling.BILINEAR).save(folder / name)
+    with Image.open(demo_root / "images" / name) as img:  # a wide 1500 x 600 source: capped at 1200 px
+        img.resize((1500, 600), Image.Resampling.BILINEAR).save(folder / "wide.png")
+    out = tmp_path / "out"
+    explain_images(str(tiny_ckpt), str(out), inputs=str(folder), overlay={"max_size": 1200}, top_k=2,
+                   labels_url="", bbox_url="", progress=False)  # fmt: skip
+    with Image.open(out / "overlays" / name) as overlay:
+        assert overlay.width == 1024 and overlay.height > 1024  # the caption strip below the image
+    with Image.open(out / "overlays" / "wide.png") as overlay:
+        assert overlay.width == 1200
+    heat = np.load(out / "heatmaps" / name.replace(".png", ".npy"))
+    assert heat.shape == (64, 64)  # the network's resolution
+    boxes = BoxList.from_csv(str(out / "boxes.csv"))  # NIH's layout, pneumo's own reader
+    expected = heatmap_boxes(heat, 0.5, 2, source_shape=(1024, 1024))
+    assert 1 <= len(expected) <= 2
+    np.testing.assert_allclose(boxes.for_image(name), np.stack([b.box for b in expected]), rtol=1e-12)
+    wide = heatmap_boxes(np.load(out / "heatmaps" / "wide.npy"), 0.5, 2, source_shape=(600, 1500))
+    np.testing.assert_allclose(boxes.for_image("wide.png"), np.stack([b.box for b in wide]), rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_cli_prints_the_wang_table_on_the_test_positives(
+    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    from pneumo.xai.heatmap_boxes import localization_table
+
+    out = tmp_path / "out"
+    args = [
+        f"ckpt_path={tiny_ckpt}",
+        "split=test",
+        f"out_dir={out}",
+        f"paths.log_dir={tmp_path}/logs",
+        "progress=false",
+    ]
+    proc = run_cli(["explain.py", *args], cwd=ROOT)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    wang = json.loads((out / "summary.json").read_text())["localization"]["wang"]
+    truth = BoxList.from_csv(str(demo_root / "BBox_List_2017.csv"))
+    predicted = BoxList.from_csv(str(out / "boxes.csv"))
+    boxed = sorted(set((demo_root / "test_list.txt").read_text().split()) & truth.images)
+    assert wang["n"] == len(boxed) > 0 and wang["thresholds"] == [0.1, 0.25, 0.5, 0.75, 0.9]
+    again = localization_table([predicted.for_image(n) for n in boxed], [truth.for_image(n) for n in boxed])
+    assert wang["iobb"] == again["iobb"] and wang["iou"] == again["iou"]
+    assert "Wang et al. 2017 localisation accuracy on" in log
+    assert "IOBB   " + "  ".join(f"{v:<7.3f}" for v in wang["iobb"]) in log

@@ -4,10 +4,12 @@ and localization scores wherever ground-truth boxes exist.
 Outputs under ``out_dir``::
 
     predictions.csv             image, probability, predicted_label (at the model's threshold), true_label, ...
-    overlays/<stem>.png         heatmap over the X-ray, boxes outlined, probability and labels in the caption
+    boxes.csv                   heatmap regions as boxes in NIH's BBox_List_2017.csv layout (source pixels)
+    overlays/<stem>.png         heatmap over the source X-ray (its own resolution, capped), ground-truth boxes
+                                green, predicted boxes magenta, probability and labels in the caption
     heatmaps/<stem>.npy         float32 (S, S) in [0, 1], S = the checkpoint's input size
     localization.csv            per image with boxes: hit, iou, iobb, box_fraction, ...   (when boxes exist)
-    summary.json                counts, unreadable inputs, and the localization summary
+    summary.json                counts, unreadable inputs, the localization summary and Wang et al.'s table
 
 Example:
     >>> result = explain_images(ckpt_path="last.ckpt", inputs="data/nih_demo/images", out_dir="out")  # doctest: +SKIP
@@ -35,13 +37,14 @@ from tqdm.auto import tqdm
 
 from pneumo.data.boxes import BoxList, scaled_to
 from pneumo.data.decode import BadImageError
-from pneumo.data.findings import PNEUMONIA
+from pneumo.data.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.splits import make_splits, read_image_list
 from pneumo.data.storage import StorageSettings
 from pneumo.data.store import absolute_location, location_exists
 from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
+from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.inputs import (
     ImageRef,
     LoadedImage,
@@ -70,6 +73,8 @@ class ExplainResult:
 
     predictions: list[dict] = field(default_factory=list)
     localization: list[dict] = field(default_factory=list)
+    #: rows of ``boxes.csv``: ``(image, finding, x, y, w, h)`` in source pixels, by heat mass within an image
+    boxes: list[tuple] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
     out_dir: str = ""
@@ -214,6 +219,8 @@ def explain_images(
     finding: str = PNEUMONIA,
     iou_threshold: float = DEFAULT_THRESHOLD,
     overlay: Mapping[str, Any] | None = None,
+    box_threshold: float = DEFAULT_THRESHOLD,
+    top_k: int = 1,
     storage: Mapping | None = None,
     progress: bool = True,
 ) -> ExplainResult:
@@ -229,7 +236,10 @@ def explain_images(
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
         labels_url, bbox_url: label index / box file; ``None`` = the checkpoint's, ``""`` = none.
         finding: which boxes count as ground truth; ``iou_threshold``: heatmap level for IoU/IoBB.
-        overlay: ``size``, ``alpha``, ``cmap`` of the overlay pictures.
+        overlay: ``max_size`` (overlays are drawn on the source image at its own width, at most this),
+            ``alpha``, ``cmap`` of the overlay pictures.
+        box_threshold, top_k: ``boxes.csv`` holds the ``top_k`` regions (by heat mass) where the heatmap
+            is at least ``box_threshold``; they are scored against ground-truth boxes (Wang et al. 2017).
         storage: ``StorageSettings`` keys (``project``, ``requester_pays``, ``token``, ``options``, I/O limits)
             that replace the checkpoint's ``data.storage``; ``None`` values keep the checkpoint's. Credentials:
             Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
@@ -271,8 +281,12 @@ def explain_images(
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     overlay = dict(overlay or {})
+    max_size = int(overlay.pop("max_size", 1024))
+    if max_size < 16:
+        raise ValueError(f"overlay.max_size must be at least 16 px, got {max_size}")
     cam = GradCam(model, layer=layer, target=target, batch_size=batch_size)
-    preprocess = Preprocessor(image_size)
+    preprocess = Preprocessor(image_size, display_size=max_size)
+    wang: tuple[list, list] = ([], [])  # predicted and ground-truth boxes of each image with ground truth
     result = ExplainResult(out_dir=str(out))
     scores = []
     stems = _stems(refs)
@@ -298,11 +312,18 @@ def explain_images(
                 maps = cam(batch)
                 probs = pneumonia_probability(model, maps.logits)
                 for j, (i, item) in enumerate(loaded):
+                    heatmap = maps.heatmaps[j].cpu().numpy().astype(np.float32)
+                    predicted = heatmap_boxes(heatmap, box_threshold, top_k, source_shape=item.source_shape)
+                    predicted_boxes = np.array([b.box for b in predicted]).reshape(-1, 4)
                     row, score = _write_one(
-                        item, stems[i], batch[j, 0].cpu(), maps.heatmaps[j].cpu().numpy().astype(np.float32),
-                        float(probs[j]), threshold, out, overlay, iou_threshold,
+                        item, stems[i], heatmap, predicted_boxes, float(probs[j]), threshold, out, overlay,
+                        iou_threshold,
                     )  # fmt: skip
                     result.predictions.append(row)
+                    result.boxes += [(item.ref.name, finding, *map(float, b)) for b in predicted_boxes]
+                    if len(item.ref.boxes):
+                        wang[0].append(predicted_boxes)
+                        wang[1].append(item.ref.boxes)
                     if score is not None:
                         result.localization.append(score)
                         scores.append(score["_score"])
@@ -310,12 +331,16 @@ def explain_images(
     bar.close()
 
     _write_csv(out / "predictions.csv", result.predictions)
+    write_box_list(out / "boxes.csv", result.boxes)
     if result.localization:
         for row in result.localization:
             row.pop("_score")
         _write_csv(out / "localization.csv", result.localization)
         result.summary = summarize(scores)
         result.summary.update({"layer": layer, "iou_threshold": iou_threshold, "finding": finding})
+        table = localization_table(*wang)
+        table.update({"top_k": top_k, "box_threshold": box_threshold})
+        result.summary["wang"] = {k: v for k, v in table.items() if not k.startswith("best_")}
     summary = {
         "checkpoint": str(ckpt_path),
         "images": len(refs),
@@ -332,8 +357,8 @@ def explain_images(
 def _write_one(
     item: LoadedImage,
     stem: str,
-    image: torch.Tensor,
     heatmap: np.ndarray,
+    predicted_boxes: np.ndarray,
     probability: float,
     threshold: float,
     out: Path,
@@ -344,8 +369,18 @@ def _write_one(
     predicted = int(probability >= threshold)
     boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
     caption = f"{ref.name}\n{caption_text(probability, predicted, ref.label)}"
+    display = item.display  # the source pixels at their own width, capped at overlay.max_size
+    shown = display.shape
     save_png(
-        render_overlay(image, heatmap, boxes=boxes, caption=caption, **overlay),
+        render_overlay(
+            display,
+            heatmap,
+            boxes=scaled_to(ref.boxes, item.source_shape, shown) if len(ref.boxes) else None,
+            predicted_boxes=scaled_to(predicted_boxes, item.source_shape, shown),
+            caption=caption,
+            size=shown[1],
+            **overlay,
+        ),
         out / "overlays" / f"{stem}.png",
     )
     np.save(out / "heatmaps" / f"{stem}.npy", heatmap)
@@ -381,6 +416,16 @@ def _write_csv(path: Path, rows: Sequence[Mapping]) -> None:
         writer.writerows(rows)
 
 
+def write_box_list(path: Path, rows: Sequence[tuple]) -> None:
+    """Write ``(image, finding, x, y, w, h)`` rows under NIH's ``BBox_List_2017.csv`` header (readable by
+    ``pneumo.data.boxes.BoxList``)."""
+    with open(path, "w", newline="") as fh:
+        fh.write(BBOX_HEADER + "\n")
+        writer = csv.writer(fh)
+        for name, finding, *box in rows:
+            writer.writerow([name, finding, *(repr(float(v)) for v in box)])
+
+
 def format_summary(summary: Mapping) -> list[str]:
     """Human-readable lines of a localization summary (as printed by ``explain.py``)."""
     if not summary or not summary.get("n"):
@@ -393,4 +438,5 @@ def format_summary(summary: Mapping) -> list[str]:
         f"{summary['hit_rate_vs_random']:.1f}x random",
         f"mean IoU {summary['mean_iou']:.3f}, mean IoBB {summary['mean_iobb']:.3f}, IoBB >= 0.1 for "
         f"{summary['iobb_accuracy']:.3f} (heatmap >= {summary.get('iou_threshold', DEFAULT_THRESHOLD)})",
+        *format_table(summary.get("wang") or {}),
     ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 import torch
+from PIL import Image
 
 from pneumo.data.decode import decode_grayscale
 from pneumo.data.store import absolute_location, is_url
@@ -54,11 +55,13 @@ class ImageRef:
 
 @dataclass
 class LoadedImage:
-    """A preprocessed image: ``tensor`` ``(1, S, S)`` float32 in [0, 1] and the source ``(H, W)``."""
+    """A preprocessed image: ``tensor`` ``(1, S, S)`` float32 in [0, 1], the source ``(H, W)``, and ``display``:
+    the source pixels (uint8), shrunk to at most ``Preprocessor.display_size`` wide, for overlays."""
 
     ref: ImageRef
     tensor: torch.Tensor
     source_shape: tuple[int, int]
+    display: np.ndarray | None = None
 
 
 #: fsspec options: one mapping for every URL, or a function giving the options of a URL (``gs://`` settings
@@ -137,21 +140,42 @@ def read_bytes(location: str, storage_options: StorageOptions = None) -> bytes:
 
 
 class Preprocessor:
-    """Training's preprocessing of one image: decode -> ``ResizeToUint8`` -> tensor transforms (no augmentation)."""
+    """Training's preprocessing of one image: decode -> ``ResizeToUint8`` -> tensor transforms (no augmentation).
 
-    def __init__(self, image_size: int) -> None:
+    Args:
+        image_size: the network's input side.
+        display_size: also keep the source pixels for overlays, shrunk (aspect kept) to at most this width;
+            ``None`` keeps none.
+    """
+
+    def __init__(self, image_size: int, display_size: int | None = None) -> None:
         self.image_size = int(image_size)
+        self.display_size = None if display_size is None else int(display_size)
         self.resize = ResizeToUint8(self.image_size)
         self.transform = build_tensor_transforms(self.image_size, None)
 
     def __call__(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        tensor, shape, _ = self.with_display(data, name)
+        return tensor, shape
+
+    def with_display(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int], np.ndarray | None]:
+        """The network tensor, the source ``(H, W)`` and the display copy of the source pixels."""
         pixels = decode_grayscale(data, name)
-        return self.transform(self.resize(pixels)[None]), (int(pixels.shape[0]), int(pixels.shape[1]))
+        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
+        display = None
+        if self.display_size is not None:
+            display = pixels
+            if shape[1] > self.display_size:
+                height = max(1, round(shape[0] * self.display_size / shape[1]))
+                display = np.asarray(
+                    Image.fromarray(pixels).resize((self.display_size, height), Image.Resampling.BOX)
+                )
+        return self.transform(self.resize(pixels)[None]), shape, display
 
 
 def load_image(
     ref: ImageRef, preprocess: Preprocessor, storage_options: StorageOptions = None
 ) -> LoadedImage:
     """Read and preprocess one image; raises ``FileNotFoundError``/``BadImageError``/``OSError`` naming it."""
-    tensor, shape = preprocess(read_bytes(ref.location, storage_options), ref.location)
-    return LoadedImage(ref, tensor, shape)
+    tensor, shape, display = preprocess.with_display(read_bytes(ref.location, storage_options), ref.location)
+    return LoadedImage(ref, tensor, shape, display)

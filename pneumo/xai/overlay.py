@@ -24,6 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 #: Colour of ground-truth box outlines (RGB).
 BOX_COLOR = (0, 255, 0)
+#: Colour of boxes predicted from the heatmap (``pneumo.xai.heatmap_boxes``).
+PREDICTED_BOX_COLOR = (255, 0, 255)
 CLASS_NAMES = ("no pneumonia", "pneumonia")
 
 
@@ -91,9 +93,11 @@ def render_overlay(
     size: int = 256,
     alpha: float = 0.45,
     cmap: str = "jet",
+    predicted_boxes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The overlay picture: ``size`` px wide, boxes (``[x, y, w, h]`` in ``image`` pixels) outlined, caption
-    in a strip underneath (one line per ``\\n``). Returns ``(H, W, 3)`` uint8."""
+    """The overlay picture: ``size`` px wide, ground-truth ``boxes`` (green) and ``predicted_boxes`` (magenta,
+    ``[x, y, w, h]`` in ``image`` pixels) outlined, caption in a strip underneath (one line per ``\\n``).
+    Returns ``(H, W, 3)`` uint8."""
     gray = _to_unit(image)
     heat = _to_unit(heatmap)
     h0, w0 = gray.shape
@@ -101,10 +105,12 @@ def render_overlay(
     shape = (int(round(h0 * scale)), size)
     picture = Image.fromarray(blend(_resize(gray, shape), _resize(heat, shape), alpha=alpha, cmap=cmap))
     draw = ImageDraw.Draw(picture)
-    for x, y, w, h in np.asarray(boxes if boxes is not None else np.zeros((0, 4))).reshape(-1, 4):
-        draw.rectangle(
-            [x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1], outline=BOX_COLOR, width=2
-        )
+    width = max(2, size // 256)
+    for drawn, colour in ((predicted_boxes, PREDICTED_BOX_COLOR), (boxes, BOX_COLOR)):
+        for x, y, w, h in np.asarray(drawn if drawn is not None else np.zeros((0, 4))).reshape(-1, 4):
+            draw.rectangle(
+                [x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1], outline=colour, width=width
+            )
     if not caption:
         return np.asarray(picture)
     font_size = max(9, size // 20)
