@@ -58,7 +58,14 @@ def test_cpu_options_instantiate(compose_train, override: str, tmp_path: Path) -
 def test_run_dir_layout(compose_train) -> None:
     cfg = compose_train([])
     assert HydraConfig.get().run.dir.startswith("./logs/train/runs/2")
-    assert OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor") == "val/auroc"
+    # one monitored metric: the best checkpoint, early stopping, the scheduler and the sweep objective
+    watched = [
+        (cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode),
+        (cfg.callbacks.early_stopping.monitor, cfg.callbacks.early_stopping.mode),
+        (cfg.model.monitor, "min"),
+        (cfg.optimized_metric, "min"),
+    ]
+    assert watched == [("val/loss", "min")] * 4
     # last.ckpt is refreshed every epoch by a monitor-less checkpoint callback (the resume point)
     assert cfg.callbacks.last_checkpoint.filename == "last" and cfg.callbacks.last_checkpoint.monitor is None
 

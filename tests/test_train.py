@@ -85,7 +85,7 @@ def read_scalars(event_dir: Path) -> dict[str, list[float]]:
 
 @pytest.mark.slow
 def test_train_cli_end_to_end(demo_root: Path, tmp_path: Path) -> None:
-    proc = run_cli(["train.py", *tiny_overrides(demo_root, tmp_path), "trainer.max_epochs=2"], cwd=ROOT)
+    proc = run_cli(["train.py", *tiny_overrides(demo_root, tmp_path), "trainer.max_epochs=3"], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == 1
@@ -95,7 +95,11 @@ def test_train_cli_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     scalars = read_scalars(run / "tensorboard")
     for tag in ("val/auroc", "val/loss", "train/loss"):
         assert tag in scalars, sorted(scalars)
-    assert len(scalars["val/auroc"]) == 2 and all(0.0 <= v <= 1.0 for v in scalars["val/auroc"])
+    assert len(scalars["val/auroc"]) == 3 and all(0.0 <= v <= 1.0 for v in scalars["val/auroc"])
+    # the best checkpoint is the epoch of the lowest validation loss (the monitored metric), whatever AUROC did
+    [best] = [n for n in ckpts if n.startswith("epoch_")]
+    losses = scalars["val/loss"]
+    assert best == f"epoch_{losses.index(min(losses)):03d}.ckpt", (best, losses)
     assert all(v > 0 for v in scalars["train/loss"])
     # checkpoints load without unpickling code, and carry the preprocessing to rebuild the data
     blob = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
