@@ -37,8 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import numpy as np  # noqa: E402
@@ -71,7 +69,7 @@ def write_benchmark_set(out: Path, n_images: int, distinct: int, noise: float) -
 
 
 class EmulatorProcess:
-    """``python -m tests.gcs_emulator`` serving a folder with a per-request latency, in its own process."""
+    """``python -m pneumo.testing.gcs_emulator`` serving a folder with a per-request latency, in its own process."""
 
     def __init__(self, folder: Path, latency_ms: float) -> None:
         import socket
@@ -79,9 +77,9 @@ class EmulatorProcess:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "tests.gcs_emulator", "--port", str(port), "--bucket", BUCKET]
+        cmd = [sys.executable, "-m", "pneumo.testing.gcs_emulator", "--port", str(port), "--bucket", BUCKET]
         cmd += ["--from-dir", str(folder), "--latency-ms", str(latency_ms)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if "serving" not in line:
             raise RuntimeError(f"emulator did not start: {line!r}")
@@ -198,7 +196,6 @@ def throughput(loader: DataLoader, limit: int | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------- rss
 RSS_SCRIPT = r"""
 import json, resource, sys, time
-sys.path.insert(0, sys.argv[1])
 import numpy as np, pandas as pd, torch
 from torch.utils.data import DataLoader
 from pneumo.data.cache import ImageCache
@@ -206,7 +203,7 @@ from pneumo.data.dataset import NIHImageDataset
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.transforms import build_tensor_transforms
 torch.set_num_threads(1)
-cache_dir, n, release = sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+cache_dir, n, release = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 names = [f"{i + 1:08d}_000.png" for i in range(n)]
 cache = ImageCache(cache_dir, "gs://nih-bench/png", names, 224)
 raw = pd.DataFrame({"Image Index": names, "Finding Labels": "No Finding", "Follow-up #": "0",
@@ -253,7 +250,7 @@ def write_rss_cache(cache_dir: Path, n: int, tiles: np.ndarray) -> None:
 
 def measure_rss(cache_dir: Path, n: int, release: bool) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", RSS_SCRIPT, str(ROOT), str(cache_dir), str(n), "1" if release else "0"],
+        [sys.executable, "-c", RSS_SCRIPT, str(cache_dir), str(n), "1" if release else "0"],
         capture_output=True,
         text=True,
         check=True,

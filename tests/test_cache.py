@@ -28,7 +28,7 @@ from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
 from pneumo.data.transforms import ResizeToUint8
-from tests.conftest import BILLING_PROJECT, ROOT, demo_datamodule, emulator_datamodule
+from tests.helpers import BILLING_PROJECT, ROOT, demo_datamodule, emulator_datamodule
 
 FAST_IO = {
     "request_timeout_s": 1.0,

@@ -9,7 +9,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT, run_cli
+from tests.helpers import CONF, ROOT, run_cli
 
 
 def options(group: str) -> list[str]:

@@ -13,7 +13,7 @@ from PIL import Image
 from pneumo.data.datamodule import DataRootError, NIHDataModule
 from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.transforms import ResizeToUint8
-from tests.conftest import demo_datamodule
+from tests.helpers import demo_datamodule
 
 
 def png(array: np.ndarray) -> bytes:

@@ -15,8 +15,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from pneumo.training import train
 from pneumo.utils.distributed import shard_sampler
-from tests.conftest import ROOT, run_cli, tiny_overrides
-from tests.test_train import read_scalars
+from tests.helpers import ROOT, read_scalars, run_cli, tiny_overrides
 
 
 class ShardRecorder(L.Callback):

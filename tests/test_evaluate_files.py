@@ -19,7 +19,7 @@ from pneumo.evaluation.files import EvaluateError, evaluate_files
 from pneumo.evaluation.predictions import PredictionsFileError
 from pneumo.evaluation.report import EvalSettings
 from pneumo.evaluation.temperature import fit_temperature, nll
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 SETTINGS = EvalSettings(resamples=200, figures=False)
 

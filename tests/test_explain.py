@@ -14,9 +14,9 @@ import torch
 from pneumo.data.boxes import BoxList
 from pneumo.data.datamodule import NIHDataModule
 from pneumo.data.index import NIHLabelIndex
+from pneumo.testing.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
 from pneumo.xai.explain import CheckpointError, explain_images, load_classifier
-from tests.conftest import CONF, ROOT, run_cli, tiny_overrides
-from tests.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
+from tests.helpers import CONF, ROOT, run_cli, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_cli_unreadable_file_and_missing_checkpoint(tiny_ckpt: Path, demo_root: 
 def test_list_of_gs_urls_on_a_requester_pays_bucket(
     tiny_ckpt: Path, gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
 ) -> None:
-    from tests.conftest import BILLING_PROJECT
+    from tests.helpers import BILLING_PROJECT
 
     names = (demo_root / "test_list.txt").read_text().split()[:4]
     listing = tmp_path / "gs_list.txt"
@@ -239,7 +239,7 @@ def test_list_of_gs_urls_on_a_requester_pays_bucket(
 def test_a_bucket_folder_is_listed_in_one_request(gcs_emulator, nih_bucket: str) -> None:
     from pneumo.data.storage import StorageSettings
     from pneumo.xai.inputs import resolve_inputs
-    from tests.conftest import BILLING_PROJECT
+    from tests.helpers import BILLING_PROJECT
 
     options = StorageSettings(BILLING_PROJECT, True, "anon").options_for(f"gs://{nih_bucket}")
     # a private gcsfs instance: its listing cache must not answer other tests' requests
@@ -307,3 +307,18 @@ def test_cli_prints_the_wang_table_on_the_test_positives(
     assert wang["iobb"] == again["iobb"] and wang["iou"] == again["iou"]
     assert "Wang et al. 2017 localisation accuracy on" in log
     assert "IOBB   " + "  ".join(f"{v:<7.3f}" for v in wang["iobb"]) in log
+
+
+def test_a_folder_of_symlinked_images_is_read(demo_root: Path, tmp_path: Path) -> None:
+    from pneumo.xai.inputs import Preprocessor, load_image, resolve_inputs
+
+    names = sorted(p.name for p in (demo_root / "images").glob("*.png"))[:3]
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in names:
+        (links / name).symlink_to(demo_root / "images" / name)
+    (links / "dangling.png").symlink_to(tmp_path / "gone.png")  # points nowhere: not an image to read
+    refs, skipped = resolve_inputs(str(links))
+    assert [r.name for r in refs] == names and not skipped
+    loaded = load_image(refs[0], Preprocessor(32))
+    assert tuple(loaded.tensor.shape) == (1, 32, 32) and loaded.source_shape == (64, 64)

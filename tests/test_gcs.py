@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pneumo.data.datamodule import NIHDataModule
-from tests.conftest import (
+from pneumo.testing.gcs_emulator import nih_urls
+from tests.helpers import (
     BILLING_PROJECT,
     ROOT,
     TINY_TRAINER,
@@ -17,7 +18,6 @@ from tests.conftest import (
     emulator_datamodule,
     run_cli,
 )
-from tests.gcs_emulator import nih_urls
 
 FAKE_TOKEN = "ya29.FAKE-planted-token-0123456789abcdef"
 
@@ -92,6 +92,15 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
 ) -> None:
     cache_dir = tmp_path / "cache"
     urls = nih_urls(nih_bucket)
+    env = {
+        "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
+        "GOOGLE_CLOUD_PROJECT": BILLING_PROJECT,  # data.storage.project's default
+        "PNEUMO_GCS_TOKEN": FAKE_TOKEN,  # a raw access token, as from `gcloud auth print-access-token`
+        # Any HTTPS request to Google (gcsfs looked raw tokens up at oauth2.googleapis.com/tokeninfo?access_token=
+        # ...) goes to a closed loopback port: it fails at once, offline or not, and its error quotes the URL.
+        "HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
     proc = run_cli(
         [
             "train.py",
@@ -111,13 +120,10 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
         ],
         cwd=ROOT,
         timeout=600,
-        env={
-            "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
-            "GOOGLE_CLOUD_PROJECT": BILLING_PROJECT,  # data.storage.project's default
-            "PNEUMO_GCS_TOKEN": FAKE_TOKEN,  # a raw access token, as from `gcloud auth print-access-token`
-            "FETCH_RAW_TOKEN_EXPIRY": "false",  # gcsfs would ask oauth2.googleapis.com about it
-        },
+        env=env,
     )
+    # nothing printed the token, whatever the outcome (before the fix: gcsfs's failed tokeninfo lookup did)
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr, proc.stdout[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/auroc" in proc.stdout + proc.stderr
 
@@ -143,4 +149,42 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
     assert any(p.name == "hparams.yaml" for p in outputs) and any(p.name == "config.yaml" for p in outputs)
     leaks = [str(p) for p in outputs if FAKE_TOKEN.encode() in p.read_bytes()]
     assert not leaks, leaks
-    assert FAKE_TOKEN not in proc.stdout + proc.stderr
+
+    # explain.py on a gs:// image when the server rejects the token and quotes it back (as a proxy or a
+    # hostile endpoint may): one line naming the object and the fix, exit 2, and the token nowhere
+    name = (demo_root / "test_list.txt").read_text().split()[0]
+    gcs_emulator.fault = lambda rec: (
+        (401, f"Unauthorized: {rec.headers.get('authorization')} rejected")
+        if rec.path.endswith(".png")
+        else None
+    )
+    ckpt = next((tmp_path / "logs").rglob("last.ckpt"))
+    out = tmp_path / "explain"
+    explain = run_cli(
+        [
+            "explain.py",
+            f"ckpt_path={ckpt}",
+            f"inputs=gs://{nih_bucket}/png/{name}",
+            f"out_dir={out}",
+            f"paths.log_dir={tmp_path}/logs",
+        ],
+        cwd=ROOT,
+        timeout=300,
+        env=env,
+    )
+    assert any(FAKE_TOKEN in r.headers.get("authorization", "") for r in gcs_emulator.requests)
+    assert FAKE_TOKEN not in explain.stdout + explain.stderr, explain.stderr[-3000:]
+    lines = [ln for ln in (explain.stdout + explain.stderr).splitlines() if ln.strip()]
+    assert explain.returncode == 2, explain.stderr[-3000:]
+    assert len(lines) == 1 and f"gs://{nih_bucket}/png/{name}: not authenticated (401)" in lines[0], lines
+    leaks = [str(p) for p in [*out.rglob("*"), *(tmp_path / "logs").rglob("*")] if p.is_file()]
+    assert not [p for p in leaks if FAKE_TOKEN.encode() in Path(p).read_bytes()]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

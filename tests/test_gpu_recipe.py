@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pneumo.callbacks.performance import PerformanceTuning
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_recipe_config(compose_train) -> None:

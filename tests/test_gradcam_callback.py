@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 from pneumo.callbacks import GradCamOverlayCallback
 from pneumo.data.index import NIHLabelIndex
 from pneumo.training import train
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 
 def test_overlays_reach_tensorboard_for_a_fixed_set_of_val_images(

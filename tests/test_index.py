@@ -10,7 +10,7 @@ import pytest
 
 from pneumo.data.findings import DATA_ENTRY_HEADER, FINDINGS
 from pneumo.data.index import LabelIndexError, NIHLabelIndex
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 ROWS_2020 = [
     "00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143",
@@ -49,6 +49,24 @@ def test_both_layouts_parse_to_the_same_index(tmp_path: Path, make) -> None:
     assert index.findings.shape == (5, 14) and index.findings.dtype == np.uint8
     assert index.findings[1, FINDINGS.index("Emphysema")] == 1
     assert index.findings[1].sum() == 2 and index.findings[2].sum() == 0
+
+
+def test_ages_in_months_weeks_and_days_become_years_and_unreadable_ones_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NIH's 2017 file codes infants' ages in months, weeks or days; a typo is not an age
+    ages = ["006M", "010D", "002W", "abc", "045Y", " 12 ", "", "7x"]
+    rows = [
+        f"0000010{i}_000.png,No Finding,0,{100 + i},{age},F,PA,2048,2048,0.14,0.14"
+        for i, age in enumerate(ages)
+    ]
+    with caplog.at_level("WARNING", logger="pneumo.data.index"):
+        index = NIHLabelIndex.from_csv(csv_2020(tmp_path, rows))
+    got = index.table["age"].tolist()
+    assert got[:3] == pytest.approx([0.5, 10 / 365.25, 14 / 365.25])
+    assert np.isnan(got[3]) and got[4:6] == [45.0, 12.0] and np.isnan(got[6]) and np.isnan(got[7])
+    warned = [r.getMessage() for r in caplog.records if "not ages" in r.getMessage()]
+    assert len(warned) == 1 and "2 'Patient Age' value(s)" in warned[0] and "'abc'" in warned[0], warned
 
 
 def test_gzip_and_url(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from pneumo.data.findings import FINDINGS
 from pneumo.training import metric_value, train
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 
 def test_multilabel_demo_run_reports_every_present_finding(

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pneumo.utils.checkpoint_io import AtomicCheckpointIO
-from tests.conftest import ROOT, tiny_overrides
+from tests.helpers import ROOT, tiny_overrides
 
 
 class StallMidEpoch(L.Callback):

@@ -15,7 +15,7 @@ from pneumo.data.store import (
     StoreUnavailableError,
     is_transient,
 )
-from tests.conftest import BILLING_PROJECT
+from tests.helpers import BILLING_PROJECT
 
 # Fault tests: short per-request timeouts and deadlines so that they finish in seconds.
 FAST_IO = {

@@ -11,8 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT, run_cli, tiny_overrides
-from tests.test_train import read_scalars
+from tests.helpers import ROOT, read_scalars, run_cli, tiny_overrides
 
 
 def quick(demo_root: Path, out: Path) -> list[str]:
@@ -124,7 +123,7 @@ def test_launcher_configs_compose_and_instantiate(launcher: str) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tests.conftest import CONF
+    from tests.helpers import CONF
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

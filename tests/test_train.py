@@ -9,7 +9,7 @@ import torch
 from omegaconf import open_dict
 
 from pneumo.training import train
-from tests.conftest import ROOT, demo_datamodule, run_cli, tiny_overrides
+from tests.helpers import ROOT, demo_datamodule, read_scalars, run_cli, tiny_overrides
 
 
 def test_fast_dev_run(compose_train, demo_root: Path, tmp_path: Path) -> None:
@@ -73,14 +73,6 @@ def test_a_fixed_threshold_holds_without_validation(demo_root: Path) -> None:
     )
     (metrics,) = trainer.test(model, datamodule=demo_datamodule(demo_root), verbose=False)
     assert metrics["test/threshold"] == pytest.approx(0.3)
-
-
-def read_scalars(event_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.mark.slow

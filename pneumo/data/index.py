@@ -39,6 +39,34 @@ _SEX_COLUMNS = ("Patient Gender", "Patient Sex")
 MAX_PLAUSIBLE_AGE = 120
 
 
+#: Years per unit of NIH's age codes: '058Y' (years), '006M' (months), '002W' (weeks), '010D' (days).
+AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+def parse_ages(ages: pd.Series, source: str = "ages") -> pd.Series:
+    """Ages in years from NIH's ``Patient Age``: plain numbers (v2020) or ``058Y``/``006M``/``002W``/``010D``
+    codes (the 2017 release); values that are neither become missing, counted in one warning.
+
+    Example:
+        >>> parse_ages(pd.Series(["58", "058Y", "006M", "002W", "010D"])).round(3).tolist()
+        [58.0, 58.0, 0.5, 0.038, 0.027]
+    """
+    text = ages.astype(str).str.strip().str.upper()
+    parts = text.str.extract(r"^(\d+(?:\.\d+)?)\s*([YMWD]?)$")
+    value = pd.to_numeric(parts[0], errors="coerce")
+    years = value * parts[1].map(lambda unit: AGE_UNITS.get(unit or "Y", np.nan)).astype(float)
+    unparseable = years.isna() & ages.notna() & (text != "") & (text != "NAN")
+    if unparseable.any():
+        log.warning(
+            "%s: %d 'Patient Age' value(s) are not ages (e.g. %s) and are left missing; expected a number of "
+            "years or NIH's 058Y/006M/002W/010D codes",
+            source,
+            int(unparseable.sum()),
+            ", ".join(repr(v) for v in ages[unparseable].unique()[:3]),
+        )
+    return years
+
+
 class LabelIndexError(ValueError):
     """A label file that cannot be used; the message names the file and what is wrong."""
 
@@ -138,8 +166,7 @@ class NIHLabelIndex:
         if patient.isna().any():
             bad = raw.loc[patient.isna(), "Patient ID"].iloc[0]
             raise LabelIndexError(f"{source}: non-numeric 'Patient ID' {bad!r}")
-        # Early releases wrote ages as '058Y'; keep the number, drop implausible values.
-        age = pd.to_numeric(raw["Patient Age"].str.strip().str.rstrip("YyMmDd"), errors="coerce")
+        age = parse_ages(raw["Patient Age"], source)
         implausible = int((age > MAX_PLAUSIBLE_AGE).sum())
         if implausible:
             log.warning("%s: %d age(s) above %d set to missing", source, implausible, MAX_PLAUSIBLE_AGE)

@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from pneumo.data.decode import decode_grayscale
-from pneumo.data.store import absolute_location, is_url
+from pneumo.data.store import absolute_location, is_url, translate_error
 from pneumo.data.transforms import ResizeToUint8, build_tensor_transforms
+from pneumo.errors import PneumoError
 
 #: File name endings taken from a folder (other files there are skipped and reported).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -95,6 +96,28 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
         InputError: the location does not exist, or names no image.
     """
     location = absolute_location(str(inputs))
+    try:
+        refs, skipped = _resolve(location, storage_options, inputs)
+    except (InputError, PneumoError):
+        raise
+    except Exception as err:  # noqa: BLE001 - access errors (401/403, Requester Pays) name the setting to fix
+        raise translate_error(location, err) from err
+    if not refs:
+        raise InputError(
+            f"inputs={inputs}: holds no image (looked for {', '.join(IMAGE_SUFFIXES)} files"
+            f"{'; skipped ' + ', '.join(skipped[:5]) if skipped else ''})"
+        )
+    return refs, skipped
+
+
+def _is_file(fs, entry: Mapping) -> bool:
+    """A listed file; a symbolic link counts when it points to a file (fsspec lists links as ``other``)."""
+    if entry["type"] == "file":
+        return True
+    return bool(entry.get("islink")) and fs.isfile(entry["name"])
+
+
+def _resolve(location: str, storage_options: StorageOptions, inputs: str) -> tuple[list[ImageRef], list[str]]:
     fs, path = _fs(location, storage_options)
     if not fs.exists(path):
         raise InputError(f"inputs={inputs}: no such file, folder or object")
@@ -104,7 +127,7 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
         files = sorted(
             e["name"]
             for e in fs.ls(path, detail=True)
-            if e["type"] == "file" and not posixpath.basename(e["name"]).startswith(".")
+            if _is_file(fs, e) and not posixpath.basename(e["name"]).startswith(".")
         )
         images = [p for p in files if p.lower().endswith(IMAGE_SUFFIXES)]
         skipped = [posixpath.basename(p) for p in files if p not in images]
@@ -122,21 +145,16 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
             refs.append(ImageRef(posixpath.basename(entry.rstrip("/")), entry))
     else:
         refs = [ImageRef(posixpath.basename(path), _full(fs, path))]
-    if not refs:
-        raise InputError(
-            f"inputs={inputs}: holds no image (looked for {', '.join(IMAGE_SUFFIXES)} files"
-            f"{'; skipped ' + ', '.join(skipped[:5]) if skipped else ''})"
-        )
     return refs, skipped
 
 
 def read_bytes(location: str, storage_options: StorageOptions = None) -> bytes:
-    """The bytes at a path or URL (``FileNotFoundError`` naming it if absent)."""
+    """The bytes at a path or URL; ``ObjectNotFoundError`` / ``AccessDeniedError`` / ``ImageStoreError`` name it."""
     fs, path = _fs(location, storage_options)
     try:
         return fs.cat_file(path)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{location}: no such file or object") from err
+    except Exception as err:  # noqa: BLE001 - one error naming the object (and, for access, the setting)
+        raise translate_error(location, err) from err
 
 
 class Preprocessor:

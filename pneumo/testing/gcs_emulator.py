@@ -1,7 +1,8 @@
 """A Google Cloud Storage emulator on 127.0.0.1 for tests, benchmarks and trying the GCS path offline.
 
-It serves the real ``gcp-storage-emulator`` (pinned in the ``dev`` extra): its request handler and its
-in-memory storage, behind a socket server of ours that applies the lessons of DESIGN.md section 5:
+It serves the real ``gcp-storage-emulator`` (``pip install "pneumo[dev]"``): its request handler and its
+in-memory storage, behind a socket server of ours that fixes what makes the bare emulator unfit for
+concurrency and fault tests:
 
 - a listen backlog of 1024 (the emulator's ``HTTPServer`` keeps 5, and concurrent reads stall for seconds);
 - optionally one thread per request plus a fixed delay per request, modelling cloud latency (the emulator
@@ -14,10 +15,11 @@ in-memory storage, behind a socket server of ours that applies the lessons of DE
 stalls every call against an emulator). Clients are pointed at it explicitly (gcsfs ``endpoint_url``,
 google-cloud-storage ``client_options``), never at the real service.
 
-Command line (an emulator holding a demo set in NIH's layout: ``png/...``, CSVs and split lists)::
+Command line, from any directory (an emulator holding a demo set in NIH's layout: ``png/...``, CSVs and
+split lists)::
 
-    python -m tests.gcs_emulator --port 9023 --bucket nih-demo --n 200 --size 128 &
-    python -m tests.gcs_emulator --port 9023 --bucket nih-demo --wait    # returns once the bucket is served
+    python -m pneumo.testing.gcs_emulator --port 9023 --bucket nih-demo --n 200 --size 128 &
+    python -m pneumo.testing.gcs_emulator --port 9023 --bucket nih-demo --wait    # returns once it serves
 """
 
 from __future__ import annotations
@@ -156,8 +158,9 @@ class GCSEmulator:
         self.requests: list[RecordedRequest] = []
         #: Requester Pays buckets: name -> billing projects allowed (GCS checks the caller may bill them).
         self.requester_pays: dict[str, set[str]] = {}
-        #: fault hook: called with each request, returns an HTTP status to answer instead (or None).
-        self.fault: Callable[[RecordedRequest], int | None] | None = None
+        #: fault hook: called with each request, returns an HTTP status to answer instead, or ``(status,
+        #: message)`` to choose the error message too (or None to serve the request).
+        self.fault: Callable[[RecordedRequest], int | tuple[int, str] | None] | None = None
         self.port = 0
         self._server: http.server.HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -218,9 +221,11 @@ class GCSEmulator:
     # ------------------------------------------------------------------ behaviour
     def _refusal(self, rec: RecordedRequest) -> tuple[int, str] | None:
         if self.fault is not None:
-            status = self.fault(rec)
-            if status:
-                return status, f"injected fault {status}"
+            answer = self.fault(rec)
+            if isinstance(answer, tuple):
+                return answer
+            if answer:
+                return answer, f"injected fault {answer}"
         if rec.bucket in self.requester_pays:
             project = (rec.query.get("userProject") or [None])[0]
             if not project:
@@ -326,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pneumo.data.synthetic import write_synthetic_dataset
 
-    parser = argparse.ArgumentParser(prog="python -m tests.gcs_emulator", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pneumo.testing.gcs_emulator", description=main.__doc__)
     parser.add_argument("--port", type=int, default=9023)
     parser.add_argument("--bucket", default="nih-demo")
     parser.add_argument("--n", type=int, default=200, help="demo images")
