@@ -19,7 +19,7 @@ from pneumo.data.datamodule import NIHDataModule
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.index import main as index_main
 from pneumo.data.synthetic_like_index import write_like_index
-from tests.conftest import BILLING_PROJECT, ROOT, run_cli
+from tests.helpers import BILLING_PROJECT, ROOT, run_cli
 
 #: Published facts of NIH ChestX-ray14 (ATTRIBUTION.md; NIH's release notes), not computed by pneumo.
 NIH_IMAGES, NIH_PATIENTS, NIH_PNEUMONIA, NIH_TRAIN_VAL, NIH_TEST = 112_120, 30_805, 1_431, 86_524, 25_596
