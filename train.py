@@ -8,18 +8,17 @@ import hydra
 from omegaconf import DictConfig
 
 from pneumo.training import metric_value, train
+from pneumo.utils.cli import user_errors
 
 log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    # A user error: one line on stderr, exit 2, traceback in train.log only; a bug: its traceback, once.
+    with user_errors(log):
         metrics, _ = train(cfg)
-    except Exception:
-        log.exception("training failed")
-        raise
-    value = metric_value(metrics, cfg.get("optimized_metric"))
+        value = metric_value(metrics, cfg.get("optimized_metric"))
     for name in ("val/auroc", "test/auroc", "test/auprc"):
         if name in metrics:
             log.info("%s = %.4f", name, float(metrics[name]))

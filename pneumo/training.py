@@ -17,8 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo.data.storage import redact_secrets
+from pneumo.errors import ConfigError
 from pneumo.evaluation.evaluate import write_evaluation
 from pneumo.evaluation.report import EvalSettings
+from pneumo.preflight import check_network_input, check_train_config
 from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
         if spec is None:
             continue
         if not isinstance(spec, DictConfig) or "_target_" not in spec:
-            raise ValueError(f"{kind}.{name} must be a config with a _target_, got {spec!r}")
+            raise ConfigError(f"{kind}.{name} must be a config with a _target_, got {spec!r}")
         log.info("instantiating %s <%s>", kind, spec._target_)
         objects.append(hydra.utils.instantiate(spec))
     return objects
@@ -48,12 +50,22 @@ def without_logger_callbacks(callbacks: list[Any]) -> list[Any]:
     return kept
 
 
+class TrainedBatches(L.Callback):
+    """Counts the training batches this process ran: a fit that trained none must not look like a run."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.batches += 1
+
+
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
     """The optimized metric as a float (for Hydra sweepers); a clear error when it was never logged."""
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
+        raise ConfigError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
     value = metrics[name]
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
@@ -62,12 +74,12 @@ def load_checkpoint_model(cfg: DictConfig) -> L.LightningModule:
     """The model of ``cfg.ckpt_path`` (architecture and task from the checkpoint), for evaluation only."""
     path = cfg.get("ckpt_path")
     if not path:
-        raise ValueError(
+        raise ConfigError(
             "train=false evaluates a checkpoint: pass ckpt_path=PATH "
             "(e.g. ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt)"
         )
     if not Path(path).is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist (or is not a file)")
+        raise ConfigError(f"ckpt_path={path} does not exist (or is not a file)")
     model_class = hydra.utils.get_class(cfg.model._target_)
     log.info("loading %s from %s", model_class.__name__, path)
     # The rule of this run's eval config replaces the saved one; validation re-applies it to the weights.
@@ -82,6 +94,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     With ``train=false`` the checkpoint ``ckpt_path`` is evaluated instead (validation picks the operating
     point, then test and the report).
     """
+    check_train_config(cfg)  # values checkable without data: before anything is built or fetched
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     settings = EvalSettings.from_config(to_plain(cfg.get("eval")))
@@ -93,10 +106,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     else:
         log.info("instantiating model <%s>", cfg.model._target_)
         model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    image_size = getattr(datamodule, "hparams", {}).get("image_size")
+    if image_size is not None and hasattr(model, "net"):
+        check_network_input(model.net, image_size)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers:
         callbacks = without_logger_callbacks(callbacks)
+    trained = TrainedBatches()
+    callbacks.append(trained)
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -107,6 +125,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("train"):
         log.info("training")
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if trained.batches == 0:  # e.g. resumed from a checkpoint that had already reached max_epochs
+            why = (
+                f"ckpt_path={cfg.ckpt_path} had already reached trainer.max_epochs={cfg.trainer.get('max_epochs')}"
+                if cfg.get("ckpt_path")
+                else "the trainer's limits allow no batch"
+            )
+            raise ConfigError(
+                f"the run trained no batch ({why}): raise trainer.max_epochs to train on, or evaluate the "
+                "checkpoint with train=false ckpt_path=CKPT; no test report was written"
+            )
         metrics.update(trainer.callback_metrics)
 
     report = None

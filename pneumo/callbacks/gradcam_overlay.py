@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from pneumo.data.boxes import BoxList, scaled_to
+from pneumo.errors import ConfigError
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
 
@@ -61,9 +62,9 @@ class GradCamOverlayCallback(L.Callback):
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
-            raise ValueError(f"callbacks.gradcam_overlay.every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise ConfigError(f"callbacks.gradcam_overlay.every_n_epochs must be >= 1, got {every_n_epochs}")
         if num_positives < 0 or num_negatives < 0 or num_positives + num_negatives == 0:
-            raise ValueError("callbacks.gradcam_overlay needs num_positives + num_negatives > 0 (both >= 0)")
+            raise ConfigError("callbacks.gradcam_overlay needs num_positives + num_negatives > 0 (both >= 0)")
         self.every_n_epochs, self.num_positives, self.num_negatives = (
             every_n_epochs,
             num_positives,

@@ -24,6 +24,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from pneumo.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ class PerformanceTuning(L.Callback):
         matmul_precision: str | None = "high",
     ) -> None:
         if matmul_precision not in (None, "highest", "high", "medium"):
-            raise ValueError(
+            raise ConfigError(
                 f"callbacks.performance.matmul_precision must be highest, high, medium or null, got {matmul_precision!r}"
             )
         self.channels_last, self.compile = channels_last, compile

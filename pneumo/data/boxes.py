@@ -20,13 +20,14 @@ import fsspec
 import numpy as np
 import pandas as pd
 
+from pneumo.errors import PneumoError
 from pneumo.data.findings import BBOX_LABEL_ALIASES, FINDINGS, PNEUMONIA
 from pneumo.data.nih import verified
 
 _COLUMNS = ("image", "finding", "x", "y", "w", "h")
 
 
-class BoxListError(ValueError):
+class BoxListError(PneumoError, ValueError):
     """A box file that cannot be used; the message names the file and what is wrong."""
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo.errors import ConfigError, PneumoError
 from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.storage import redact_url
 from pneumo.data.store import ImageStore, ObjectNotFoundError
@@ -60,7 +61,7 @@ STATUS_NAMES = {TODO: "not done", CACHED: "cached", MISSING: "missing", BAD: "ba
 POLICIES = ("error", "skip")
 
 
-class CacheError(RuntimeError):
+class CacheError(PneumoError, RuntimeError):
     """A cache that cannot be built or used; the message names the folder and what to do."""
 
 
@@ -83,7 +84,7 @@ def cache_fingerprint(images_url: str, names: Sequence[str], image_size: int) ->
 
 def check_policy(value: str, key: str) -> str:
     if value not in POLICIES:
-        raise ValueError(f"{key} must be one of {POLICIES}, got {value!r}")
+        raise ConfigError(f"{key} must be one of {POLICIES}, got {value!r}")
     return value
 
 

@@ -23,6 +23,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from pneumo.errors import ConfigError, PneumoError
 from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache, check_policy
 from pneumo.data.dataset import NIHImageDataset, StreamingSource
 from pneumo.data.index import NIHLabelIndex
@@ -36,7 +37,7 @@ from pneumo.utils.config import to_plain
 log = logging.getLogger(__name__)
 
 
-class DataRootError(FileNotFoundError):
+class DataRootError(PneumoError, FileNotFoundError):
     """The images or labels are not where the configuration says."""
 
 
@@ -110,9 +111,9 @@ class NIHDataModule(L.LightningDataModule):
         super().__init__()
         split_lists, synthetic, views, augment = map(to_plain, (split_lists, synthetic, views, augment))
         if split_lists is not None and set(split_lists) != {"train_val", "test"}:
-            raise ValueError(f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}")
+            raise ConfigError(f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}")
         if cache and not cache_dir:
-            raise ValueError("data.cache=true needs data.cache_dir (a local folder for the image cache)")
+            raise ConfigError("data.cache=true needs data.cache_dir (a local folder for the image cache)")
         check_policy(on_missing, "data.on_missing")
         check_policy(on_bad_image, "data.on_bad_image")
         self.images_url = absolute_location(images_url)

@@ -8,11 +8,13 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from pneumo.errors import PneumoError
+
 #: Refuse images with more pixels than this (NIH's are 1024 x 1024 to ~3000 x 3000): a decompression bomb.
 MAX_PIXELS = 64_000_000
 
 
-class BadImageError(ValueError):
+class BadImageError(PneumoError, ValueError):
     """Bytes that are not a usable image; the message names the object."""
 
 

@@ -27,9 +27,10 @@ import fsspec
 import numpy as np
 import pandas as pd
 
+from pneumo.errors import PneumoError
 from pneumo.data.findings import FINDINGS, NO_FINDING, PNEUMONIA_INDEX
 from pneumo.data.nih import verified
-from pneumo.utils.cli import print_json
+from pneumo.utils.cli import print_json, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def parse_ages(ages: pd.Series, source: str = "ages") -> pd.Series:
     return years
 
 
-class LabelIndexError(ValueError):
+class LabelIndexError(PneumoError, ValueError):
     """A label file that cannot be used; the message names the file and what is wrong."""
 
 
@@ -267,8 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     the official split (``train_val_list.txt``, ``test_list.txt``), nothing downloaded.
     """
     from pneumo.data.nih import location
-    from pneumo.data.splits import SplitError, read_image_list
-    from pneumo.errors import USER_ERROR_EXIT, PneumoError
+    from pneumo.data.splits import read_image_list
 
     parser = argparse.ArgumentParser(prog="python -m pneumo.data.index", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -289,15 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if csv is None:
         csv = location("Data_Entry_2017_v2020.csv.gz")
         lists = lists or [location("train_val_list.txt"), location("test_list.txt")]
-    try:
+    with user_errors():
         index = NIHLabelIndex.from_csv(csv, views=args.views)
         splits = None
         if lists:
             splits = {"train_val": read_image_list(lists[0]), "test": read_image_list(lists[1])}
         summary = index.summary(splits)
-    except (LabelIndexError, SplitError, PneumoError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return USER_ERROR_EXIT
     print_json(summary)
     return 0
 

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
+from pneumo.errors import PneumoError
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.nih import verified
 
 log = logging.getLogger(__name__)
 
 
-class SplitError(ValueError):
+class SplitError(PneumoError, ValueError):
     """Split lists that cannot be used, or splits that share patients."""
 
 

@@ -38,8 +38,9 @@ import fsspec
 import numpy as np
 from PIL import Image
 
+from pneumo.errors import ConfigError
 from pneumo.data.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
-from pneumo.utils.cli import print_json
+from pneumo.utils.cli import print_json, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     """
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
     if cfg.n < 10:
-        raise ValueError(f"a synthetic data set needs at least 10 images, got n={cfg.n}")
+        raise ConfigError(f"a synthetic data set needs at least 10 images, got n={cfg.n}")
     rng = np.random.default_rng(cfg.seed)
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
@@ -287,11 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     like.add_argument("--workers", type=int, help="rendering processes (default: the CPUs available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    if args.like_index is not None:
-        from pneumo.data.synthetic_like_index import write_like_index
-        from pneumo.errors import USER_ERROR_EXIT, PneumoError
+    with user_errors():
+        if args.like_index is not None:
+            from pneumo.data.synthetic_like_index import write_like_index
 
-        try:
             manifest = write_like_index(
                 args.out,
                 index_csv=args.like_index or None,
@@ -301,22 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 noise=args.noise,
                 workers=args.workers,
             )
-        except (
-            PneumoError,
-            ValueError,
-        ) as err:  # LabelIndexError, BoxListError, SplitError, ShippedFileError
-            print("error: " + " ".join(str(err).split()), file=sys.stderr)
-            return USER_ERROR_EXIT
-    else:
-        manifest = write_synthetic_dataset(
-            args.out,
-            n=args.n,
-            size=args.size,
-            seed=args.seed,
-            pneumonia_fraction=args.pneumonia_fraction,
-            test_fraction=args.test_fraction,
-            noise=args.noise,
-        )
+        else:
+            manifest = write_synthetic_dataset(
+                args.out,
+                n=args.n,
+                size=args.size,
+                seed=args.seed,
+                pneumonia_fraction=args.pneumonia_fraction,
+                test_fraction=args.test_fraction,
+                noise=args.noise,
+            )
     print_json({k: v for k, v in manifest.items() if k != "findings"})
     return 0
 

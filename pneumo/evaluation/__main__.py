@@ -8,26 +8,21 @@ setting that cannot be used stops with one line naming it (exit status 2).
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo.data.index import LabelIndexError
-from pneumo.errors import USER_ERROR_EXIT, PneumoError
-from pneumo.evaluation.files import EvaluateError, evaluate_files
+from pneumo.evaluation.files import evaluate_files
 from pneumo.evaluation.report import EvalSettings
+from pneumo.utils.cli import user_errors
 
 log = logging.getLogger("pneumo.evaluation")
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate.yaml")
 def main(cfg: DictConfig) -> None:
-    try:
-        try:
-            settings = EvalSettings.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-        except ValueError as err:
-            raise EvaluateError(str(err)) from err
+    with user_errors(log):
+        settings = EvalSettings.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
         report = evaluate_files(
             predictions=cfg.predictions,
             out_dir=cfg.out_dir,
@@ -39,9 +34,6 @@ def main(cfg: DictConfig) -> None:
             split=cfg.split,
             storage=OmegaConf.to_container(cfg.storage, resolve=True),
         )
-    except (PneumoError, LabelIndexError) as err:
-        log.error("%s", err)
-        sys.exit(USER_ERROR_EXIT)
     m, t = report["metrics"]["auroc"], report["threshold"]
     ci = f" (95% CI {m['ci'][0]:.4f}-{m['ci'][1]:.4f})" if m["ci"] else ""
     value = "n/a" if m["value"] is None else f"{m['value']:.4f}"

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumo.errors import ConfigError
+
 #: Below this share of resamples with a defined statistic, no interval is reported.
 MIN_VALID_SHARE = 0.5
 
@@ -73,9 +75,9 @@ class ClusterBootstrap:
         unit_name: str = "patient",
     ) -> None:
         if resamples < 1:
-            raise ValueError(f"eval.bootstrap.resamples must be >= 1, got {resamples}")
+            raise ConfigError(f"eval.bootstrap.resamples must be >= 1, got {resamples}")
         if not 0.0 < level < 1.0:
-            raise ValueError(f"eval.bootstrap.level must be in (0, 1), got {level}")
+            raise ConfigError(f"eval.bootstrap.level must be in (0, 1), got {level}")
         units_were_images = units is None
         if units is None:
             if n is None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumo.errors import ConfigError
+
 #: Names of the threshold-dependent metrics, in report order.
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
 
@@ -215,7 +217,7 @@ def calibration(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> Calibration
         0.0
     """
     if bins < 1:
-        raise ValueError(f"eval.calibration_bins must be >= 1, got {bins}")
+        raise ConfigError(f"eval.calibration_bins must be >= 1, got {bins}")
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
     if len(y) == 0:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pneumo.errors import ConfigError
 from pneumo.evaluation.adjudicated import REFERENCE_TEXT, match_reference
 from pneumo.evaluation.bootstrap import ClusterBootstrap, Interval
 from pneumo.evaluation.metrics import (
@@ -87,7 +88,7 @@ class EvalSettings:
             f"bootstrap.{k}" for k in sorted(set(boot) - {"resamples", "seed", "level"})
         ]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown eval config key(s) {unknown}; known: {sorted(known)} and bootstrap.resamples/seed/level"
             )
         settings = cls(
@@ -102,7 +103,7 @@ class EvalSettings:
         ThresholdRule.parse(settings.threshold)  # fail early on a bad rule
         ClusterBootstrap(n=1, resamples=settings.resamples, level=settings.level)
         if settings.calibration_bins < 1:
-            raise ValueError(f"eval.calibration_bins must be >= 1, got {settings.calibration_bins}")
+            raise ConfigError(f"eval.calibration_bins must be >= 1, got {settings.calibration_bins}")
         return settings
 
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from pneumo.errors import ConfigError
+
 UNKNOWN = "unknown"
 
 
@@ -23,7 +25,7 @@ def age_band_labels(edges: Sequence[float]) -> list[str]:
     """Labels of the bands cut at ``edges``: ``[40, 60]`` -> ``<40``, ``40-59``, ``60+``."""
     edges = [float(e) for e in edges]
     if any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"eval.age_bands must be increasing ages, got {edges}")
+        raise ConfigError(f"eval.age_bands must be increasing ages, got {edges}")
     if not edges:
         return ["all ages"]
     labels = [f"<{edges[0]:g}"]

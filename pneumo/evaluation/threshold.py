@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumo.errors import ConfigError
 from pneumo.evaluation.metrics import RankedScores
 
 _TARGET = re.compile(r"^(sensitivity|specificity)@([0-9]*\.?[0-9]+)$")
@@ -46,7 +47,7 @@ class ThresholdRule:
         if isinstance(rule, ThresholdRule):
             return rule
         if isinstance(rule, bool):
-            raise ValueError(f"eval.threshold must be {RULE_HELP}, got {rule!r}")
+            raise ConfigError(f"eval.threshold must be {RULE_HELP}, got {rule!r}")
         if isinstance(rule, int | float):
             value = float(rule)
         else:
@@ -57,14 +58,14 @@ class ThresholdRule:
             if match:
                 target = float(match.group(2))
                 if not 0.0 < target <= 1.0:
-                    raise ValueError(f"eval.threshold {rule!r}: the target must be in (0, 1], got {target}")
+                    raise ConfigError(f"eval.threshold {rule!r}: the target must be in (0, 1], got {target}")
                 return cls(match.group(1), target)
             try:
                 value = float(text)
             except ValueError:
-                raise ValueError(f"eval.threshold must be {RULE_HELP}, got {rule!r}") from None
+                raise ConfigError(f"eval.threshold must be {RULE_HELP}, got {rule!r}") from None
         if not 0.0 <= value <= 1.0 or not np.isfinite(value):
-            raise ValueError(f"eval.threshold as a fixed number must be in [0, 1], got {value}")
+            raise ConfigError(f"eval.threshold as a fixed number must be in [0, 1], got {value}")
         return cls("fixed", value)
 
     def __str__(self) -> str:

@@ -9,6 +9,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from pneumo.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,15 +29,17 @@ def load_initial_weights(net: nn.Module, path: str, prefix: str = "net.") -> Non
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"model.init_weights: {path} does not exist") from err
+        raise ConfigError(f"model.init_weights: {path} does not exist") from err
     state = blob.get("state_dict", blob) if isinstance(blob, Mapping) else None
     if not isinstance(state, Mapping):
-        raise ValueError(f"model.init_weights: {path} holds no state_dict")
+        raise ConfigError(f"model.init_weights: {path} holds no state_dict")
     state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise ValueError(f"model.init_weights: no tensor of {path} matches the network (wrong architecture?)")
+        raise ConfigError(
+            f"model.init_weights: no tensor of {path} matches the network (wrong architecture?)"
+        )
     skipped = sorted(set(own) - set(usable))
     net.load_state_dict(usable, strict=False)
     log.info(

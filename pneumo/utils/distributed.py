@@ -30,6 +30,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+from pneumo.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ def shard_sampler(
         )
     if isinstance(sampler, SequentialSampler | DistributedSampler):
         if 0 < len(dataloader.dataset) < num_replicas:
-            raise ValueError(
+            raise ConfigError(
                 f"a split of {len(dataloader.dataset)} images cannot be shared by {num_replicas} ranks "
                 "(a rank would get none); use fewer devices"
             )

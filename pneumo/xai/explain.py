@@ -42,6 +42,7 @@ from pneumo.data.index import NIHLabelIndex
 from pneumo.data.splits import make_splits, read_image_list
 from pneumo.data.storage import StorageSettings
 from pneumo.data.store import absolute_location, location_exists
+from pneumo.errors import ConfigError, PneumoError
 from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PneumoError, ValueError):
     """A checkpoint that is missing or does not hold a pneumo classifier; the message names it."""
 
 
@@ -149,7 +150,7 @@ def load_classifier(
 def split_refs(dhp: Mapping, split: str, storage_options: StorageOptions = None) -> list[ImageRef]:
     """The images of one split of the checkpoint's data set, rebuilt from its saved settings."""
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}: choose one of {list(SPLITS)}")
+        raise ConfigError(f"split={split!r}: choose one of {list(SPLITS)}")
     so = lambda url: options_for(url, storage_options)  # noqa: E731
     index = NIHLabelIndex.from_csv(dhp["labels_url"], so(dhp["labels_url"]), views=dhp.get("views"))
     lists = dhp.get("split_lists") or {}
@@ -245,7 +246,7 @@ def explain_images(
             Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
     """
     if (inputs is None) == (split is None):
-        raise ValueError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
+        raise ConfigError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     given = {k: v for k, v in dict(storage or {}).items() if v is not None}
     model, dhp = load_classifier(ckpt_path, dev, StorageSettings.from_config(given).options_for)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
+from pneumo.errors import PneumoError
 from pneumo.models.tasks import task_of
 
 #: Default Grad-CAM layer of MONAI's DenseNet121: the 1x1 convolution of transition block 2, before its
@@ -45,7 +46,7 @@ def pneumonia_probability(model: nn.Module, logits: torch.Tensor) -> torch.Tenso
     return task_of(model).pneumonia_probability(logits)
 
 
-class GradCamError(ValueError):
+class GradCamError(PneumoError, ValueError):
     """A Grad-CAM setting that cannot work (unknown layer, bad target); the message says which."""
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pneumo.data.boxes import scaled_to
+from pneumo.errors import ConfigError
 
 #: Wang et al. 2017's thresholds of the localisation table.
 WANG_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -79,7 +80,7 @@ def heatmap_boxes(
         source_shape: ``(H, W)`` of the source image: boxes are scaled to its pixels.
     """
     if top_k < 1:
-        raise ValueError(f"boxes.top_k must be >= 1, got {top_k}")
+        raise ConfigError(f"boxes.top_k must be >= 1, got {top_k}")
     heat = np.asarray(heatmap, dtype=np.float64)
     if heat.ndim != 2:
         raise ValueError(f"a heatmap must be 2-D (H, W), got shape {heat.shape}")

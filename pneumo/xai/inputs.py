@@ -33,7 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-class InputError(ValueError):
+class InputError(PneumoError, ValueError):
     """Inputs that cannot be resolved; the message names them and what to do."""
 
 
