@@ -13,20 +13,16 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo.data.boxes import BoxListError
-from pneumo.data.index import LabelIndexError
-from pneumo.data.splits import SplitError
-from pneumo.errors import PneumoError
-from pneumo.xai.explain import CheckpointError, explain_images, format_summary
-from pneumo.xai.gradcam import GradCamError
-from pneumo.xai.inputs import InputError
+from pneumo.utils.cli import user_errors
+from pneumo.xai.explain import explain_images, format_summary
 
 log = logging.getLogger("explain")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="explain.yaml")
 def main(cfg: DictConfig) -> None:
-    try:
+    # A user error: one line on stderr, exit 2, traceback in explain.log only; a bug keeps its traceback.
+    with user_errors(log):
         result = explain_images(
             ckpt_path=cfg.ckpt_path,
             out_dir=cfg.out_dir,
@@ -47,18 +43,6 @@ def main(cfg: DictConfig) -> None:
             storage=OmegaConf.to_container(cfg.storage, resolve=True),
             progress=cfg.progress,
         )
-    except (
-        PneumoError,
-        CheckpointError,
-        InputError,
-        GradCamError,
-        LabelIndexError,
-        BoxListError,
-        SplitError,
-        ValueError,
-    ) as err:
-        log.error("%s", err)
-        sys.exit(2)
     n_ok, n_bad = len(result.predictions), len(result.failed)
     log.info(
         "explained %d image(s) -> %s (predictions.csv, boxes.csv, overlays/, heatmaps/)", n_ok, result.out_dir

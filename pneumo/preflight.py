@@ -78,13 +78,6 @@ def check_train_config(cfg: DictConfig) -> None:
             "size": (int, 8, None, False, False),
             "pneumonia_fraction": (float, 0, 1, True, True),
         })  # fmt: skip
-        _check_numbers(data.get("io"), "data.io", {
-            "concurrency": (int, 1, None, False, False),
-            "request_timeout_s": (float, 0, None, True, False),
-            "retry_deadline_s": (float, 0, None, True, False),
-            "retry_backoff_s": (float, 0, None, False, False),
-            "retry_backoff_max_s": (float, 0, None, False, False),
-        })  # fmt: skip
         augment = data.get("augment")
         if augment is not None and augment.get("enabled", True):
             _check_numbers(augment, "data.augment", {

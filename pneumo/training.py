@@ -96,7 +96,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     check_train_config(cfg)  # values checkable without data: before anything is built or fetched
     if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+        # Lightning would print "Seed set to" on stderr; our log keeps it with the run's other lines.
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        log.info("seed %s (torch, numpy, python and data-loader workers)", cfg.seed)
     settings = EvalSettings.from_config(to_plain(cfg.get("eval")))
 
     log.info("instantiating data <%s>", cfg.data._target_)

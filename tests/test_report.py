@@ -13,6 +13,7 @@ import torch
 from omegaconf import open_dict
 from sklearn.metrics import average_precision_score, recall_score, roc_auc_score
 
+from pneumo.errors import PneumoError
 from pneumo.training import train
 from tests.helpers import ROOT, run_cli, tiny_overrides
 
@@ -144,9 +145,9 @@ def test_evaluation_only_needs_a_checkpoint(compose_train, demo_root: Path, tmp_
     _, objects = train(compose_train([*tiny_overrides(demo_root, tmp_path), "train=false", "test=false"]))
     assert objects["report"] is None and not (tmp_path / "run" / "report.json").exists()
     cfg = compose_train([*tiny_overrides(demo_root, tmp_path), "train=false"])
-    with pytest.raises(ValueError, match="pass ckpt_path=PATH"):
+    with pytest.raises(PneumoError, match="pass ckpt_path=PATH"):
         train(cfg)
     with open_dict(cfg):
         cfg.ckpt_path = str(tmp_path / "nope.ckpt")
-    with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
+    with pytest.raises(PneumoError, match="nope.ckpt does not exist"):
         train(cfg)

@@ -1,0 +1,38 @@
+"""User errors of ``train.py``: one line on stderr, exit 2, nothing built; the traceback only in train.log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, tiny_overrides
+
+BAD_VALUES = [
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("data.batch_size=abc", "data.batch_size='abc'"),
+    ("data.image_size=7", "data.image_size=7 is too small"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
+    ("model.class_weights=[1,2,3]", "model.class_weights"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "named"), BAD_VALUES, ids=[v[0] for v in BAD_VALUES])
+def test_a_bad_value_stops_before_any_data_work_with_one_line(
+    override: str, named: str, tmp_path: Path
+) -> None:
+    data_root = tmp_path / "nih_demo"  # not written yet: the run must stop before generating or caching it
+    proc = run_cli(["train.py", *tiny_overrides(data_root, tmp_path), override, "logger=none"], cwd=ROOT)
+    stderr_lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(stderr_lines) == 1 and stderr_lines[0].startswith("error: "), proc.stderr
+    assert named in stderr_lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not data_root.exists(), "the demo set was generated before the config was checked"
+    assert not (tmp_path / "data" / "cache").exists(), (
+        "an image cache was built before the config was checked"
+    )
+    (log_file,) = (tmp_path / "train" / "runs").glob("*/train.log")
+    log_text = log_file.read_text()
+    assert "Traceback" in log_text and named in log_text  # the detail is kept, in the run's log only
