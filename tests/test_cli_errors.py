@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.helpers import ROOT, run_cli, tiny_overrides
 
 BAD_VALUES = [
     ("data.batch_size=0", "data.batch_size=0"),
