@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> None:
             top_k=cfg.boxes.top_k,
             storage=OmegaConf.to_container(cfg.storage, resolve=True),
             progress=cfg.progress,
+            dicom_voi=cfg.get("dicom_voi"),
         )
     n_ok, n_bad = len(result.predictions), len(result.failed)
     log.info(

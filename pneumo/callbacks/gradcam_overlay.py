@@ -15,7 +15,6 @@ Example (``conf/callbacks/gradcam_overlay.yaml`` turns it on in the default call
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
@@ -23,9 +22,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image
 
 from pneumo.data.boxes import BoxList, scaled_to
+from pneumo.data.decode import image_shape
 from pneumo.errors import ConfigError
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
@@ -133,8 +132,7 @@ class GradCamOverlayCallback(L.Callback):
             for name in names:
                 raw = table.for_image(name)
                 if len(raw):
-                    with Image.open(io.BytesIO(store.read(name))) as img:  # header only: the source size
-                        source = (img.height, img.width)
+                    source = image_shape(store.read(name), name)  # header only (PNG or DICOM)
                     raw = scaled_to(raw, source, tuple(shape))
                 out.append(raw)
             return out

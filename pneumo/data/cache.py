@@ -65,8 +65,15 @@ class CacheError(PneumoError, RuntimeError):
     """A cache that cannot be built or used; the message names the folder and what to do."""
 
 
-def cache_fingerprint(images_url: str, names: Sequence[str], image_size: int) -> str:
-    """SHA-256 of what determines the cached bytes: images root, ordered image names, image size, format.
+def cache_fingerprint(
+    images_url: str,
+    names: Sequence[str],
+    image_size: int,
+    image_suffix: str | None = None,
+    dicom_voi: str = "auto",
+) -> str:
+    """SHA-256 of what determines the cached bytes: images root, ordered image names, image size, format,
+    and (when not the defaults) the object names' suffix and the DICOM grey-level mode.
 
     Example:
         >>> a = cache_fingerprint("gs://b/png", ["1.png", "2.png"], 224)
@@ -75,7 +82,10 @@ def cache_fingerprint(images_url: str, names: Sequence[str], image_size: int) ->
     """
     digest = hashlib.sha256()
     head = {"format": FORMAT_VERSION, "stage": "ResizeToUint8(box)", "images_url": redact_url(images_url)}
-    digest.update(json.dumps({**head, "image_size": int(image_size)}, sort_keys=True).encode())
+    # Added only when set, so the caches of PNG sources keep their fingerprints.
+    decoding = {"image_suffix": image_suffix} if image_suffix else {}
+    decoding.update({"dicom_voi": dicom_voi} if dicom_voi != "auto" else {})
+    digest.update(json.dumps({**head, "image_size": int(image_size), **decoding}, sort_keys=True).encode())
     for name in names:
         digest.update(str(name).encode())
         digest.update(b"\n")
@@ -127,17 +137,26 @@ class ImageCache:
         images_url: root the images are read from (part of the fingerprint).
         names: image names in array order (the label index's ``Image Index`` column).
         image_size: side of the stored images (``data.image_size``).
+        image_suffix: the suffix of the objects' names (``data.image_suffix``), part of the fingerprint.
+        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.data.dicom``).
     """
 
     def __init__(
-        self, cache_dir: str | os.PathLike, images_url: str, names: Sequence[str], image_size: int
+        self,
+        cache_dir: str | os.PathLike,
+        images_url: str,
+        names: Sequence[str],
+        image_size: int,
+        image_suffix: str | None = None,
+        dicom_voi: str = "auto",
     ) -> None:
         self.names = [str(n) for n in names]
         if not self.names:
             raise CacheError("no images to cache (the label index is empty)")
         self.images_url = images_url
         self.size = int(image_size)
-        self.fingerprint = cache_fingerprint(images_url, self.names, self.size)
+        self.dicom_voi = dicom_voi
+        self.fingerprint = cache_fingerprint(images_url, self.names, self.size, image_suffix, dicom_voi)
         self.dir = Path(cache_dir).expanduser().absolute() / f"{self.size}px-{self.fingerprint[:16]}"
         self.item_bytes = self.size * self.size
 
@@ -315,9 +334,9 @@ class ImageCache:
         last_commit = time.monotonic()
         names = [self.names[i] for i in todo]
         if workers > 0:
-            results = _results_from_processes(store, names, self.size, workers)
+            results = _results_from_processes(store, names, self.size, workers, self.dicom_voi)
         else:
-            results = store.map_unordered(names, PixelDecoder(store, self.size))
+            results = store.map_unordered(names, PixelDecoder(store, self.size, self.dicom_voi))
         try:
             for j, result in results:
                 row = int(todo[j])
@@ -450,24 +469,25 @@ class CachedSource:
 
 class PixelDecoder:
     """Object bytes -> decoded, resized ``(size, size)`` uint8 pixels: what the cache stores and what streaming
-    yields (the ``work`` of ``ImageStore.map_unordered``); bad images raise ``BadImageError`` naming the URL."""
+    yields (the ``work`` of ``ImageStore.map_unordered``); bad images raise ``BadImageError`` naming the URL.
+    PNG, JPEG and DICOM alike (``decode_grayscale``; ``dicom_voi`` sets DICOM's grey levels)."""
 
-    def __init__(self, store: ImageStore, size: int) -> None:
-        self.store, self.resize = store, ResizeToUint8(size)
+    def __init__(self, store: ImageStore, size: int, dicom_voi: str = "auto") -> None:
+        self.store, self.resize, self.dicom_voi = store, ResizeToUint8(size), dicom_voi
 
     def __call__(self, name: str, data: bytes) -> np.ndarray:
-        return self.resize(decode_grayscale(data, self.store.url(name)))
+        return self.resize(decode_grayscale(data, self.store.url(name), self.dicom_voi))
 
 
 _worker_decoder: PixelDecoder | None = None
 
 
-def _init_worker(store: ImageStore, size: int) -> None:
+def _init_worker(store: ImageStore, size: int, dicom_voi: str) -> None:
     global _worker_decoder
     import torch
 
     torch.set_num_threads(1)  # one core per process: the pool is the parallelism
-    _worker_decoder = PixelDecoder(store, size)
+    _worker_decoder = PixelDecoder(store, size, dicom_voi)
 
 
 def _decode_chunk(names: list[str]) -> list[tuple[int, object]]:
@@ -484,13 +504,13 @@ def _decode_chunk(names: list[str]) -> list[tuple[int, object]]:
 
 
 def _results_from_processes(
-    store: ImageStore, names: list[str], size: int, workers: int
+    store: ImageStore, names: list[str], size: int, workers: int, dicom_voi: str = "auto"
 ) -> Iterator[tuple[int, object]]:
     """``(position, pixels or exception)`` for ``names``, decoded in ``workers`` processes (chunks in flight)."""
     chunk = max(8, 2 * store.concurrency)
     starts = list(range(0, len(names), chunk))
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(store, size))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(store, size, dicom_voi))
     pending: dict[Future, int] = {}
     next_chunk = 0
     finished = False

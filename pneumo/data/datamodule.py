@@ -29,7 +29,8 @@ from pneumo.data.dataset import NIHImageDataset, StreamingSource
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.splits import PatientSplit, make_splits, read_image_list
 from pneumo.data.storage import StorageSettings, redact_url
-from pneumo.data.store import ImageStore, absolute_location, location_exists, translate_error
+from pneumo.data.store import ImageStore, absolute_location, location_exists, object_name, translate_error
+from pneumo.data.dicom import check_voi
 from pneumo.data.synthetic import ensure_synthetic_dataset
 from pneumo.data.transforms import build_tensor_transforms
 from pneumo.utils.config import to_plain
@@ -61,7 +62,8 @@ class NIHDataModule(L.LightningDataModule):
     """Patient-disjoint train/val/test loaders of 1-channel float images and pneumonia labels.
 
     Args:
-        images_url: folder or fsspec URL holding the PNGs named by ``Image Index`` (``gs://bucket/png``).
+        images_url: folder or fsspec URL holding the images named by ``Image Index`` (``gs://bucket/png``),
+            PNG, JPEG or DICOM (``gs://bucket/dicom`` with ``image_suffix=".dcm"``).
         labels_url: NIH ``Data_Entry_2017*.csv`` (path or URL, plain or ``.gz``).
         split_lists: ``{"train_val": URL, "test": URL}`` (NIH's official lists) or ``None`` for a seeded
             patient-grouped split.
@@ -83,6 +85,9 @@ class NIHDataModule(L.LightningDataModule):
         on_missing: ``error`` (stop, naming the object) or ``skip`` (leave it out, count it) for missing objects.
         on_bad_image: the same for objects that are not a usable image (truncated, empty, not an image, ...).
         progress: show the cache build's progress bar on a terminal (log lines otherwise).
+        image_suffix: read image ``x.png`` of the index from the object ``x<image_suffix>`` (``.dcm`` for the
+            bucket's ``dicom/`` copy or a demo set written as DICOM); ``None`` = the index's names.
+        dicom_voi: grey levels of DICOM images: ``auto``, ``window`` or ``full-range`` (``pneumo.data.dicom``).
     """
 
     def __init__(
@@ -107,6 +112,8 @@ class NIHDataModule(L.LightningDataModule):
         on_missing: str = "error",
         on_bad_image: str = "error",
         progress: bool = True,
+        image_suffix: str | None = None,
+        dicom_voi: str = "auto",
     ) -> None:
         super().__init__()
         split_lists, synthetic, views, augment = map(to_plain, (split_lists, synthetic, views, augment))
@@ -116,6 +123,9 @@ class NIHDataModule(L.LightningDataModule):
             raise ConfigError("data.cache=true needs data.cache_dir (a local folder for the image cache)")
         check_policy(on_missing, "data.on_missing")
         check_policy(on_bad_image, "data.on_bad_image")
+        check_voi(dicom_voi, "data.dicom_voi")
+        if image_suffix and not (str(image_suffix).startswith(".") and len(str(image_suffix)) > 1):
+            raise ConfigError(f"data.image_suffix={image_suffix!r}: give a file ending such as .dcm, or null")
         self.images_url = absolute_location(images_url)
         self.labels_url = absolute_location(labels_url)
         self.split_lists = {k: absolute_location(v) for k, v in split_lists.items()} if split_lists else None
@@ -152,6 +162,8 @@ class NIHDataModule(L.LightningDataModule):
                 "cache_dir": self.cache_dir,
                 "on_missing": on_missing,
                 "on_bad_image": on_bad_image,
+                "image_suffix": image_suffix or None,
+                "dicom_voi": dicom_voi,
             }
         )
         self.progress = progress
@@ -167,7 +179,7 @@ class NIHDataModule(L.LightningDataModule):
     def store(self) -> ImageStore:
         """The image store of ``images_url`` (one per data module; re-connects itself in worker processes)."""
         if self._store is None:
-            self._store = self.storage.image_store(self.images_url)
+            self._store = self.storage.image_store(self.images_url, suffix=self.hparams.image_suffix)
         return self._store
 
     # ------------------------------------------------------------------ lifecycle
@@ -236,12 +248,20 @@ class NIHDataModule(L.LightningDataModule):
                 self.hparams.image_size,
                 on_missing=self.hparams.on_missing,
                 on_bad_image=self.hparams.on_bad_image,
+                dicom_voi=self.hparams.dicom_voi,
             )
         return NIHImageDataset(sub, source, transform)
 
     # ------------------------------------------------------------------ cache
     def _image_cache(self, index: NIHLabelIndex) -> ImageCache:
-        return ImageCache(self.cache_dir, self.images_url, list(index.images), self.hparams.image_size)
+        return ImageCache(
+            self.cache_dir,
+            self.images_url,
+            list(index.images),
+            self.hparams.image_size,
+            image_suffix=self.hparams.image_suffix,
+            dicom_voi=self.hparams.dicom_voi,
+        )
 
     def _build_cache(self, cache: ImageCache) -> dict:
         if not cache.is_complete():
@@ -313,7 +333,7 @@ class NIHDataModule(L.LightningDataModule):
         if not any(store.exists(name) for name in sample):
             raise DataRootError(
                 f"image root {redact_url(self.images_url)} holds none of the indexed images (looked for "
-                f"{', '.join(sample)}). {self._how_to_get_data()}"
+                f"{', '.join(object_name(n, store.suffix) for n in sample)}). {self._how_to_get_data()}"
             )
 
     def _how_to_get_data(self) -> str:

@@ -37,6 +37,7 @@ class StreamingSource:
         image_size: side of the resized image.
         on_missing: ``error`` or ``skip`` for objects that do not exist.
         on_bad_image: ``error`` or ``skip`` for objects that are not a usable image.
+        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.data.dicom``).
     """
 
     def __init__(
@@ -46,9 +47,10 @@ class StreamingSource:
         image_size: int,
         on_missing: str = "error",
         on_bad_image: str = "error",
+        dicom_voi: str = "auto",
     ) -> None:
         self.store, self.names = store, names
-        self.decode = PixelDecoder(store, image_size)
+        self.decode = PixelDecoder(store, image_size, dicom_voi)
         self.on_missing = check_policy(on_missing, "data.on_missing")
         self.on_bad_image = check_policy(on_bad_image, "data.on_bad_image")
         self.skipped: list[str] = []

@@ -1,4 +1,5 @@
-"""Decode image bytes to an 8-bit grayscale array, converting what can soundly be converted."""
+"""Decode image bytes (PNG, JPEG, ... or DICOM) to an 8-bit grayscale array, converting what can soundly be
+converted: the one decode step of every reader (cache build, streaming, ``explain.py``, overlay callback)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,21 @@ from pneumo.errors import PneumoError
 
 #: Refuse images with more pixels than this (NIH's are 1024 x 1024 to ~3000 x 3000): a decompression bomb.
 MAX_PIXELS = 64_000_000
+#: File name endings of DICOM files (files with other names are recognised by their ``DICM`` marker).
+DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 class BadImageError(PneumoError, ValueError):
-    """Bytes that are not a usable image; the message names the object."""
+    """Bytes that are not a usable image; the message names the object (and the fix, where there is one)."""
 
 
-def decode_grayscale(data: bytes, name: str) -> np.ndarray:
-    """Decode PNG/JPEG bytes to a ``(H, W)`` uint8 array.
+def decode_grayscale(data: bytes, name: str, dicom_voi: str = "auto") -> np.ndarray:
+    """Decode PNG/JPEG (anything Pillow reads) or DICOM bytes to a ``(H, W)`` uint8 array.
 
     RGB(A) and palette images become grayscale (luminance); 16-bit and 32-bit images are scaled to 8 bits
-    over their own range. Empty, truncated, non-image and oversized data raise ``BadImageError``.
+    over their own range. DICOM (the ``DICM`` marker or a ``.dcm`` name) goes through
+    ``pneumo.data.dicom.decode_dicom`` with ``dicom_voi`` (``auto``, ``window``, ``full-range``). Empty,
+    truncated, non-image and oversized data raise ``BadImageError``.
 
     Example:
         >>> decode_grayscale(open("00000001_000.png", "rb").read(), "00000001_000.png").shape  # doctest: +SKIP
@@ -30,12 +35,18 @@ def decode_grayscale(data: bytes, name: str) -> np.ndarray:
     """
     if not data:
         raise BadImageError(f"{name}: empty object (0 bytes)")
+    if is_dicom(data, name):
+        from pneumo.data.dicom import decode_dicom  # pydicom is imported only when a DICOM comes along
+
+        return decode_dicom(data, name, dicom_voi)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise BadImageError(f"{name}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS} limit")
+                    raise BadImageError(
+                        f"{name}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS} limit"
+                    )
                 img.load()
                 return _to_uint8(img)
     except BadImageError:
@@ -44,6 +55,37 @@ def decode_grayscale(data: bytes, name: str) -> np.ndarray:
         raise BadImageError(f"{name}: refused as a decompression bomb ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL raises these for truncated / unknown data
         raise BadImageError(f"{name}: not a readable image ({err})") from err
+
+
+def image_shape(data: bytes, name: str) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header only (PNG/JPEG or DICOM), without decoding pixels.
+
+    Example:
+        >>> import io
+        >>> buf = io.BytesIO(); Image.new("L", (5, 3)).save(buf, format="PNG")
+        >>> image_shape(buf.getvalue(), "a.png")
+        (3, 5)
+    """
+    if is_dicom(data, name):
+        from pneumo.data.dicom import dicom_shape
+
+        return dicom_shape(data, name)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.height, img.width
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(f"{name}: not a readable image ({err})") from err
+
+
+def is_dicom(data: bytes, name: str = "") -> bool:
+    """Whether ``data`` is DICOM: the ``DICM`` marker after the 128-byte preamble, or a DICOM file name
+    (files written without the preamble).
+
+    Example:
+        >>> is_dicom(b"\\x89PNG\\r\\n", "a.png"), is_dicom(bytes(128) + b"DICM", "IM0001")
+        (False, True)
+    """
+    return data[128:132] == b"DICM" or str(name).lower().endswith(DICOM_SUFFIXES)
 
 
 def _to_uint8(img: Image.Image) -> np.ndarray:

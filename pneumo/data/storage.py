@@ -338,11 +338,12 @@ class StorageSettings:
         options.update(self.options)
         return options
 
-    def image_store(self, root: str):
-        """An ``ImageStore`` reading ``root`` with these options and I/O limits."""
+    def image_store(self, root: str, suffix: str | None = None):
+        """An ``ImageStore`` reading ``root`` with these options and I/O limits (``suffix``: objects named by
+        the image name's stem + ``suffix``, ``data.image_suffix``)."""
         from pneumo.data.store import ImageStore
 
-        return ImageStore(root, self.options_for(root), **self.io)
+        return ImageStore(root, self.options_for(root), suffix=suffix, **self.io)
 
     def to_config(self) -> dict:
         """These settings as plain data without credentials (for hyperparameters and checkpoints).

@@ -67,6 +67,20 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def object_name(name: str, suffix: str | None = None) -> str:
+    """The object holding the image ``name`` of a label index: ``name`` itself, or its stem + ``suffix``
+    (``data.image_suffix``: the bucket's ``dicom/`` copy names NIH's ``x.png`` as ``x.dcm``).
+
+    Example:
+        >>> object_name("00000001_000.png", ".dcm"), object_name("00000001_000.png")
+        ('00000001_000.dcm', '00000001_000.png')
+    """
+    if not suffix:
+        return name
+    stem, _ = os.path.splitext(name)
+    return f"{stem}{suffix}"
+
+
 def absolute_location(path: str) -> str:
     """Make a local path absolute (so it still resolves from another working directory); URLs unchanged."""
     return path if is_url(path) or path.startswith("file://") else os.path.abspath(os.path.expanduser(path))
@@ -116,6 +130,8 @@ class ImageStore:
         retry_deadline_s: total time one object may take, retries included, before ``StoreUnavailableError``.
         retry_backoff_s: first pause between attempts (doubles each time, jittered).
         retry_backoff_max_s: longest pause between attempts.
+        suffix: objects are named by the image name's stem + ``suffix`` (``data.image_suffix``, e.g.
+            ``.dcm``); ``None`` = by the image name itself.
 
     Example:
         >>> store = ImageStore("gs://gcs-public-data--healthcare-nih-chest-xray/png",
@@ -133,6 +149,7 @@ class ImageStore:
         retry_deadline_s: float = 300.0,
         retry_backoff_s: float = 0.5,
         retry_backoff_max_s: float = 16.0,
+        suffix: str | None = None,
     ) -> None:
         if int(concurrency) < 1:
             raise StorageSettingsError(f"data.storage.concurrency must be >= 1, got {concurrency}")
@@ -145,6 +162,7 @@ class ImageStore:
         self.retry_deadline_s = float(retry_deadline_s)
         self.retry_backoff_s = float(retry_backoff_s)
         self.retry_backoff_max_s = float(retry_backoff_max_s)
+        self.suffix = suffix or None
         self.protocol = protocol_of(self.root)
         self._state_pid: int | None = None
         self._lock = threading.Lock()
@@ -195,10 +213,10 @@ class ImageStore:
     def url(self, name: str) -> str:
         """Full URL of an object, for messages (``gs://bucket/png/00000001_000.png``)."""
         prefix = "" if self.protocol in ("file", "local") else f"{self.protocol}://"
-        return redact_url(f"{prefix}{self._path}/{name}")
+        return redact_url(f"{prefix}{self._path}/{object_name(name, self.suffix)}")
 
     def _full(self, name: str) -> str:
-        return f"{self._path}/{name}" if name else self._path
+        return f"{self._path}/{object_name(name, self.suffix)}" if name else self._path
 
     # ------------------------------------------------------------------ single reads
     def exists(self, name: str = "") -> bool:

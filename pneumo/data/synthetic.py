@@ -13,6 +13,11 @@ in (some visible: cardiomegaly, effusion, nodule, mass; the rest label-only) so 
     OUT/demo_manifest.json         (written last: parameters and counts; marks the set complete)
 
 Unlike NIH (boxes only on test images) every opacity gets a box, so validation overlays can show them too.
+With ``format="dicom"`` (``--format dicom``) each image is written as a DICOM file instead,
+``OUT/images/00000001_000.dcm`` (8-bit MONOCHROME2, the same pixels), while the CSVs keep NIH's ``.png``
+names, as in Google's bucket (``png/`` and ``dicom/``): train on it with ``data.image_suffix=.dcm``. Its
+headers carry planted identifiers (``planted_identifiers``: patient name and ID, birth date, study date,
+institution, referring physician), all starting with ``PLANTED``, to check that none leaves the file.
 Output is deterministic per seed and may go to any fsspec URL (a local folder, ``gs://``, ``memory://``).
 
 Example:
@@ -22,6 +27,7 @@ Command line (the second form: one image per row of NIH's real index, see ``pneu
 
     python -m pneumo.data.synthetic OUT --n 600 --size 128 --seed 0
     python -m pneumo.data.synthetic OUT --like-index [Data_Entry CSV] [--bbox BBox CSV] --size 64
+    python -m pneumo.data.synthetic OUT --format dicom                      # the same set as DICOM files
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from PIL import Image
 
 from pneumo.errors import ConfigError
 from pneumo.data.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
+from pneumo.data.store import object_name
 from pneumo.utils.cli import print_json, user_errors
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,28 @@ class SyntheticConfig:
     max_images_per_patient: int = 5
     #: Standard deviation of the film grain, in grey levels; real-looking 1024-px files need ~6-10.
     noise: float = 6.0
+    #: File format of the images: ``png`` or ``dicom`` (``.dcm`` files; the CSVs still name ``.png``).
+    format: str = "png"
+
+
+IMAGE_FORMATS = ("png", "dicom")
+
+
+def planted_identifiers(patient: int) -> dict[str, str]:
+    """Header values of a demo DICOM that identify no one but look like patient data (pydicom keywords).
+
+    Example:
+        >>> planted_identifiers(7)["PatientID"]
+        'PLANTED-ID-00000007'
+    """
+    return {
+        "PatientName": f"PLANTED^NAME{patient:08d}",
+        "PatientID": f"PLANTED-ID-{patient:08d}",
+        "PatientBirthDate": "19010101",
+        "StudyDate": "20990101",
+        "InstitutionName": "PLANTED DEMO INSTITUTION",
+        "ReferringPhysicianName": "PLANTED^DOCTOR",
+    }
 
 
 @dataclass(frozen=True)
@@ -175,6 +204,8 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
     if cfg.n < 10:
         raise ConfigError(f"a synthetic data set needs at least 10 images, got n={cfg.n}")
+    if cfg.format not in IMAGE_FORMATS:
+        raise ConfigError(f"data.synthetic.format={cfg.format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
     rng = np.random.default_rng(cfg.seed)
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
@@ -207,7 +238,14 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
                     f"{box[2] * cfg.size:.3f},{box[3] * cfg.size:.3f},,,"
                 )
             view = "PA" if rng.random() < 0.6 else "AP"
-            batch[f"{root}/images/{name}"] = _encode_png(_render(rng, cfg, anatomy, labels, box))
+            pixels = _render(rng, cfg, anatomy, labels, box)
+            if cfg.format == "dicom":
+                from pneumo.data.dicom import dicom_bytes
+
+                encoded = dicom_bytes(pixels, identifiers=planted_identifiers(patient), uid_seed=f"{cfg.seed}/{name}")
+                batch[f"{root}/images/{object_name(name, '.dcm')}"] = encoded
+            else:
+                batch[f"{root}/images/{name}"] = _encode_png(pixels)
             finding_labels = "|".join(sorted(labels)) if labels else NO_FINDING
             spacing = 0.143 * 1024 / cfg.size
             rows.append(
@@ -274,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pneumonia-fraction", type=float, default=defaults.pneumonia_fraction)
     parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
     parser.add_argument("--noise", type=float, default=defaults.noise, help="film grain, grey levels")
+    parser.add_argument(
+        "--format", choices=IMAGE_FORMATS, default=defaults.format, help="png, or dicom (.dcm files)"
+    )
     like = parser.add_argument_group("one image per row of a real index (--n and the fractions do not apply)")
     like.add_argument(
         "--like-index",
@@ -287,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     like.add_argument("--workers", type=int, help="rendering processes (default: the CPUs available)")
     args = parser.parse_args(argv)
+    if args.like_index is not None and args.format != "png":
+        parser.error("--format dicom writes the --n demo set; --like-index writes PNGs only")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     with user_errors():
         if args.like_index is not None:
@@ -310,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pneumonia_fraction=args.pneumonia_fraction,
                 test_fraction=args.test_fraction,
                 noise=args.noise,
+                format=args.format,
             )
     print_json({k: v for k, v in manifest.items() if k != "findings"})
     return 0

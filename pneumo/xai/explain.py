@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 
 from pneumo.data.boxes import BoxList, scaled_to
 from pneumo.data.decode import BadImageError
+from pneumo.data.dicom import check_voi
 from pneumo.data.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.splits import make_splits, read_image_list
 from pneumo.data.storage import StorageSettings
-from pneumo.data.store import absolute_location, location_exists
+from pneumo.data.store import absolute_location, location_exists, object_name
 from pneumo.errors import ConfigError, PneumoError
 from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
@@ -163,8 +164,18 @@ def split_refs(dhp: Mapping, split: str, storage_options: StorageOptions = None)
         seed=int(dhp.get("split_seed", 0)),
     ).as_dict()
     names = [str(x) for x in parts[split]]
-    root = str(dhp["images_url"]).rstrip("/")
-    return [ImageRef(name, f"{root}/{name}") for name in names]
+    root, suffix = str(dhp["images_url"]).rstrip("/"), dhp.get("image_suffix")
+    return [ImageRef(name, f"{root}/{object_name(name, suffix)}") for name in names]
+
+
+def _by_stem(names) -> dict[str, str]:
+    """Index names by their stem, so that ``x.dcm`` (the bucket's ``dicom/`` copy) finds the labels of ``x.png``."""
+    return {os.path.splitext(str(name))[0]: str(name) for name in names}
+
+
+def _index_name(name: str, known: Mapping, stems: Mapping[str, str]) -> str:
+    """``name`` if the index knows it, else the index name with the same stem (``name`` when none)."""
+    return name if name in known else stems.get(os.path.splitext(name)[0], name)
 
 
 def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: StorageOptions) -> int:
@@ -174,9 +185,11 @@ def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_opti
         return 0
     table = NIHLabelIndex.from_csv(labels_url, options).table
     label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
+    stems = _by_stem(label_of)
     for ref in refs:
-        if ref.name in label_of:
-            ref.label = int(label_of[ref.name])
+        name = _index_name(ref.name, label_of, stems)
+        if name in label_of:
+            ref.label = int(label_of[name])
     return sum(ref.label is not None for ref in refs)
 
 
@@ -188,8 +201,10 @@ def attach_boxes(
     if not bbox_url or not location_exists(bbox_url, options):
         return 0
     boxes = BoxList.from_csv(bbox_url, options).subset(finding)
+    known = {str(x): None for x in boxes.table["image"]}
+    stems = _by_stem(known)
     for ref in refs:
-        ref.boxes = boxes.for_image(ref.name)
+        ref.boxes = boxes.for_image(_index_name(ref.name, known, stems))
     return sum(len(ref.boxes) > 0 for ref in refs)
 
 
@@ -224,6 +239,7 @@ def explain_images(
     top_k: int = 1,
     storage: Mapping | None = None,
     progress: bool = True,
+    dicom_voi: str | None = None,
 ) -> ExplainResult:
     """Explain every input image; see the module docstring for what is written.
 
@@ -244,6 +260,8 @@ def explain_images(
         storage: ``StorageSettings`` keys (``project``, ``requester_pays``, ``token``, ``options``, I/O limits)
             that replace the checkpoint's ``data.storage``; ``None`` values keep the checkpoint's. Credentials:
             Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
+        dicom_voi: grey levels of DICOM inputs (``auto``, ``window``, ``full-range``); ``None`` = the
+            checkpoint's ``data.dicom_voi`` (``auto`` for checkpoints from before it existed).
     """
     if (inputs is None) == (split is None):
         raise ConfigError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
@@ -258,6 +276,7 @@ def explain_images(
     model.to(dev)
     threshold = float(model.threshold)
     image_size = int(dhp["image_size"])
+    dicom_voi = check_voi(dhp.get("dicom_voi", "auto") if dicom_voi is None else dicom_voi, "dicom_voi")
     labels_url = dhp.get("labels_url") if labels_url is None else labels_url
     bbox_url = dhp.get("bbox_url") if bbox_url is None else bbox_url
 
@@ -286,7 +305,7 @@ def explain_images(
     if max_size < 16:
         raise ValueError(f"overlay.max_size must be at least 16 px, got {max_size}")
     cam = GradCam(model, layer=layer, target=target, batch_size=batch_size)
-    preprocess = Preprocessor(image_size, display_size=max_size)
+    preprocess = Preprocessor(image_size, display_size=max_size, dicom_voi=dicom_voi)
     wang: tuple[list, list] = ([], [])  # predicted and ground-truth boxes of each image with ground truth
     result = ExplainResult(out_dir=str(out))
     scores = []

@@ -2,7 +2,9 @@
 
 Every input becomes an ``ImageRef`` (display name, full location, true label and ground-truth boxes where
 known); ``load_image`` reads, decodes and preprocesses one exactly like training does
-(``decode_grayscale`` -> ``ResizeToUint8`` -> ``build_tensor_transforms(image_size, None)``).
+(``decode_grayscale`` -> ``ResizeToUint8`` -> ``build_tensor_transforms(image_size, None)``). PNG, JPEG and
+DICOM may be mixed: a folder gives its files ending in ``IMAGE_SUFFIXES`` (``.dcm`` included); a list may
+name DICOM files without an ending (they are recognised by their ``DICM`` marker).
 
 Example:
     >>> refs = resolve_inputs("data/nih_demo/images")  # doctest: +SKIP
@@ -22,13 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pneumo.data.decode import decode_grayscale
+from pneumo.data.decode import DICOM_SUFFIXES, decode_grayscale
 from pneumo.data.store import absolute_location, is_url, translate_error
 from pneumo.data.transforms import ResizeToUint8, build_tensor_transforms
 from pneumo.errors import PneumoError
 
 #: File name endings taken from a folder (other files there are skipped and reported).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 #: File name endings read as a list of image paths/URLs, one per line.
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -160,14 +162,16 @@ def read_bytes(location: str, storage_options: StorageOptions = None) -> bytes:
 class Preprocessor:
     """Training's preprocessing of one image: decode -> ``ResizeToUint8`` -> tensor transforms (no augmentation).
 
+
     Args:
         image_size: the network's input side.
         display_size: also keep the source pixels for overlays, shrunk (aspect kept) to at most this width;
             ``None`` keeps none.
+        dicom_voi: grey levels of DICOM images (``auto``, ``window``, ``full-range``; ``pneumo.data.dicom``).
     """
 
-    def __init__(self, image_size: int, display_size: int | None = None) -> None:
-        self.image_size = int(image_size)
+    def __init__(self, image_size: int, display_size: int | None = None, dicom_voi: str = "auto") -> None:
+        self.image_size, self.dicom_voi = int(image_size), dicom_voi
         self.display_size = None if display_size is None else int(display_size)
         self.resize = ResizeToUint8(self.image_size)
         self.transform = build_tensor_transforms(self.image_size, None)
@@ -178,7 +182,7 @@ class Preprocessor:
 
     def with_display(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int], np.ndarray | None]:
         """The network tensor, the source ``(H, W)`` and the display copy of the source pixels."""
-        pixels = decode_grayscale(data, name)
+        pixels = decode_grayscale(data, name, self.dicom_voi)
         shape = (int(pixels.shape[0]), int(pixels.shape[1]))
         display = None
         if self.display_size is not None:
