@@ -17,10 +17,18 @@ requests concurrently, each after a modelled latency (``--latency-ms``, default 
 measures the peak RSS of a process reading a cached epoch of ``--rss-images`` images at 224 px (the cache
 array is written directly from the resized benchmark images, tiled, instead of being built from PNGs).
 
+Decode cost, DICOM next to PNG (first, in this process, one thread): each distinct benchmark PNG, and each
+PNG of ``--decode-folder`` (e.g. real NIH radiographs), is also written as DICOM (8-bit MONOCHROME2:
+uncompressed, RLE Lossless, and JPEG 2000 Lossless when the ``dicom`` extra is installed) and decoded by
+``decode_grayscale``, the one decode step of every reader: CPU milliseconds per image (thread CPU time, so
+other jobs on a shared machine do not inflate it; median over images of the median of ``--decode-repeats``
+runs), file sizes, and whether every DICOM decodes to the PNG's pixels.
+
 Usage::
 
     python benchmarks/loader.py                      # ~3-5 minutes on 2 cores
     python benchmarks/loader.py --images 128 --rss-images 2000 --seed-images 32   # a quick look
+    python benchmarks/loader.py --decode-only --decode-folder DIR_OF_PNGS   # decode cost only (~1 minute)
 """
 
 from __future__ import annotations
@@ -175,6 +183,58 @@ def monai_persistent(store, names: list[str], labels: np.ndarray, cache_dir: Pat
     return {"build_img_per_s": round(len(names) / build, 1), "read": read, "disk_mb": round(disk / 2**20, 1)}
 
 
+def decode_costs(pngs: list[Path], repeats: int) -> dict:
+    """Per-image decode time of each PNG and of its DICOM copies (see the module docstring)."""
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    from pneumo.data.decode import decode_grayscale
+    from pneumo.data.dicom import dicom_bytes
+
+    variants: dict[str, dict] = {"png": {}, "dicom": {}, "dicom_rle": {}}
+    syntaxes = {"dicom": None, "dicom_rle": RLELossless}
+    try:
+        dicom_bytes(np.zeros((64, 64), np.uint8), transfer_syntax=JPEG2000Lossless)
+        syntaxes["dicom_j2k_lossless"] = JPEG2000Lossless
+        variants["dicom_j2k_lossless"] = {}
+    except Exception as err:  # noqa: BLE001 - no JPEG 2000 encoder without the dicom extra
+        print(f"JPEG 2000 left out ({type(err).__name__}): pip install 'pneumo[dicom]'", flush=True)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    sizes: dict[str, list[int]] = {k: [] for k in variants}
+    identical = {k: True for k in variants if k != "png"}
+    for path in pngs:
+        files = {"png": path.read_bytes()}
+        pixels = decode_grayscale(files["png"], path.name)
+        for kind, syntax in syntaxes.items():
+            files[kind] = (
+                dicom_bytes(pixels) if syntax is None else dicom_bytes(pixels, transfer_syntax=syntax)
+            )
+        for kind, data in files.items():
+            runs = []
+            for _ in range(repeats):
+                t = time.thread_time()  # CPU time of this thread: other jobs on the machine do not count
+                out = decode_grayscale(data, f"{path.stem}.{'png' if kind == 'png' else 'dcm'}")
+                runs.append(time.thread_time() - t)
+            times[kind].append(float(np.median(runs)) * 1000)
+            sizes[kind].append(len(data))
+            if kind != "png":
+                identical[kind] &= bool(np.array_equal(out, pixels))
+    result = {
+        kind: {
+            "cpu_ms_per_image": round(float(np.median(times[kind])), 2),
+            "mean_kb": round(float(np.mean(sizes[kind])) / 1024, 1),
+            **(
+                {"vs_png": round(float(np.median(times[kind])) / float(np.median(times["png"])), 2)}
+                if kind != "png"
+                else {}
+            ),
+            **({"identical_to_png": identical[kind]} if kind != "png" else {}),
+        }
+        for kind in variants
+    }
+    side = decode_grayscale(pngs[0].read_bytes(), pngs[0].name).shape
+    return {"images": len(pngs), "first_shape": list(side), "repeats": repeats, **result}
+
+
 def children_cpu_seconds() -> float:
     """CPU time of finished child processes (DataLoader / cache-build workers once they have exited)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -274,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per streaming worker")
     parser.add_argument("--rss-images", type=int, default=20_000, help="images in the RSS test's cache")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--decode-folder", help="a folder of PNGs whose DICOM decode cost is measured too")
+    parser.add_argument("--decode-repeats", type=int, default=5, help="timed decodes of each file")
+    parser.add_argument("--decode-only", action="store_true", help="measure the decode cost only")
     args = parser.parse_args(argv)
 
     from pneumo.data.cache import ImageCache
@@ -292,6 +355,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.perf_counter()
         results["data"] = write_benchmark_set(tmp / "set", args.images, args.distinct, args.noise)
+        torch.set_num_threads(1)
+        results["decode"] = {
+            "synthetic_1024": decode_costs(
+                sorted((tmp / "set" / "distinct" / "images").glob("*.png")), args.decode_repeats
+            )
+        }
+        print("decode cost, synthetic:", results["decode"]["synthetic_1024"], flush=True)
+        if args.decode_folder:
+            folder = sorted(Path(args.decode_folder).glob("*.png"))
+            if not folder:
+                raise SystemExit(f"--decode-folder {args.decode_folder}: no .png files there")
+            results["decode"]["folder"] = {
+                "png_files": len(folder),
+                **decode_costs(folder, args.decode_repeats),
+            }
+            print("decode cost, --decode-folder:", results["decode"]["folder"], flush=True)
+        if args.decode_only:
+            results["load_average_end"] = os.getloadavg()
+            print(json.dumps(results, indent=2))
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
+            return 0
         emulator = EmulatorProcess(tmp / "set", args.latency_ms)
         results["data"]["setup_s"] = round(time.perf_counter() - t, 1)
         print("data:", results["data"], flush=True)

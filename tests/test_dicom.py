@@ -184,6 +184,23 @@ def _as_jpeg_lossless(ds) -> None:
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
 
 
+def test_describe_command(png: tuple[str, np.ndarray], demo_root: Path, tmp_path: Path, capsys) -> None:
+    from pneumo.data.dicom import main
+
+    name, pixels = png
+    windowed = tmp_path / "w.dcm"
+    windowed.write_bytes(_variants(pixels)["12bit-window"])
+    (tmp_path / "cut.dcm").write_bytes(windowed.read_bytes()[:300])
+    assert main([str(windowed), "--png", str(demo_root / "images" / name)]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["window"] == [1510.5, 1021.0] and facts["bits_allocated_stored"] == [16, 12]
+    assert facts["vs_png"]["max_grey_difference"] == 0
+    assert main([str(windowed), "--voi", "full-range", "--png", str(demo_root / "images" / name)]) == 0
+    assert json.loads(capsys.readouterr().out)["vs_png"]["max_grey_difference"] > 30
+    assert main([str(tmp_path / "cut.dcm")]) == 1
+    assert "cut.dcm: DICOM file with no pixel data" in json.loads(capsys.readouterr().out)["error"]
+
+
 def test_header_only_shape(png: tuple[str, np.ndarray]) -> None:
     pixels = np.zeros((5, 7), np.uint8)
     assert image_shape(dicom_bytes(pixels), "a.dcm") == (5, 7)
@@ -225,6 +242,7 @@ def test_no_patient_data_leaves_the_files(dicom_root: Path, demo_root: Path, tmp
         "data.synthetic.format=dicom",
         "data.image_suffix=.dcm",
         "callbacks.gradcam_overlay.every_n_epochs=1",
+        "eval.bootstrap.resamples=50",
     ]
     proc = run_cli(["train.py", *args])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

@@ -241,10 +241,15 @@ def decode_dicom(data: bytes, name: str, voi: str = "auto") -> np.ndarray:
         ) from err
     if values.ndim != 2:
         raise BadImageError(f"{name}: DICOM pixel data of shape {values.shape}, expected one grayscale image")
+    monochrome1 = str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
+    if (lo, hi) == (0.0, 255.0) and np.issubdtype(values.dtype, np.integer):
+        # 8-bit values over 0-255 (an 8-bit file without rescale or window): the mapping is the identity
+        pixels8 = np.clip(values, 0, 255).astype(np.uint8)
+        return 255 - pixels8 if monochrome1 else pixels8
     scaled = (
         (np.asarray(values, np.float64) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(values.shape)
     )
-    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
+    if monochrome1:
         scaled = 255.0 - scaled
     return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
@@ -309,3 +314,91 @@ def dicom_bytes(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def describe(data: bytes, name: str) -> dict:
+    """The pixel-pipeline facts of a DICOM file (never a patient, study or institution value).
+
+    Example:
+        >>> describe(dicom_bytes(np.zeros((4, 6), np.uint8), window=(40, 400)), "x.dcm")["window"]
+        [40.0, 400.0]
+    """
+    ds = _read(data, name, PIXEL_TAGS)
+    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+
+    def first(keyword: str) -> float | None:
+        value = ds.get(keyword)
+        if value is None:
+            return None
+        return float(value[0] if getattr(ds[keyword], "VM", 1) > 1 else value)
+
+    window = [first("WindowCenter"), first("WindowWidth")] if "WindowCenter" in ds else None
+    return {
+        "file": name,
+        "transfer_syntax": f"{syntax.name} ({syntax})",
+        "photometric": str(ds.get("PhotometricInterpretation", "")),
+        "samples_per_pixel": int(ds.get("SamplesPerPixel", 1) or 1),
+        "frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "rows_columns": [int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)],
+        "bits_allocated_stored": [int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)],
+        "signed": bool(int(ds.get("PixelRepresentation", 0) or 0)),
+        "rescale_slope_intercept": [first("RescaleSlope"), first("RescaleIntercept")]
+        if "RescaleSlope" in ds
+        else None,
+        "window": window,
+        "voi_lut_sequence": bool(ds.get("VOILUTSequence")),
+        "modality_lut_sequence": bool(ds.get("ModalityLUTSequence")),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pneumo.data.dicom FILE... [--png PNG...] [--voi MODE]``: what pneumo sees in DICOM files."""
+    import argparse
+
+    import fsspec
+
+    from pneumo.data.decode import decode_grayscale
+    from pneumo.utils.cli import print_json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.data.dicom",
+        description="Pixel facts of DICOM files (no patient data), whether pneumo decodes them, and how far "
+        "their grey levels are from PNGs of the same images.",
+    )
+    parser.add_argument("files", nargs="+", help="DICOM files (paths or fsspec URLs)")
+    parser.add_argument("--png", nargs="*", default=[], help="PNGs of the same images, in the same order")
+    parser.add_argument("--voi", default="auto", choices=VOI_MODES, help="data.dicom_voi to decode with")
+    args = parser.parse_args(argv)
+    if args.png and len(args.png) != len(args.files):
+        parser.error(f"--png names {len(args.png)} file(s) for {len(args.files)} DICOM file(s)")
+    worst = 0
+    for i, location in enumerate(args.files):
+        with fsspec.open(location, "rb") as fh:
+            data = fh.read()
+        facts = describe(data, location)
+        try:
+            pixels = decode_grayscale(data, location, args.voi)
+            facts.update(decoded=True, grey_min_max=[int(pixels.min()), int(pixels.max())])
+        except BadImageError as err:
+            facts.update(decoded=False, error=str(err))
+            worst = max(worst, 1)
+        if args.png and facts["decoded"]:
+            with fsspec.open(args.png[i], "rb") as fh:
+                reference = decode_grayscale(fh.read(), args.png[i])
+            same_shape = reference.shape == pixels.shape
+            diff = np.abs(reference.astype(int) - pixels.astype(int)) if same_shape else None
+            facts["vs_png"] = (
+                {
+                    "png": args.png[i],
+                    "max_grey_difference": int(diff.max()),
+                    "mean": round(float(diff.mean()), 3),
+                }
+                if same_shape
+                else {"png": args.png[i], "shape_differs": [list(reference.shape), list(pixels.shape)]}
+            )
+        print_json(facts)
+    return worst
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
