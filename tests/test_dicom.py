@@ -25,7 +25,7 @@ from pneumo.data.dicom import dicom_bytes
 from pneumo.data.store import ImageStore
 from pneumo.data.synthetic import ensure_synthetic_dataset, planted_identifiers
 from pneumo.xai.inputs import Preprocessor
-from tests.conftest import ROOT, TINY_DEMO, demo_datamodule, run_cli, tiny_overrides
+from tests.helpers import ROOT, TINY_DEMO, demo_datamodule, run_cli, tiny_overrides
 
 
 def _openjpeg_installed() -> bool:
