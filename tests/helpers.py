@@ -90,6 +90,15 @@ def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | N
     )
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def read_scalars(event_dir: Path) -> dict[str, list[float]]:
     """Every scalar series of the TensorBoard event files in ``event_dir``, by tag."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -15,6 +15,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -380,3 +381,63 @@ def test_concurrent_builders_fetch_once_the_others_wait(
     assert len(fetched) == len(set(fetched)) == len(names)  # every image fetched exactly once
     assert results[0] == results[1] and results[0]["cached"] == len(names)
     assert "another process is building the cache" in caplog.text
+
+
+def rewrite_with_other_pixels(path: Path) -> bytes:
+    """The image at ``path`` drawn again under the same name: the same size, inverted pixels."""
+    return encode(255 - np.asarray(Image.open(path)))
+
+
+def test_images_rewritten_under_their_names_are_fetched_again_the_others_reused(
+    demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_root, root)
+    first = local_dm(root, tmp_path / "cache")
+    first.prepare_data()
+    names = demo_names(root)
+    changed = names[3:6]
+    for name in changed:  # the demo regenerated with other pixels, same names
+        (root / "images" / name).write_bytes(rewrite_with_other_pixels(root / "images" / name))
+    with caplog.at_level(logging.INFO, logger="pneumo.data.cache"):
+        again = local_dm(root, tmp_path / "cache")
+        again.prepare_data()
+        again.setup("fit")
+    cache = again.image_cache
+    assert cache.dir == first._image_cache(first._read_index()).dir  # the same cache, updated in place
+    assert cache.manifest()["last_build"] == {**cache.manifest()["last_build"], "fetched": 3, "stale": 3}
+    assert "3 of 80 cache entries are stale" in caplog.text
+    pixels = cache.open()
+    for i, name in enumerate(names):  # every entry holds the pixels of the file as it is now
+        assert np.array_equal(pixels[i], expected_pixels(root / "images" / name, 48)), name
+
+
+def test_objects_rewritten_in_a_bucket_are_fetched_again_the_others_not(
+    gcs_emulator, demo_root: Path, tmp_path: Path
+) -> None:
+    bucket = "nih-rewritten"
+    if bucket not in gcs_emulator.requester_pays:
+        gcs_emulator.create_bucket(bucket, requester_pays_projects={BILLING_PROJECT})
+    gcs_emulator.upload_nih_layout(demo_root, bucket)
+    gs_dm(gcs_emulator, bucket, tmp_path / "cache").prepare_data()
+    names = demo_names(demo_root)
+    changed = names[10:12]
+    new = {name: rewrite_with_other_pixels(demo_root / "images" / name) for name in changed}
+    with gcs_emulator.billing_checks_off():
+        gcs_emulator.gcsfs().pipe({f"{bucket}/png/{name}": data for name, data in new.items()})
+    gcs_emulator.requests.clear()
+    dm = gs_dm(gcs_emulator, bucket, tmp_path / "cache")
+    dm.prepare_data()
+    dm.setup("fit")
+    downloads = sorted(
+        unquote(r.path).rsplit("/", 1)[-1]
+        for r in gcs_emulator.requests_for(bucket)
+        if r.path.startswith("/download/") and r.path.endswith(".png")
+    )
+    assert downloads == sorted(changed)  # only the rewritten objects were fetched again
+    pixels = dm.image_cache.open()
+    for name in changed:
+        fresh = ResizeToUint8(48)(decode_grayscale(new[name], name))
+        assert np.array_equal(pixels[names.index(name)], fresh), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from pneumo.data.store import (
     StoreUnavailableError,
     is_transient,
 )
-from tests.helpers import BILLING_PROJECT
+from tests.helpers import BILLING_PROJECT, closed_port
 
 # Fault tests: short per-request timeouts and deadlines so that they finish in seconds.
 FAST_IO = {
@@ -157,3 +158,80 @@ def test_server_gone_for_good_fails_after_the_deadline(
     message = str(err.value)
     assert "retry_deadline_s=2" in message and "request_timeout_s" in message
     assert int(message.split(": unreachable: ")[1].split(" attempt")[0]) >= 2  # it did retry
+
+
+def test_an_unreachable_endpoint_stops_the_data_module_at_its_one_probe(
+    gcs_emulator, nih_bucket: str
+) -> None:
+    from pneumo.data.datamodule import NIHDataModule
+    from pneumo.data.storage import StorageUnreachableError
+    from pneumo.errors import PneumoError
+    from pneumo.testing.gcs_emulator import nih_urls
+
+    settings = StorageSettings(BILLING_PROJECT, True, "anon", {"endpoint_url": gcs_emulator.endpoint})
+    for _ in range(3):
+        settings.probe(f"gs://{nih_bucket}/png")
+    assert [(r.method, r.path) for r in gcs_emulator.requests] == [("HEAD", "/")]  # once, no credentials
+    assert "authorization" not in gcs_emulator.requests[0].headers
+
+    port = closed_port()
+    dm = NIHDataModule(
+        **nih_urls(nih_bucket),
+        storage={"token": "anon", "options": {"endpoint_url": f"http://127.0.0.1:{port}"}},
+        cache=True,
+        cache_dir="unused",
+    )
+    with pytest.raises(StorageUnreachableError) as err:
+        dm.prepare_data()  # not 300 s of retries of the label file: the probe answers first
+    message = str(err.value)
+    assert isinstance(err.value, PneumoError) and "\n" not in message
+    assert f"http://127.0.0.1:{port}" in message and "connection refused" in message
+    assert "STORAGE_EMULATOR_HOST" in message and "data.storage.options.endpoint_url" in message
+
+
+SCRUB_SCRIPT = """
+import logging, sys
+from pneumo.data.storage import StorageSettings
+logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
+StorageSettings().options_for("gs://b/png")  # reads $PNEUMO_GCS_TOKEN, scrubs output from now on
+token = "{token}"
+logging.getLogger("gcsfs").error("GET /tokeninfo?access_token=%s failed", token)
+print("header Authorization: Bearer " + token)
+try:
+    raise ConnectionError("url: /tokeninfo?access_token=" + token)
+except ConnectionError:
+    logging.getLogger("aiohttp").exception("request failed")
+raise RuntimeError("a bug that quotes " + token)
+"""
+
+
+def test_secrets_are_scrubbed_from_logs_stdout_and_tracebacks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    token = "opaque-SECRET-7f3a9c"  # not shaped like a token: found because it was registered
+    log_file = tmp_path / "run.log"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRUB_SCRIPT.replace("{token}", token), str(log_file)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PNEUMO_GCS_TOKEN": token},
+        timeout=120,
+    )
+    text = proc.stdout + proc.stderr + log_file.read_text()
+    assert proc.returncode == 1 and "a bug that quotes ***" in proc.stderr  # the bug keeps its traceback
+    assert "Bearer ***" in proc.stdout and "access_token=***" in text and "Traceback" in text
+    assert token not in text
+
+
+def test_raw_tokens_are_refused_in_configs(tmp_path: Path) -> None:
+    from pneumo.data.storage import StorageSettingsError
+
+    with pytest.raises(StorageSettingsError, match="PNEUMO_GCS_TOKEN") as err:
+        StorageSettings(token="ya29.pasted-into-a-config")
+    assert "ya29" not in str(err.value)
+    key = tmp_path / "key.json"
+    key.write_text("{}")
+    assert StorageSettings(token=str(key)).to_config()["token"] == str(key)  # a key file's path is no secret
+    with pytest.raises(StorageSettingsError, match="credentials"):
+        StorageSettings(options={"token": "abc"})

@@ -12,14 +12,18 @@ Layout of one cache (a folder under ``cache_dir`` named by the fingerprint)::
         names.txt       the image names, one per line, in array order
         pixels.u8       (count, size, size) uint8, C order; row i is image i
         status.u8       one byte per image: 0 = not done, 1 = cached, 2 = missing object, 3 = bad image
+        identity.bin    16 bytes per image: hash of the object's identity when it was fetched
         manifest.json   written last (atomically) when every image has a final status: the cache is complete
         .lock           advisory lock: one builder at a time; other processes wait for it
 
 The fingerprint hashes the images root URL, the ordered image names of the label index and the image
-size (plus this format's version), so a change of any of them makes a new cache and never reuses a stale one
-(the labels themselves do not change pixels, so relabelling reuses the cache). A build is resumable: pixels
-are written and flushed before their status byte, so a build killed at any point (Ctrl-C, SIGKILL, power
-loss) leaves no half-written entry marked valid, and the next build fetches only what is not done.
+size (plus this format's version), so a change of any of them makes a new cache (the labels themselves do
+not change pixels, so relabelling reuses the cache). Each entry also records the identity of the object it
+came from (``ImageStore.identities``: GCS generation/etag/size, local size and mtime_ns): every build lists
+the images root once and fetches again the entries whose object changed (or appeared, or vanished) since,
+reusing the others; the log says how many were stale. A build is resumable: pixels and identities are
+written and flushed before their status byte, so a build killed at any point (Ctrl-C, SIGKILL, power loss)
+leaves no half-written entry marked valid, and the next build fetches only what is not done.
 
 Example:
     >>> cache = ImageCache("data/cache", "gs://bucket/png", names, image_size=224)  # doctest: +SKIP
@@ -49,13 +53,15 @@ import numpy as np
 from pneumo.errors import ConfigError, PneumoError
 from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.storage import redact_url
-from pneumo.data.store import ImageStore, ObjectNotFoundError
+from pneumo.data.store import AccessDeniedError, ImageStore, ObjectNotFoundError
 from pneumo.data.transforms import ResizeToUint8
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the stored bytes of an image would change (layout, resize stage).
-FORMAT_VERSION = 2
+#: Bumped whenever the stored bytes of an image would change (layout, resize stage, per-entry identity).
+FORMAT_VERSION = 3
+#: Bytes of the identity hash stored per entry.
+IDENTITY_BYTES = 16
 TODO, CACHED, MISSING, BAD = 0, 1, 2, 3
 STATUS_NAMES = {TODO: "not done", CACHED: "cached", MISSING: "missing", BAD: "bad image"}
 POLICIES = ("error", "skip")
@@ -173,6 +179,28 @@ class ImageCache:
     def manifest_path(self) -> Path:
         return self.dir / "manifest.json"
 
+    @property
+    def identity_path(self) -> Path:
+        return self.dir / "identity.bin"
+
+    def identities_of(self, listed: dict[str, str]) -> np.ndarray:
+        """``(count, IDENTITY_BYTES)`` hashes of the listed identity of each name (absent: hash of ``""``)."""
+        out = np.empty((len(self), IDENTITY_BYTES), np.uint8)
+        for i, name in enumerate(self.names):
+            digest = hashlib.blake2b(listed.get(name, "").encode(), digest_size=IDENTITY_BYTES).digest()
+            out[i] = np.frombuffer(digest, np.uint8)
+        return out
+
+    def stored_identities(self) -> np.ndarray:
+        """The identity hashes recorded with the entries (zeros where nothing was recorded)."""
+        try:
+            raw = np.fromfile(self.identity_path, dtype=np.uint8)
+        except FileNotFoundError:
+            raw = np.zeros(0, np.uint8)
+        if raw.size != len(self) * IDENTITY_BYTES:
+            return np.zeros((len(self), IDENTITY_BYTES), np.uint8)
+        return raw.reshape(len(self), IDENTITY_BYTES)
+
     def __len__(self) -> int:
         return len(self.names)
 
@@ -200,9 +228,11 @@ class ImageCache:
 
     def _files_have_expected_sizes(self) -> bool:
         try:
-            return self.pixels_path.stat().st_size == len(
-                self
-            ) * self.item_bytes and self.status_path.stat().st_size == len(self)
+            return (
+                self.pixels_path.stat().st_size == len(self) * self.item_bytes
+                and self.status_path.stat().st_size == len(self)
+                and self.identity_path.stat().st_size == len(self) * IDENTITY_BYTES
+            )
         except FileNotFoundError:
             return False
 
@@ -240,11 +270,13 @@ class ImageCache:
             except json.JSONDecodeError:
                 pass
             log.warning("cache folder %s holds something else; starting it again", self.dir)
-        for path in (self.manifest_path, self.status_path, self.pixels_path):
+        for path in (self.manifest_path, self.status_path, self.pixels_path, self.identity_path):
             path.unlink(missing_ok=True)
         _atomic_write(self.dir / "names.txt", ("\n".join(self.names) + "\n").encode())
         with open(self.pixels_path, "wb") as fh:
             fh.truncate(len(self) * self.item_bytes)  # sparse: costs no disk until written
+        with open(self.identity_path, "wb") as fh:
+            fh.truncate(len(self) * IDENTITY_BYTES)
         with open(self.status_path, "wb") as fh:
             fh.write(bytes(len(self)))
             os.fsync(fh.fileno())
@@ -278,11 +310,23 @@ class ImageCache:
         check_policy(on_missing, "data.on_missing")
         check_policy(on_bad_image, "data.on_bad_image")
         with self._locked():
+            current = self._current_identities(store)
             manifest = self.manifest()
             if manifest is not None and self._files_have_expected_sizes():
-                return manifest
+                if not len(self._stale_rows(self.status(), current)):
+                    return manifest
             self._initialise()
             status = self.status()
+            stale = self._stale_rows(status, current)
+            if len(stale):
+                log.info(
+                    "%d of %d cache entries are stale (their object changed, appeared or vanished since it was "
+                    "cached, e.g. %s): fetching them again",
+                    len(stale),
+                    len(self),
+                    ", ".join(self.names[i] for i in stale[:3]),
+                )
+                self._mark_not_done(stale, status)
             todo = np.flatnonzero(status == TODO)
             if len(todo) < len(self):
                 log.info(
@@ -302,14 +346,47 @@ class ImageCache:
                     f"{workers} decode processes" if workers > 0 else "decoding in threads",
                 )
             t0 = time.monotonic()
-            self._fetch(store, todo, status, on_missing, on_bad_image, progress, commit_every_s, workers)
-            return self._finish(status, fetched=len(todo), seconds=time.monotonic() - t0)
+            self._fetch(store, todo, status, current, on_missing, on_bad_image, progress, commit_every_s, workers)
+            return self._finish(status, fetched=len(todo), seconds=time.monotonic() - t0, stale=len(stale))
+
+    def _current_identities(self, store: ImageStore) -> np.ndarray:
+        """Identity hashes of the objects now, from one listing of the images root; where the credentials may
+        read objects but not list them, the recorded ones (nothing can be found stale: said in the log)."""
+        try:
+            return self.identities_of(store.identities())
+        except AccessDeniedError as err:
+            log.warning(
+                "cannot list %s (%s): cached entries are not checked against their objects; delete %s to "
+                "fetch every image again",
+                redact_url(self.images_url),
+                err,
+                self.dir,
+            )
+            stored = self.stored_identities()
+            return np.where(self.status()[:, None] == TODO, self.identities_of({}), stored)
+
+    def _stale_rows(self, status: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Rows with a final status whose object's identity differs from the one recorded with them."""
+        return np.flatnonzero((status != TODO) & (self.stored_identities() != current).any(axis=1))
+
+    def _mark_not_done(self, rows: np.ndarray, status: np.ndarray) -> None:
+        """Set ``rows`` back to not done (the cache is incomplete from here on until they are fetched)."""
+        self.manifest_path.unlink(missing_ok=True)
+        status[rows] = TODO
+        fd = os.open(self.status_path, os.O_RDWR)
+        try:
+            for row in rows:
+                os.pwrite(fd, bytes((TODO,)), int(row))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _fetch(
         self,
         store: ImageStore,
         todo: np.ndarray,
         status: np.ndarray,
+        identities: np.ndarray,
         on_missing: str,
         on_bad_image: str,
         progress: bool,
@@ -318,12 +395,17 @@ class ImageCache:
     ) -> None:
         pixels_fd = os.open(self.pixels_path, os.O_RDWR)
         status_fd = os.open(self.status_path, os.O_RDWR)
+        identity_fd = os.open(self.identity_path, os.O_RDWR)
         pending: list[tuple[int, int]] = []  # (row, status) written but not yet marked
 
         def commit() -> None:
             if not pending:
                 return
-            os.fdatasync(pixels_fd)  # pixels reach the disk before the status that vouches for them
+            for row, _ in pending:  # the identity of the object each entry was fetched from
+                os.pwrite(identity_fd, identities[row].tobytes(), row * IDENTITY_BYTES)
+            # pixels and identities reach the disk before the status that vouches for them
+            os.fdatasync(pixels_fd)
+            os.fdatasync(identity_fd)
             for row, value in pending:
                 os.pwrite(status_fd, bytes((value,)), row)
                 status[row] = value
@@ -359,8 +441,9 @@ class ImageCache:
             commit()
             os.close(pixels_fd)
             os.close(status_fd)
+            os.close(identity_fd)
 
-    def _finish(self, status: np.ndarray, fetched: int, seconds: float) -> dict:
+    def _finish(self, status: np.ndarray, fetched: int, seconds: float, stale: int = 0) -> dict:
         counts = {STATUS_NAMES[k]: int((status == k).sum()) for k in (CACHED, MISSING, BAD)}
         skipped = {
             "missing": [self.names[i] for i in np.flatnonzero(status == MISSING)[:20]],
@@ -390,14 +473,15 @@ class ImageCache:
             "count": len(self),
             **counts,
             "first_skipped": skipped,
-            "last_build": {"fetched": fetched, "seconds": round(seconds, 3)},
+            "last_build": {"fetched": fetched, "stale": stale, "seconds": round(seconds, 3)},
         }
         _atomic_write(self.manifest_path, json.dumps(manifest, indent=2).encode())
         if fetched:
             log.info(
-                "image cache complete: %d cached (%d fetched in %.1f s, %.0f img/s) in %s",
+                "image cache complete: %d cached (%d fetched, %d of them stale, in %.1f s, %.0f img/s) in %s",
                 counts["cached"],
                 fetched,
+                stale,
                 seconds,
                 fetched / max(seconds, 1e-9),
                 self.dir,

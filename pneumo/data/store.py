@@ -62,6 +62,10 @@ class StoreUnavailableError(PneumoError, ImageStoreError, TimeoutError):
     """Transient failures went on past the retry deadline (server down, network gone)."""
 
 
+#: Listing fields that make an object's identity (GCS: generation and etag; S3/HTTP: ETag, LastModified).
+_IDENTITY_FIELDS = ("size", "generation", "etag", "ETag", "LastModified", "mtime")
+
+
 def is_url(path: str) -> bool:
     """True for ``scheme://...`` locations other than ``file://``."""
     return "://" in path and not path.startswith("file://")
@@ -237,12 +241,45 @@ class ImageStore:
             name, lambda timeout: self._call("cat_file", self._full(name), timeout=timeout)
         )
 
-    def _call(self, method: str, path: str, timeout: float) -> Any:
+    def identities(self) -> dict[str, str]:
+        """Each object's identity under the root, by name, from one listing: ``size:generation:etag`` on
+        Google Cloud Storage (any listed version/etag fields elsewhere), ``size:mtime_ns`` of local files
+        (symbolic links followed). An object rewritten under the same name gets a new identity.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> root = pathlib.Path(tempfile.mkdtemp()); _ = (root / "a.png").write_bytes(b"12345")
+            >>> ImageStore(str(root)).identities()["a.png"].startswith("5:")
+            True
+        """
+        if self.protocol in ("file", "local"):
+            out = {}
+            for folder, _, files in os.walk(self._path, followlinks=True):
+                for file in files:
+                    full = os.path.join(folder, file)
+                    try:
+                        st = os.stat(full)  # follows symbolic links: the identity of what is read
+                    except FileNotFoundError:
+                        continue  # a dangling link: the object is missing
+                    out[os.path.relpath(full, self._path).replace(os.sep, "/")] = f"{st.st_size}:{st.st_mtime_ns}"
+            return out
+        # one listing (paginated by the filesystem), bounded by the retry deadline as a whole
+        listing = self._with_retries(
+            "", lambda _: self._call("find", self._path, timeout=self.retry_deadline_s, detail=True)
+        )
+        prefix = self._path.rstrip("/") + "/"
+        return {
+            name[len(prefix) :]: ":".join(str(entry.get(k, "")) for k in _IDENTITY_FIELDS)
+            for name, entry in listing.items()
+            if name.startswith(prefix) and entry.get("type", "file") == "file"
+        }
+
+    def _call(self, method: str, path: str, timeout: float, **kwargs: Any) -> Any:
         fs = self.fs
         if getattr(fs, "async_impl", False):
             # gcsfs & co: run the coroutine on fsspec's IO loop, cancelled after `timeout` seconds.
-            return fsspec.asyn.sync(fs.loop, getattr(fs, f"_{method}"), path, timeout=timeout)
-        return getattr(fs, method)(path)
+            return fsspec.asyn.sync(fs.loop, getattr(fs, f"_{method}"), path, timeout=timeout, **kwargs)
+        return getattr(fs, method)(path, **kwargs)
 
     def _with_retries(self, name: str, attempt: Callable[[float], T]) -> T:
         start = time.monotonic()
