@@ -13,10 +13,13 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pneumo.data.storage import protect_output
 from pneumo.utils.cli import user_errors
 from pneumo.xai.explain import explain_images, format_summary
 
 log = logging.getLogger("explain")
+# Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
+protect_output()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="explain.yaml")

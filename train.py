@@ -7,10 +7,13 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from pneumo.data.storage import protect_output
 from pneumo.training import metric_value, train
 from pneumo.utils.cli import user_errors
 
 log = logging.getLogger("train")
+# Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
+protect_output()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train.yaml")

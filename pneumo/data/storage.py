@@ -199,9 +199,11 @@ _FILTER = ScrubbingFilter()
 def protect_output() -> None:
     """Scrub secrets from every logging handler that exists now and from ``sys.stdout``/``sys.stderr``.
 
-    Idempotent; called whenever ``StorageSettings`` are made (every command that reads storage), and safe
-    to call first thing in a command.
+    Idempotent; called first thing by every command (before Hydra prints anything) and whenever
+    ``StorageSettings`` are made (then the handlers Hydra added since are covered too). The value of
+    ``$PNEUMO_GCS_TOKEN`` is registered as a secret.
     """
+    register_secret(os.environ.get(TOKEN_ENV))
     for name in (None, *list(logging.Logger.manager.loggerDict)):
         logger = logging.getLogger(name)
         for handler in getattr(logger, "handlers", []):
@@ -211,6 +213,30 @@ def protect_output() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, ScrubbingStream):
             setattr(sys, name, ScrubbingStream(stream))
+
+
+def _scrub_saved_config(secret: str) -> str:
+    """Replace ``secret`` in the config files Hydra saved for this run (``.hydra/*.yaml``, written before any
+    pneumo code runs); returns their folder, or ``""`` when there is none or nothing held it."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return ""
+        hydra_cfg = HydraConfig.get()
+        folder = os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir or ".hydra")
+    except Exception:  # noqa: BLE001 - no Hydra run: nothing was saved
+        return ""
+    changed = False
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+        if secret in text:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text.replace(secret, REDACTED))
+            changed = True
+    return folder if changed else ""
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -298,9 +324,11 @@ class StorageSettings:
         if token in TOKEN_METHODS or os.path.isfile(os.path.expanduser(token)):
             return token
         register_secret(token)  # it may be a raw token: never echo it
+        scrubbed = _scrub_saved_config(token)
         raise StorageSettingsError(
             "data.storage.token is neither a method name (anon, google_default, cloud, cache) nor an existing "
-            f"service-account JSON file; raw access tokens go in ${TOKEN_ENV} (configs are saved with the run)"
+            f"service-account JSON file; raw access tokens go in ${TOKEN_ENV} (configs are saved with the run"
+            f"{'; removed from ' + scrubbed if scrubbed else ''})"
         )
 
     # ------------------------------------------------------------------ credentials

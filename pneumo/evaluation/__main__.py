@@ -12,11 +12,14 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pneumo.data.storage import protect_output
 from pneumo.evaluation.files import evaluate_files
 from pneumo.evaluation.report import EvalSettings
 from pneumo.utils.cli import user_errors
 
 log = logging.getLogger("pneumo.evaluation")
+# Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
+protect_output()
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate.yaml")

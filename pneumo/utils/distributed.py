@@ -12,6 +12,7 @@ Lightning's ``DDPStrategy`` with the samplers replaced (``conf/trainer/ddp.yaml`
   ``i % world_size``; the shards are disjoint and cover the split exactly. Ranks may differ by one image;
   that is safe without gradients, and torchmetrics gathers the uneven states when it computes the metric,
   so the synced AUROC is the AUROC of the whole split.
+- **any other sampler** (weighted, custom) is the user's: it is kept and not sharded (a warning says so).
 
 Example:
     >>> import lightning as L
@@ -80,8 +81,10 @@ class ShardedDDPStrategy(DDPStrategy):
     """``DDPStrategy`` whose data loaders get exact shards (see the module docstring).
 
     Takes every ``DDPStrategy`` argument (``process_group_backend``, ``find_unused_parameters``, ``timeout``,
-    ...). Use it with ``Trainer(use_distributed_sampler=False)``; with ``True`` it replaces Lightning's padded
-    samplers all the same.
+    ...). Use it with ``Trainer(use_distributed_sampler=False)`` (``conf/trainer/ddp.yaml``). With ``True``,
+    the ``DistributedSampler`` Lightning puts in place of a random or sequential sampler is replaced all the
+    same, but a sampler of the user's own (weighted, custom) that Lightning wrapped in its
+    ``DistributedSamplerWrapper`` is kept as Lightning made it, padding included (a warning says so).
     """
 
     strategy_name = "ddp_sharded_exact"
