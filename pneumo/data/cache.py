@@ -53,7 +53,7 @@ import numpy as np
 from pneumo.errors import ConfigError, PneumoError
 from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.storage import redact_url
-from pneumo.data.store import AccessDeniedError, ImageStore, ObjectNotFoundError
+from pneumo.data.store import AccessDeniedError, ImageStore, ObjectNotFoundError, object_name
 from pneumo.data.transforms import ResizeToUint8
 
 log = logging.getLogger(__name__)
@@ -183,11 +183,13 @@ class ImageCache:
     def identity_path(self) -> Path:
         return self.dir / "identity.bin"
 
-    def identities_of(self, listed: dict[str, str]) -> np.ndarray:
-        """``(count, IDENTITY_BYTES)`` hashes of the listed identity of each name (absent: hash of ``""``)."""
+    def identities_of(self, listed: dict[str, str], suffix: str | None = None) -> np.ndarray:
+        """``(count, IDENTITY_BYTES)`` hashes of the listed identity of each image's object (named with
+        ``suffix``, ``data.image_suffix``; absent: the hash of ``""``)."""
         out = np.empty((len(self), IDENTITY_BYTES), np.uint8)
         for i, name in enumerate(self.names):
-            digest = hashlib.blake2b(listed.get(name, "").encode(), digest_size=IDENTITY_BYTES).digest()
+            identity = listed.get(object_name(name, suffix), "")
+            digest = hashlib.blake2b(identity.encode(), digest_size=IDENTITY_BYTES).digest()
             out[i] = np.frombuffer(digest, np.uint8)
         return out
 
@@ -353,7 +355,7 @@ class ImageCache:
         """Identity hashes of the objects now, from one listing of the images root; where the credentials may
         read objects but not list them, the recorded ones (nothing can be found stale: said in the log)."""
         try:
-            return self.identities_of(store.identities())
+            return self.identities_of(store.identities(), store.suffix)
         except AccessDeniedError as err:
             log.warning(
                 "cannot list %s (%s): cached entries are not checked against their objects; delete %s to "
