@@ -50,8 +50,14 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "PNEUMO_GCS_TOKEN"
 #: gcsfs token values that name a method rather than hold a secret.
 TOKEN_METHODS = frozenset({"anon", "google_default", "cache", "cloud", "browser", "token"})
-#: Settings of the image store (``ImageStore`` keyword arguments).
-IO_KEYS = ("concurrency", "request_timeout_s", "retry_deadline_s", "retry_backoff_s", "retry_backoff_max_s")
+#: I/O limits of the image store (``ImageStore`` keyword arguments, ``data.storage.*``) and their defaults.
+IO_DEFAULTS = {
+    "concurrency": 32,
+    "request_timeout_s": 60.0,
+    "retry_deadline_s": 300.0,
+    "retry_backoff_s": 0.5,
+    "retry_backoff_max_s": 16.0,
+}
 #: Where gcsfs sends requests when neither ``options.endpoint_url`` nor ``$STORAGE_EMULATOR_HOST`` is set.
 GCS_ENDPOINT = "https://storage.googleapis.com"
 REDACTED = "***"
@@ -239,6 +245,31 @@ def _scrub_saved_config(secret: str) -> str:
     return folder if changed else ""
 
 
+def check_io_limits(**io_limits: float) -> dict:
+    """The image store's I/O limits (``IO_DEFAULTS`` for those not given), checked; one-line errors.
+
+    Example:
+        >>> check_io_limits(concurrency=8)["concurrency"], check_io_limits()["retry_deadline_s"]
+        (8, 300.0)
+    """
+    unknown = sorted(set(io_limits) - set(IO_DEFAULTS))
+    if unknown:
+        raise StorageSettingsError(
+            f"unknown data.storage key(s) {unknown}; known: project, requester_pays, token, options, "
+            + ", ".join(IO_DEFAULTS)
+        )
+    try:
+        io = {k: type(v)(io_limits.get(k, v)) for k, v in IO_DEFAULTS.items()}
+    except (TypeError, ValueError) as err:
+        raise StorageSettingsError(f"data.storage I/O limits must be numbers: {err}") from None
+    if io["concurrency"] < 1:
+        raise StorageSettingsError(f"data.storage.concurrency must be >= 1, got {io['concurrency']}")
+    for key in list(IO_DEFAULTS)[1:]:
+        if not io[key] > 0:
+            raise StorageSettingsError(f"data.storage.{key} must be > 0, got {io[key]:g}")
+    return io
+
+
 # ---------------------------------------------------------------------------------------------- settings
 def protocol_of(url: str) -> str:
     """The fsspec protocol of a path or URL (``gs``, ``file``, ``memory``, ...)."""
@@ -260,6 +291,7 @@ class StorageSettings:
             public buckets and emulators, ``google_default``, ``cloud``, ``cache``) or a service-account JSON
             path. Raw tokens are refused here: configs are saved with every run.
         options: extra fsspec options for every URL (e.g. ``endpoint_url`` of an emulator); no credentials.
+        io_limits: the image store's I/O limits (defaults ``IO_DEFAULTS``):
         concurrency: requests in flight per process when fetching many images.
         request_timeout_s: limit of one request; the endpoint probe waits at most ``min(this, 10)`` s.
         retry_deadline_s: time one object may take, retries included.
@@ -272,11 +304,7 @@ class StorageSettings:
         requester_pays: bool = False,
         token: str | None = None,
         options: Mapping | None = None,
-        concurrency: int = 32,
-        request_timeout_s: float = 60.0,
-        retry_deadline_s: float = 300.0,
-        retry_backoff_s: float = 0.5,
-        retry_backoff_max_s: float = 16.0,
+        **io_limits: float,
     ) -> None:
         protect_output()
         self.project = str(project) if project else None
@@ -288,18 +316,7 @@ class StorageSettings:
                 f"data.storage.options may not hold credentials ({', '.join(credential_keys)}): use "
                 f"data.storage.token (anon, google_default or a key file path) or ${TOKEN_ENV}"
             )
-        self.io = {
-            "concurrency": int(concurrency),
-            "request_timeout_s": float(request_timeout_s),
-            "retry_deadline_s": float(retry_deadline_s),
-            "retry_backoff_s": float(retry_backoff_s),
-            "retry_backoff_max_s": float(retry_backoff_max_s),
-        }
-        if self.io["concurrency"] < 1:
-            raise StorageSettingsError(f"data.storage.concurrency must be >= 1, got {concurrency}")
-        for key in IO_KEYS[1:]:
-            if not self.io[key] > 0:
-                raise StorageSettingsError(f"data.storage.{key} must be > 0, got {self.io[key]:g}")
+        self.io = check_io_limits(**io_limits)
         self.token = self._config_token(token)
         self._credentials: Any = None
         self._probed: set[str] = set()

@@ -35,7 +35,7 @@ from typing import Any, TypeVar  # noqa: E402
 import fsspec  # noqa: E402
 from fsspec.exceptions import FSTimeoutError  # noqa: E402
 
-from pneumo.data.storage import StorageSettingsError, protocol_of, redact_url  # noqa: E402
+from pneumo.data.storage import check_io_limits, protocol_of, redact_url  # noqa: E402
 from pneumo.errors import PneumoError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -155,17 +155,17 @@ class ImageStore:
         retry_backoff_max_s: float = 16.0,
         suffix: str | None = None,
     ) -> None:
-        if int(concurrency) < 1:
-            raise StorageSettingsError(f"data.storage.concurrency must be >= 1, got {concurrency}")
-        if float(request_timeout_s) <= 0 or float(retry_deadline_s) <= 0:
-            raise StorageSettingsError("data.storage.request_timeout_s and data.storage.retry_deadline_s must be > 0")
+        io = check_io_limits(
+            concurrency=concurrency,
+            request_timeout_s=request_timeout_s,
+            retry_deadline_s=retry_deadline_s,
+            retry_backoff_s=retry_backoff_s,
+            retry_backoff_max_s=retry_backoff_max_s,
+        )
         self.root = absolute_location(root).rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.concurrency = int(concurrency)
-        self.request_timeout_s = float(request_timeout_s)
-        self.retry_deadline_s = float(retry_deadline_s)
-        self.retry_backoff_s = float(retry_backoff_s)
-        self.retry_backoff_max_s = float(retry_backoff_max_s)
+        for key, value in io.items():  # self.concurrency, self.request_timeout_s, ...
+            setattr(self, key, value)
         self.suffix = suffix or None
         self.protocol = protocol_of(self.root)
         self._state_pid: int | None = None
