@@ -24,6 +24,7 @@ from pneumo.data.decode import BadImageError, decode_grayscale, image_shape
 from pneumo.data.dicom import dicom_bytes
 from pneumo.data.store import ImageStore
 from pneumo.data.synthetic import ensure_synthetic_dataset, planted_identifiers
+from pneumo.errors import ConfigError
 from pneumo.xai.inputs import Preprocessor
 from tests.helpers import ROOT, TINY_DEMO, demo_datamodule, run_cli, tiny_overrides
 
@@ -199,6 +200,19 @@ def test_describe_command(png: tuple[str, np.ndarray], demo_root: Path, tmp_path
     assert json.loads(capsys.readouterr().out)["vs_png"]["max_grey_difference"] > 30
     assert main([str(tmp_path / "cut.dcm")]) == 1
     assert "cut.dcm: DICOM file with no pixel data" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"dicom_voi": "lung"}, "data.dicom_voi='lung': choose one of auto, window, full-range"),
+        ({"image_suffix": "dcm"}, "data.image_suffix='dcm': give a file ending such as .dcm, or null"),
+    ],
+)
+def test_dicom_settings_are_checked_before_any_read(demo_root: Path, setting: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        demo_datamodule(demo_root / "absent", **setting)
+    assert str(err.value) == message
 
 
 def test_header_only_shape(png: tuple[str, np.ndarray]) -> None:
