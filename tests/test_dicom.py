@@ -240,7 +240,20 @@ def test_cache_from_dicom_equals_cache_from_png_byte_for_byte(
     item = streamed.datasets["val"][0]
     cached = from_dicom.datasets["val"][0]
     assert item["image_id"].endswith(".png") and bool((item["image"] == cached["image"]).all())
-    # another grey-level mode is another cache; a wrong suffix names the objects it looked for
+    # a rewritten .dcm is a stale entry (identities are those of the objects read, not of the index names)
+    first = sorted((dicom_root / "images").glob("*.dcm"))[0]
+    original = first.read_bytes()
+    try:
+        first.write_bytes(dicom_bytes(np.full((64, 64), 7, np.uint8)))
+        rebuilt = demo_datamodule(dicom_root, cache=True, cache_dir=str(tmp_path / "c"), image_suffix=".dcm")
+        rebuilt.prepare_data()
+        rebuilt.setup("fit")
+        assert rebuilt.image_cache.manifest()["last_build"]["stale"] == 1
+        row = rebuilt.image_cache.names.index(first.stem + ".png")
+        assert (rebuilt.image_cache.open()[row] == 7).all()
+    finally:
+        first.write_bytes(original)
+    # another grey-level mode is another cache
     assert ImageCache(tmp_path, "x", a.names, 48, ".dcm", "full-range").dir != b.dir
     store = ImageStore(str(dicom_root / "images"), suffix=".dcm")
     assert store.url("00000001_000.png").endswith("/images/00000001_000.dcm")
