@@ -25,7 +25,7 @@ from typing import Any
 import fsspec
 from omegaconf import OmegaConf
 
-from pneumo.data.store import redact_secrets, redact_url
+from pneumo.data.storage import redact_secrets, redact_url
 from pneumo.evaluation.report import metrics_table, subgroup_table
 
 LIMITS = (
