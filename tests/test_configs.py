@@ -78,3 +78,33 @@ def test_cfg_job_prints_the_composed_config() -> None:
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.data.image_size == 96 and cfg.model.optimizer.lr == 3e-4
     assert cfg.model.net._target_ == "monai.networks.nets.DenseNet121"
+
+
+def test_chexnet_recipe(compose_train) -> None:
+    """experiment=chexnet: the paper's settings (Rajpurkar et al. 2017, section 3)."""
+    cfg = compose_train(["experiment=chexnet"])
+    model = cfg.model
+    assert (model.task, model.net.out_channels, model.pretrained, model.class_weights) == (
+        "multilabel", 14, "imagenet", None,
+    )  # fmt: skip
+    assert (cfg.data.image_size, cfg.data.batch_size) == (224, 16)
+    assert model.optimizer._target_ == "torch.optim.Adam" and model.optimizer.lr == 1e-3
+    assert list(model.optimizer.betas) == [0.9, 0.999]
+    sched = model.scheduler
+    assert sched._target_.endswith("ReduceLROnPlateau") and (sched.factor, sched.mode) == (0.1, "min")
+    # the lowest validation loss picks the checkpoint, and everything else watches the same
+    assert model.monitor == cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/loss"
+    assert cfg.callbacks.model_checkpoint.mode == cfg.callbacks.early_stopping.mode == "min"
+    assert cfg.data.labels_url.endswith("Data_Entry_2017_v2020.csv.gz")  # NIH's data, official lists
+    assert cfg.data.split_lists.test.endswith("test_list.txt")
+
+
+def test_nih_pneumonia_recipe(compose_train) -> None:
+    cfg = compose_train(["experiment=nih_pneumonia"])
+    model = cfg.model
+    assert (model.task, model.net.out_channels, model.pretrained, model.class_weights) == (
+        "binary", 2, "imagenet", "auto",
+    )  # fmt: skip
+    assert cfg.data.image_size == 224 and model.optimizer.lr == 1e-4
+    assert model.scheduler.mode == cfg.callbacks.early_stopping.mode == "min"
+    assert model.monitor == cfg.callbacks.early_stopping.monitor == cfg.optimized_metric == "val/loss"

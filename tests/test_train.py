@@ -103,22 +103,27 @@ def test_train_cli_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     assert "alembic" not in train_log  # third-party set-up chatter stays out of the run's log
 
 
-def test_init_weights_from_a_local_checkpoint(compose_train, demo_root: Path, tmp_path: Path) -> None:
+def test_pretrained_from_a_pneumo_checkpoint(compose_train, demo_root: Path, tmp_path: Path) -> None:
     import hydra
+
+    from pneumo.models.pretrained import PretrainedFileNotFoundError
 
     cfg = compose_train([*tiny_overrides(demo_root, tmp_path)])
     donor = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    path = tmp_path / "donor.pt"
-    torch.save({"state_dict": donor.state_dict()}, path)
+    path = tmp_path / "donor.ckpt"
+    torch.save({"state_dict": donor.state_dict(), "hyper_parameters": dict(donor.hparams)}, path)
     with open_dict(cfg):
-        cfg.model.init_weights = str(path)
+        cfg.model.pretrained = str(path)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     for (k, a), b in zip(donor.net.state_dict().items(), model.net.state_dict().values()):
         assert torch.equal(a, b), k
+    assert model.hparams.input_norm is None and model.hparams.net["in_channels"] == 1  # the donor's, grey
+    assert model.initial_weights["source"] == str(path) and len(model.initial_weights["sha256"]) == 64
     with open_dict(cfg):
-        cfg.model.init_weights = str(tmp_path / "absent.pt")
-    with pytest.raises(Exception, match="absent.pt does not exist"):
+        cfg.model.pretrained = str(tmp_path / "absent.pt")
+    with pytest.raises(Exception, match="absent.pt does not exist") as caught:
         hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert isinstance(caught.value.__cause__ or caught.value, PretrainedFileNotFoundError)  # Hydra wraps it
 
 
 def test_missing_data_root_fails_before_training(tmp_path: Path) -> None:

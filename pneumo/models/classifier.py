@@ -42,7 +42,8 @@ from torch import nn
 from pneumo.errors import ConfigError
 from pneumo.evaluation.metrics import average_precision, threshold_metrics
 from pneumo.evaluation.threshold import ThresholdRule, select_threshold
-from pneumo.models.nets import build_net, load_initial_weights
+from pneumo.models.nets import build_net
+from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, input_adapter
 from pneumo.models.tasks import pneumonia_column, task_named
 from pneumo.utils.config import to_plain
 
@@ -94,7 +95,15 @@ class PneumoniaClassifier(L.LightningModule):
             cross-entropy weights ``[w_neg, w_pos]`` (auto = inverse class frequency). Multi-label: the
             BCE ``pos_weight`` of each of the 14 findings (auto = negatives / positives in train; 1 for a
             finding without train positives).
-        init_weights: optional local checkpoint / state-dict file to initialise the network from.
+        pretrained: first weights of the network (``pneumo.models.pretrained``): ``None`` (random),
+            ``"imagenet"``, or the path/URL of a checkpoint or state dict (a pneumo ``.ckpt``, a CheXNet
+            reproduction, any torchvision-layout DenseNet121). Sets ``net.in_channels`` and ``input_norm``
+            to the source's. Only read when the model is built for training: ``load_from_checkpoint``
+            rebuilds from the checkpoint's own weights.
+        input_norm: the input normalisation the network expects (``"imagenet"``: grey replicated to RGB,
+            ImageNet's mean and std; ``None``: grey in [0, 1] as is), applied inside ``forward`` so that
+            training, test, ``explain.py`` and the Grad-CAM callback all feed it alike. Follows
+            ``pretrained`` when that is set; saved with the model.
         task: ``binary`` or ``multilabel``.
         operating_point: rule choosing ``threshold`` on validation (``eval.threshold`` in the config).
     """
@@ -104,9 +113,10 @@ class PneumoniaClassifier(L.LightningModule):
         net: Mapping,
         optimizer: Mapping | Callable,
         scheduler: Mapping | Callable | None = None,
-        monitor: str = "val/auroc",
+        monitor: str = "val/loss",
         class_weights: str | Sequence[float] | None = "auto",
-        init_weights: str | None = None,
+        pretrained: str | None = None,
+        input_norm: str | None = None,
         task: str = "binary",
         operating_point: str | float = "youden",
     ) -> None:
@@ -122,6 +132,9 @@ class PneumoniaClassifier(L.LightningModule):
             )
         weights = self._weights_of(class_weights, n_out)
         self.operating_point_rule = ThresholdRule.parse(operating_point)
+        source = PretrainedWeights.read(str(pretrained)) if pretrained else None
+        if source is not None:
+            net, input_norm = self._net_for(net, source, input_norm)
         self.save_hyperparameters(
             {
                 "net": net,
@@ -129,15 +142,27 @@ class PneumoniaClassifier(L.LightningModule):
                 "scheduler": scheduler if isinstance(scheduler, Mapping) or scheduler is None else None,
                 "monitor": monitor,
                 "class_weights": class_weights,
-                "init_weights": init_weights,
+                "pretrained": pretrained,
+                "input_norm": input_norm,
                 "task": task,
                 "operating_point": operating_point,
             }
         )
         self._optimizer, self._scheduler = optimizer, scheduler
+        #: Grey [0, 1] images -> what the network was trained to see (identity without ``input_norm``).
+        self.input_adapter = input_adapter(input_norm)
         self.net = build_net(net)
-        if init_weights:
-            load_initial_weights(self.net, init_weights)
+        #: Where the network's first weights came from (the model card records it).
+        self.initial_weights: dict[str, Any] | None = None
+        if source is not None:
+            account = source.apply(self.net, self.task)
+            log.info("model.pretrained=%s", account)
+            self.initial_weights = {
+                "source": IMAGENET_URL if source.source == IMAGENET else source.source,
+                "sha256": source.sha256,
+                "input_norm": input_norm,
+                "note": account,
+            }
         # Buffers travel with checkpoints and follow the module to any device.
         self.register_buffer("class_weights", weights)
         # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
@@ -178,9 +203,34 @@ class PneumoniaClassifier(L.LightningModule):
             raise ConfigError(f"{fix} (finite, >= 0), got {class_weights!r}")
         return weights
 
+    @staticmethod
+    def _net_for(net: Mapping, source: PretrainedWeights, input_norm: str | None) -> tuple[dict, str | None]:
+        """The network spec and input normalisation a pretrained source needs (its input channels and the
+        normalisation it was trained with)."""
+        if input_norm is not None and input_norm != source.input_norm:
+            raise ConfigError(
+                f"model.input_norm={input_norm} contradicts model.pretrained={source.source}, trained with "
+                f"input_norm={source.input_norm}; leave model.input_norm unset"
+            )
+        if net.get("in_channels") != source.in_channels:
+            log.info(
+                "model.net.in_channels %s -> %d: model.pretrained=%s has %d input channel(s)%s",
+                net.get("in_channels"), source.in_channels, source.source, source.in_channels,
+                " (grey images are replicated)" if source.in_channels > 1 else "",
+            )  # fmt: skip
+        return {**net, "in_channels": source.in_channels}, source.input_norm
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> PneumoniaClassifier:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, without reading ``pretrained`` again: the checkpoint holds
+        the weights (and its saved ``net`` and ``input_norm`` the shapes and the preprocessing)."""
+        kwargs.setdefault("pretrained", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Logits of grey ``(B, 1, H, W)`` images in [0, 1] (normalised here as the network expects)."""
+        return self.net(self.input_adapter(x))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Pneumonia probability ``(B,)`` (binary) or the 14 finding probabilities ``(B, 14)`` (multi-label)."""

@@ -126,7 +126,9 @@ def load_classifier(
             f"checkpoint {ckpt_path} lacks datamodule_hyper_parameters.image_size (not written by train.py)"
         )
     try:
-        model = PneumoniaClassifier(**{**dict(hp), "init_weights": None})
+        # The checkpoint holds the weights: pretrained is not read again (nor the retired init_weights key).
+        rebuilt = {k: v for k, v in hp.items() if k != "init_weights"}
+        model = PneumoniaClassifier(**{**rebuilt, "pretrained": None})
     except Exception as err:
         raise CheckpointError(f"checkpoint {ckpt_path}: its model cannot be rebuilt ({err})") from err
     try:
