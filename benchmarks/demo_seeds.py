@@ -7,10 +7,14 @@ split=test``. Printed per seed: the best checkpoint's epoch, test AUROC (``repor
 on the test images with pneumonia boxes and its ratio to a random point (``summary.json`` of explain.py),
 the wall time of each command; then the median of each column and the acceptance check of issue 10 (every
 test AUROC >= 0.90; at least 4 of 5 pointing games >= 0.6 and >= 10x random). Results also go to
-``OUT/demo_seeds.json``. Both commands run one after the other in subprocesses of this interpreter, from
-this checkout; each default run takes ~2 minutes on 2 idle cores.
+``OUT/demo_seeds.json`` (rewritten after every seed). The commands run in subprocesses of this interpreter,
+from this checkout; each default run takes ~2 minutes on 2 idle cores. ``--jobs N`` runs N seeds at a time,
+each with one torch thread (``OMP_NUM_THREADS=1``): ``--jobs 2`` keeps the two threads of one default run,
+and on a busy machine two one-thread runs waste far less CPU than one two-thread run (whose threads wait for
+each other whenever one is descheduled).
 
     python benchmarks/demo_seeds.py                            # seeds 42 1 2 3 4, outputs in logs/demo_seeds
+    python benchmarks/demo_seeds.py --jobs 2                   # two seeds at a time, one thread each
     python benchmarks/demo_seeds.py --seeds 42 7 --out /tmp/s trainer.max_epochs=3   # + train.py overrides
 """
 
@@ -24,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -34,10 +39,12 @@ DEFAULT_SEEDS = (42, 1, 2, 3, 4)
 MIN_TEST_AUROC, MIN_POINTING, MIN_RATIO = 0.90, 0.6, 10.0
 
 
-def _run(args: list[str], log_path: Path) -> float:
+def _run(args: list[str], log_path: Path, threads: int | None = None) -> float:
     """Run a project command (this interpreter, repository root) into ``log_path``; returns wall seconds."""
     start = time.perf_counter()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(log_path, "w") as log:
         proc = subprocess.run(
             [sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
@@ -57,7 +64,7 @@ def best_checkpoint(run: Path) -> Path:
     return found[0]
 
 
-def one_seed(seed: int, out: Path, overrides: list[str]) -> dict:
+def one_seed(seed: int, out: Path, overrides: list[str], threads: int | None = None) -> dict:
     """Train with ``seed``, explain the best checkpoint's test split; returns the row of the table."""
     run = out / f"seed_{seed}"
     run.mkdir(parents=True, exist_ok=True)
@@ -70,12 +77,14 @@ def one_seed(seed: int, out: Path, overrides: list[str]) -> dict:
             *overrides,
         ],
         run / "train_stdout.log",
+        threads,
     )
     ckpt = best_checkpoint(run)
     explained = run / "explain_test"
     explain_s = _run(
         ["explain.py", f"ckpt_path={ckpt}", "split=test", f"out_dir={explained}", "progress=false"],
         run / "explain_stdout.log",
+        threads,
     )
     report = json.loads((run / "report.json").read_text())
     localization = json.loads((explained / "summary.json").read_text())["localization"] or {}
@@ -93,6 +102,7 @@ def one_seed(seed: int, out: Path, overrides: list[str]) -> dict:
         "boxed_images": localization.get("n"),
         "train_s": round(train_s, 1),
         "explain_s": round(explain_s, 1),
+        "torch_threads": threads or "default",
     }
 
 
@@ -135,34 +145,48 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "demo_seeds")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="seeds at a time (each then with one torch thread)"
+    )
     args, overrides = parser.parse_known_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()[0]
-    rows = []
-    for seed in args.seeds:
-        rows.append(one_seed(seed, out, overrides))
-        r = rows[-1]
+    threads = 1 if args.jobs > 1 else None
+    rows: list[dict] = []
+
+    def record(row: dict) -> dict:
+        rows.append(row)
+        rows.sort(key=lambda r: args.seeds.index(r["seed"]))
+        ok, verdict = acceptance(rows)
+        result = {
+            "seeds": args.seeds,
+            "finished": [r["seed"] for r in rows],
+            "overrides": overrides,
+            "jobs": args.jobs,
+            "rows": rows,
+            "acceptance": verdict,
+            "passed": ok and len(rows) == len(args.seeds),
+            "load_average_start": load_start,
+            "load_average_now": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+        }
+        (out / "demo_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
         print(
-            f"seed {seed}: best epoch {r['best_epoch']}, test AUROC {r['test_auroc']:.4f}, pointing game "
-            f"{r['pointing_game']:.3f} ({r['vs_random']:.1f}x random), train {r['train_s']:.0f} s",
+            f"seed {row['seed']}: best epoch {row['best_epoch']} of {row['epochs_trained']}, test AUROC "
+            f"{row['test_auroc']:.4f}, pointing game {row['pointing_game']:.3f} ({row['vs_random']:.1f}x random), "
+            f"train {row['train_s']:.0f} s",
             flush=True,
         )
-    ok, verdict = acceptance(rows)
-    result = {
-        "seeds": args.seeds,
-        "overrides": overrides,
-        "rows": rows,
-        "acceptance": verdict,
-        "passed": ok,
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg()[0],
-        "cpu_count": os.cpu_count(),
-    }
-    (out / "demo_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(one_seed, seed, out, overrides, threads) for seed in args.seeds]
+        for future in as_completed(futures):
+            result = record(future.result())
     print(table(rows))
-    print(verdict)
-    print(f"load average (1 min) {load_start:.1f} at the start, {result['load_average_end']:.1f} at the end")
+    print(result["acceptance"])
+    print(f"load average (1 min) {load_start:.1f} at the start, {result['load_average_now']:.1f} at the end")
     return result
 
 
