@@ -110,7 +110,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     image_size = getattr(datamodule, "hparams", {}).get("image_size")
     if image_size is not None and hasattr(model, "net"):
-        check_network_input(model.net, image_size)
+        # a pretrained RGB network gets the grey image replicated to its channels (model.input_norm)
+        channels = int((getattr(model, "hparams", {}).get("net") or {}).get("in_channels", 1))
+        check_network_input(model.net, image_size, in_channels=channels)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers:
