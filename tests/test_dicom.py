@@ -106,6 +106,27 @@ def test_voi_modes(png: tuple[str, np.ndarray]) -> None:
         decode_grayscale(dicom_bytes(pixels), "nowin.dcm", dicom_voi="window")
 
 
+def test_voi_lut_sequence_is_applied_in_auto_mode(png: tuple[str, np.ndarray]) -> None:
+    """A VOI LUT Sequence (stored 1000 + 4p -> p, 8-bit entries) gives the PNG back; the window beside it
+    (deliberately wrong) is what ``window`` uses, and ``full-range`` ignores both."""
+    from pydicom.dataset import Dataset
+
+    _, pixels = png
+    stored = 1000 + 4 * pixels.astype(np.uint16)
+
+    def add_lut(ds) -> None:
+        item = Dataset()
+        item.LUTDescriptor = [1021, 1000, 8]
+        item.add_new("LUTData", "US", [round(i / 4) for i in range(1021)])
+        ds.VOILUTSequence = [item]
+
+    data = _modified(dicom_bytes(stored, bits_stored=12, window=(3000, 100)), add_lut)
+    assert np.array_equal(decode_grayscale(data, "lut.dcm"), pixels)
+    assert (decode_grayscale(data, "lut.dcm", dicom_voi="window") == 0).all()  # all below the window
+    flat = decode_grayscale(data, "lut.dcm", dicom_voi="full-range").astype(int)
+    assert np.abs(flat - np.rint(stored.astype(float) * 255 / 4095)).max() <= 1
+
+
 def _modified(data: bytes, change) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(data))
     change(ds)

@@ -200,7 +200,12 @@ def _values_of_interest(
     if voi == "auto" and ds.get("VOILUTSequence"):
         if not np.issubdtype(values.dtype, np.integer):
             values = np.rint(values).astype(np.int64)  # LUT inputs are integers
-        depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        item = ds.VOILUTSequence[0]
+        depth = int(item.LUTDescriptor[2])
+        if depth == 8:
+            # pydicom 3.0.2 indexes an 8-bit LUT with uint8 indices, which wrap past 256 entries (an 8-bit LUT
+            # may have up to 65536): look it up as 16-bit entries, the same values
+            item.LUTDescriptor = [*list(item.LUTDescriptor)[:2], 16]
         return apply_voi(values, ds), 0.0, float(2**depth - 1)
     if voi in ("auto", "window") and has_window:
         return apply_windowing(values, ds), lo, hi
