@@ -106,18 +106,25 @@ def one_seed(seed: int, out: Path, overrides: list[str], threads: int | None = N
     }
 
 
-def acceptance(rows: list[dict]) -> tuple[bool, str]:
-    """Issue 10's check: every test AUROC >= 0.90, and pointing game >= 0.6 and >= 10x random in 4 of 5."""
+def acceptance(rows: list[dict], planned: int | None = None) -> tuple[bool, str]:
+    """Issue 10's check: every test AUROC >= 0.90, and pointing game >= 0.6 and >= 10x random in 4 of 5
+    (all but one of the ``planned`` seeds; a check before every seed finished is marked partial)."""
+    planned = max(planned or len(rows), len(rows))
     auroc_ok = all((r["test_auroc"] or 0) >= MIN_TEST_AUROC for r in rows)
     pointing_ok = sum(
         (r["pointing_game"] or 0) >= MIN_POINTING and (r["vs_random"] or 0) >= MIN_RATIO for r in rows
     )
-    needed = len(rows) - 1 if len(rows) > 1 else 1
-    ok = auroc_ok and pointing_ok >= needed
+    needed = planned - 1 if planned > 1 else 1
+    ok = auroc_ok and pointing_ok >= needed and len(rows) == planned
+    verdict = (
+        "PASS"
+        if ok
+        else ("FAIL" if not auroc_ok or pointing_ok + planned - len(rows) < needed else "partial")
+    )
     return ok, (
         f"test AUROC >= {MIN_TEST_AUROC} for every seed: {'yes' if auroc_ok else 'NO'}; pointing game "
-        f">= {MIN_POINTING} and >= {MIN_RATIO:g}x random for {pointing_ok} of {len(rows)} seeds "
-        f"(needed {needed}) -> {'PASS' if ok else 'FAIL'}"
+        f">= {MIN_POINTING} and >= {MIN_RATIO:g}x random for {pointing_ok} of {len(rows)} finished seeds "
+        f"(needed {needed} of {planned}) -> {verdict}"
     )
 
 
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     def record(row: dict) -> dict:
         rows.append(row)
         rows.sort(key=lambda r: args.seeds.index(r["seed"]))
-        ok, verdict = acceptance(rows)
+        ok, verdict = acceptance(rows, len(args.seeds))
         result = {
             "seeds": args.seeds,
             "finished": [r["seed"] for r in rows],
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
             "jobs": args.jobs,
             "rows": rows,
             "acceptance": verdict,
-            "passed": ok and len(rows) == len(args.seeds),
+            "passed": ok,
             "load_average_start": load_start,
             "load_average_now": os.getloadavg()[0],
             "cpu_count": os.cpu_count(),
