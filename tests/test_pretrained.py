@@ -239,6 +239,10 @@ def test_training_test_and_explain_feed_the_network_alike(
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert blob["hyper_parameters"]["input_norm"] == "imagenet"
     model = PneumoniaClassifier.load_from_checkpoint(ckpt)  # does not read the ImageNet file again
+    assert model.hparams.pretrained is None and model.initial_weights["source"].endswith(
+        "densenet121-a639ec97.pth"
+    )
+    assert model.initial_weights["sha256"] == blob["initial_weights"]["sha256"]
     datamodule = NIHDataModule(**blob["datamodule_hyper_parameters"])
     with NetworkInputs() as testing:
         L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(

@@ -385,11 +385,15 @@ class PneumoniaClassifier(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["operating_point"] = dict(self.operating_point)
+        if self.initial_weights is not None:  # provenance outlives the rebuild (which skips pretrained)
+            checkpoint["initial_weights"] = dict(self.initial_weights)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_epoch = checkpoint.get("epoch")
         if "operating_point" in checkpoint:
             self.operating_point = dict(checkpoint["operating_point"])
+        if isinstance(checkpoint.get("initial_weights"), Mapping):
+            self.initial_weights = dict(checkpoint["initial_weights"])
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
