@@ -1,14 +1,14 @@
 """The pipeline behind ``train.py``: compose -> instantiate -> fit -> test -> report -> metric.
 
-``train=false ckpt_path=CKPT`` evaluates a checkpoint without training: the model is rebuilt from the
-checkpoint, the operating point is chosen on the validation split by ``eval.threshold`` (the same rule
+``train=false ckpt_path=CKPT`` evaluates a checkpoint without training: the run is rebuilt from the
+checkpoint (``pneumo.runs``: its model, and its data module with the same split and skipped images), the
+operating point is chosen on the validation split by ``eval.threshold`` (the same rule
 that chose it during training gives the same threshold), and the test report is written as after training.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -21,6 +21,7 @@ from pneumo.errors import ConfigError
 from pneumo.evaluation.evaluate import write_evaluation
 from pneumo.evaluation.report import EvalSettings
 from pneumo.preflight import check_network_input, check_train_config
+from pneumo.runs import RUNTIME_DATA_KEYS, Run, load_run
 from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
@@ -70,22 +71,31 @@ def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
-def load_checkpoint_model(cfg: DictConfig) -> L.LightningModule:
-    """The model of ``cfg.ckpt_path`` (architecture and task from the checkpoint), for evaluation only."""
+def load_run_of(cfg: DictConfig) -> Run:
+    """The run of ``cfg.ckpt_path`` (model, data module, storage settings: ``pneumo.runs.load_run``) for
+    evaluation; this command's storage settings and ``RUNTIME_DATA_KEYS`` of ``data`` apply, the rule of
+    its ``eval.threshold`` replaces the saved one (validation re-applies it to the weights)."""
     path = cfg.get("ckpt_path")
     if not path:
         raise ConfigError(
             "train=false evaluates a checkpoint: pass ckpt_path=PATH "
             "(e.g. ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt)"
         )
-    if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path={path} does not exist (or is not a file)")
-    model_class = hydra.utils.get_class(cfg.model._target_)
-    log.info("loading %s from %s", model_class.__name__, path)
-    # The rule of this run's eval config replaces the saved one; validation re-applies it to the weights.
     rule = cfg.eval.get("threshold") if cfg.get("eval") is not None else None
-    overrides = {} if rule is None else {"operating_point": rule}
-    return model_class.load_from_checkpoint(path, map_location="cpu", **overrides)
+    data = dict(to_plain(cfg.get("data")) or {})
+    log.info("rebuilding the run of %s (model, data module, storage settings)", path)
+    run = load_run(path, storage=data.get("storage"), data=data, operating_point=rule)
+    saved = dict(run.datamodule.hparams)
+    differing = sorted(
+        k for k, v in data.items()
+        if k in saved and k not in RUNTIME_DATA_KEYS and k != "storage" and v != saved[k]
+    )  # fmt: skip
+    if differing:
+        log.warning(
+            "train=false evaluates on the checkpoint's data: this command's data.%s differ(s) and are ignored",
+            ", data.".join(differing),
+        )
+    return run
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -101,11 +111,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("seed %s (torch, numpy, python and data-loader workers)", cfg.seed)
     settings = EvalSettings.from_config(to_plain(cfg.get("eval")))
 
-    log.info("instantiating data <%s>", cfg.data._target_)
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     if not cfg.get("train") and (cfg.get("test") or cfg.get("ckpt_path")):
-        model: L.LightningModule = load_checkpoint_model(cfg)
+        run = load_run_of(cfg)
+        model: L.LightningModule = run.model
+        datamodule: L.LightningDataModule = run.datamodule
     else:
+        log.info("instantiating data <%s>", cfg.data._target_)
+        datamodule = hydra.utils.instantiate(cfg.data)
         log.info("instantiating model <%s>", cfg.model._target_)
         model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     image_size = getattr(datamodule, "hparams", {}).get("image_size")

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from pneumo.data.boxes import BoxList
-from pneumo.data.datamodule import NIHDataModule
 from pneumo.data.index import NIHLabelIndex
+from pneumo.runs import load_run
 from pneumo.testing.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
-from pneumo.xai.explain import CheckpointError, explain_images, load_classifier
+from pneumo.utils.checkpoint_io import CheckpointError
+from pneumo.xai.explain import explain_images
 from tests.helpers import CONF, ROOT, run_cli, tiny_overrides
 
 
@@ -49,9 +50,8 @@ def _rows(path: Path) -> list[dict]:
 
 def _reference_probabilities(ckpt: Path, names: list[str]) -> dict[str, float]:
     """Probabilities from the training data pipeline (NIHDataModule's test-time transforms)."""
-    model, dhp = load_classifier(str(ckpt))
-    dm = NIHDataModule(**dhp)
-    dm.setup("fit")
+    run = load_run(str(ckpt))
+    model, dm, dhp = run.model, run.datamodule, run.datamodule.hparams
     index = NIHLabelIndex.from_csv(dhp["labels_url"]).subset(names)
     from pneumo.data.dataset import NIHImageDataset, StreamingSource
     from pneumo.data.transforms import build_tensor_transforms
@@ -174,7 +174,7 @@ def test_incompatible_checkpoints_fail_with_one_clear_line(tiny_ckpt: Path, tmp_
     }
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=message) as err:
-            load_classifier(str(tmp_path / name))
+            load_run(str(tmp_path / name))
         assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
 
 

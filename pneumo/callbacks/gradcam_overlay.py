@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from pneumo.data.boxes import BoxList, scaled_to
+from pneumo.data.boxes import load_boxes, scaled_to
 from pneumo.data.decode import image_shape
 from pneumo.errors import ConfigError
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
@@ -126,7 +126,9 @@ class GradCamOverlayCallback(L.Callback):
         if not bbox_url:
             return empty
         try:
-            table = BoxList.from_csv(bbox_url, datamodule.storage.options_for(bbox_url))
+            table = load_boxes(bbox_url, datamodule.storage.options_for(bbox_url))
+            if table is None:
+                return empty
             store = datamodule.store
             out = []
             for name in names:

@@ -23,6 +23,7 @@ import pandas as pd
 from pneumo.errors import PneumoError
 from pneumo.data.findings import BBOX_LABEL_ALIASES, FINDINGS, PNEUMONIA
 from pneumo.data.nih import verified
+from pneumo.data.store import location_exists
 
 _COLUMNS = ("image", "finding", "x", "y", "w", "h")
 
@@ -101,6 +102,20 @@ class BoxList:
     def subset(self, finding: str) -> BoxList:
         """Only the boxes of one finding."""
         return BoxList(self.table[self.table["finding"] == finding].reset_index(drop=True), self.source)
+
+
+def load_boxes(bbox_url: str | None, storage_options: Mapping | None = None) -> BoxList | None:
+    """The box file of a data set for ``explain.py`` and the Grad-CAM callback: ``None`` when no file is
+    configured (``bbox_url`` empty) or it does not exist (boxes are optional); a ``BoxListError`` when it
+    exists but cannot be used.
+
+    Example:
+        >>> load_boxes(None) is None, load_boxes("/no/such/BBox_List_2017.csv") is None
+        (True, True)
+    """
+    if not bbox_url or not location_exists(bbox_url, storage_options):
+        return None
+    return BoxList.from_csv(bbox_url, storage_options)
 
 
 def scaled_to(boxes: np.ndarray, source_shape: tuple[int, int], target_shape: tuple[int, int]) -> np.ndarray:

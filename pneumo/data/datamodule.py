@@ -37,6 +37,9 @@ from pneumo.utils.config import to_plain
 
 log = logging.getLogger(__name__)
 
+#: Split names, in the order of ``PatientSplit``.
+SPLITS = ("train", "val", "test")
+
 
 class DataRootError(PneumoError, FileNotFoundError):
     """The images or labels are not where the configuration says."""
@@ -171,6 +174,8 @@ class NIHDataModule(L.LightningDataModule):
         self.split: PatientSplit | None = None
         self.image_cache: ImageCache | None = None
         self.skipped: dict[str, list[str]] = {"missing": [], "bad image": []}
+        #: Images the run left out (from a checkpoint's data-module state), until ``setup`` works it out.
+        self.recorded_skipped: dict[str, list[str]] | None = None
         self.datasets: dict[str, NIHImageDataset] = {}
         self._store: ImageStore | None = None
 
@@ -195,18 +200,52 @@ class NIHDataModule(L.LightningDataModule):
         if self.hparams.cache:
             self._build_cache(self._image_cache(self._read_index()))
 
+    def planned_split(self) -> PatientSplit:
+        """The patient split from the label index and the split settings, before any image is read (images
+        that turn out missing or bad are still in it)."""
+        self.index = self._read_index()
+        lists = self.split_lists or {}
+        return make_splits(
+            self.index,
+            train_val_list=self._read_list(lists["train_val"]) if lists else None,
+            test_list=self._read_list(lists["test"]) if lists else None,
+            val_fraction=self.hparams.val_fraction,
+            test_fraction=self.hparams.test_fraction,
+            seed=self.hparams.split_seed,
+        )
+
+    def split_images(self, split: str) -> list[str]:
+        """The images of ``split`` (``train``/``val``/``test``) as the run used them, without reading an
+        image: after ``setup`` its split; else the planned split less the images the run skipped
+        (``data.on_missing``/``on_bad_image=skip``), as recorded in its checkpoint or in a complete cache.
+        """
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r}: choose one of {list(SPLITS)}")
+        if self.split is not None:
+            return [str(x) for x in self.split.as_dict()[split]]
+        planned = self.planned_split().as_dict()[split]
+        if self.recorded_skipped is not None:
+            left_out = {x for names in self.recorded_skipped.values() for x in names}
+        elif self.hparams.cache and (cache := self._image_cache(self.index)).is_complete():
+            names = np.asarray(cache.names, dtype=object)
+            left_out = set(names[np.isin(cache.status(), (MISSING, BAD))].tolist())
+        else:
+            left_out = set()
+        return [str(x) for x in planned if x not in left_out]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the images left out as missing or bad, so a run rebuilt from its
+        checkpoint (``pneumo.runs``) has the same splits without reading the images again."""
+        return {"skipped": {kind: list(names) for kind, names in self.skipped.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        skipped = state_dict.get("skipped")
+        if isinstance(skipped, Mapping):
+            self.recorded_skipped = {str(k): [str(x) for x in v] for k, v in skipped.items()}
+
     def setup(self, stage: str | None = None) -> None:
         if self.split is None:
-            self.index = self._read_index()
-            lists = self.split_lists or {}
-            split = make_splits(
-                self.index,
-                train_val_list=self._read_list(lists["train_val"]) if lists else None,
-                test_list=self._read_list(lists["test"]) if lists else None,
-                val_fraction=self.hparams.val_fraction,
-                test_fraction=self.hparams.test_fraction,
-                seed=self.hparams.split_seed,
-            )
+            split = self.planned_split()
             if self.hparams.cache:
                 cache = self._image_cache(self.index)
                 if not cache.is_complete():

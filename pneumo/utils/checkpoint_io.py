@@ -28,13 +28,24 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import pickle
+import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from pneumo.errors import PneumoError
+
+
+class CheckpointError(PneumoError, ValueError):
+    """A checkpoint that is missing, unreadable or not what it should be; the message names it."""
 
 
 def _is_remote(path: str) -> bool:
@@ -48,6 +59,56 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_checkpoint(
+    location: str,
+    key: str = "ckpt_path",
+    storage_options: Mapping | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Any:
+    """Load a checkpoint or state-dict file (local path or fsspec URL) with ``weights_only=True``: tensors
+    and plain containers only, no pickled code runs. The one place pneumo reads a checkpoint.
+
+    Args:
+        location: path or URL of the file.
+        key: the config key that named it (for messages), e.g. ``ckpt_path`` or ``model.init_weights``.
+        storage_options: fsspec options of ``location`` (``StorageSettings.options_for``).
+        map_location: where tensors go.
+
+    Raises:
+        CheckpointError: missing, not a PyTorch file, or holding objects other than tensors (one line).
+
+    Example:
+        >>> atomic_torch_save({"w": torch.ones(1)}, "/tmp/pneumo_doctest/r.pt")
+        >>> read_checkpoint("/tmp/pneumo_doctest/r.pt")["w"].tolist()
+        [1.0]
+        >>> read_checkpoint("/tmp/pneumo_doctest/none.pt")
+        Traceback (most recent call last):
+        ...
+        pneumo.utils.checkpoint_io.CheckpointError: ckpt_path=/tmp/pneumo_doctest/none.pt: no such file; give a .ckpt written by train.py (logs/train/runs/<timestamp>/checkpoints/)
+    """
+    try:
+        with fsspec.open(location, "rb", **dict(storage_options or {})) as fh:
+            data = fh.read()
+    except FileNotFoundError as err:
+        raise CheckpointError(
+            f"{key}={location}: no such file; give a .ckpt written by train.py "
+            "(logs/train/runs/<timestamp>/checkpoints/)"
+        ) from err
+    except IsADirectoryError as err:
+        raise CheckpointError(f"{key}={location} is a folder; give the checkpoint file inside it") from err
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors"
+        raise CheckpointError(
+            f"{key}={location} cannot be loaded safely with weights_only=True: {what}; only checkpoints "
+            "from train.py (or a source you trust, re-saved as tensors) are accepted"
+        ) from err
+    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError... for non-checkpoint bytes
+        raise CheckpointError(f"{key}={location} is not a PyTorch checkpoint ({type(err).__name__})") from err
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -101,9 +101,9 @@ def best_checkpoint(config: DictConfig) -> tuple[str, float | None]:
     last = folder / "last.ckpt"
     if last.is_file():
         try:
-            import torch
+            from pneumo.utils.checkpoint_io import read_checkpoint
 
-            blob = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+            blob = read_checkpoint(str(last), key="last.ckpt")
             for key, state in (blob.get("callbacks") or {}).items():
                 if (
                     str(key).startswith("ModelCheckpoint")

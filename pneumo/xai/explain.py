@@ -18,33 +18,27 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
-import pickle
-import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pneumo.data.boxes import BoxList, scaled_to
+from pneumo.data.boxes import load_boxes, scaled_to
 from pneumo.data.decode import BadImageError
 from pneumo.data.dicom import check_voi
 from pneumo.data.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.data.index import NIHLabelIndex
-from pneumo.data.splits import make_splits, read_image_list
-from pneumo.data.storage import StorageSettings
-from pneumo.data.store import absolute_location, location_exists, object_name
-from pneumo.errors import ConfigError, PneumoError
-from pneumo.models.classifier import PneumoniaClassifier
+from pneumo.data.store import location_exists
+from pneumo.errors import ConfigError
+from pneumo.runs import load_run
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.inputs import (
@@ -61,12 +55,6 @@ from pneumo.xai.overlay import caption_text, render_overlay, save_png
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-
-
-class CheckpointError(PneumoError, ValueError):
-    """A checkpoint that is missing or does not hold a pneumo classifier; the message names it."""
-
 
 @dataclass
 class ExplainResult:
@@ -82,94 +70,7 @@ class ExplainResult:
     out_dir: str = ""
 
 
-# ---------------------------------------------------------------------------------------------- checkpoint
-def load_classifier(
-    ckpt_path: str, map_location: str | torch.device = "cpu", storage_options: StorageOptions = None
-) -> tuple[PneumoniaClassifier, dict]:
-    """Rebuild the classifier of a training checkpoint and return it (eval mode) with the data module's
-    saved hyperparameters (image size, URLs, split settings).
-
-    Loads with ``weights_only=True``: tensors and plain containers only, no pickled code runs.
-
-    Raises:
-        CheckpointError: the file is missing, not a checkpoint, or not a pneumo classifier's (one line).
-    """
-    location = absolute_location(str(ckpt_path))
-    options = options_for(location, storage_options)
-    if not location_exists(location, options):
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} not found: set ckpt_path to a .ckpt written by train.py "
-            "(logs/train/runs/<timestamp>/checkpoints/)"
-        )
-    try:
-        with fsspec.open(location, "rb", **options) as fh:
-            blob = torch.load(io.BytesIO(fh.read()), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors"
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} cannot be loaded safely with weights_only=True: {what}; "
-            "only checkpoints from train.py (or a source you trust, re-saved as tensors) are accepted"
-        ) from err
-    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError... for non-checkpoint bytes
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} is not a PyTorch checkpoint ({type(err).__name__})"
-        ) from err
-    hp = blob.get("hyper_parameters") if isinstance(blob, Mapping) else None
-    dhp = blob.get("datamodule_hyper_parameters") if isinstance(blob, Mapping) else None
-    if not isinstance(hp, Mapping) or "net" not in hp or "state_dict" not in blob:
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} is not a pneumo classifier checkpoint (no hyper_parameters.net/state_dict)"
-        )
-    if not isinstance(dhp, Mapping) or "image_size" not in dhp:
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} lacks datamodule_hyper_parameters.image_size (not written by train.py)"
-        )
-    try:
-        # The checkpoint holds the weights: pretrained is not read again (nor the retired init_weights key).
-        rebuilt = {k: v for k, v in hp.items() if k != "init_weights"}
-        model = PneumoniaClassifier(**{**rebuilt, "pretrained": None})
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {ckpt_path}: its model cannot be rebuilt ({err})") from err
-    try:
-        missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
-    except RuntimeError as err:  # shape mismatches raise even with strict=False
-        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err)[:200])
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} does not fit the classifier it describes: {detail}"
-        ) from err
-    if "threshold" in missing:  # checkpoints from before the operating-point buffer existed
-        log.warning("checkpoint %s has no threshold; using %.2f", ckpt_path, float(model.threshold))
-        missing = [k for k in missing if k != "threshold"]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} does not fit the classifier it describes: "
-            f"{len(missing)} missing tensor(s) {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
-        )
-    return model.eval(), dict(dhp)
-
-
 # ---------------------------------------------------------------------------------------------- inputs
-def split_refs(dhp: Mapping, split: str, storage_options: StorageOptions = None) -> list[ImageRef]:
-    """The images of one split of the checkpoint's data set, rebuilt from its saved settings."""
-    if split not in SPLITS:
-        raise ConfigError(f"split={split!r}: choose one of {list(SPLITS)}")
-    so = lambda url: options_for(url, storage_options)  # noqa: E731
-    index = NIHLabelIndex.from_csv(dhp["labels_url"], so(dhp["labels_url"]), views=dhp.get("views"))
-    lists = dhp.get("split_lists") or {}
-    parts = make_splits(
-        index,
-        train_val_list=read_image_list(lists["train_val"], so(lists["train_val"])) if lists else None,
-        test_list=read_image_list(lists["test"], so(lists["test"])) if lists else None,
-        val_fraction=float(dhp.get("val_fraction", 0.1)),
-        test_fraction=float(dhp.get("test_fraction", 0.2)),
-        seed=int(dhp.get("split_seed", 0)),
-    ).as_dict()
-    names = [str(x) for x in parts[split]]
-    root, suffix = str(dhp["images_url"]).rstrip("/"), dhp.get("image_suffix")
-    return [ImageRef(name, f"{root}/{object_name(name, suffix)}") for name in names]
-
-
 def _by_stem(names) -> dict[str, str]:
     """Index names by their stem, so that ``x.dcm`` (the bucket's ``dicom/`` copy) finds the labels of ``x.png``."""
     return {os.path.splitext(str(name))[0]: str(name) for name in names}
@@ -199,15 +100,24 @@ def attach_boxes(
     refs: Sequence[ImageRef], bbox_url: str | None, finding: str, storage_options: StorageOptions
 ) -> int:
     """Set ``ref.boxes`` (of ``finding``) from a ``BBox_List_2017.csv``; returns how many images got boxes."""
-    options = options_for(bbox_url, storage_options) if bbox_url else {}
-    if not bbox_url or not location_exists(bbox_url, options):
+    boxes = load_boxes(bbox_url, options_for(bbox_url, storage_options) if bbox_url else None)
+    if boxes is None:
         return 0
-    boxes = BoxList.from_csv(bbox_url, options).subset(finding)
     known = {str(x): None for x in boxes.table["image"]}
     stems = _by_stem(known)
     for ref in refs:
-        ref.boxes = boxes.for_image(_index_name(ref.name, known, stems))
+        ref.boxes = boxes.for_image(_index_name(ref.name, known, stems), finding)
     return sum(len(ref.boxes) > 0 for ref in refs)
+
+
+def _device(device: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...; a ConfigError for anything else."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device={device!r} is not a device: use auto, cpu, cuda or cuda:N") from err
 
 
 def _stems(refs: Sequence[ImageRef]) -> list[str]:
@@ -267,24 +177,22 @@ def explain_images(
     """
     if (inputs is None) == (split is None):
         raise ConfigError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    given = {k: v for k, v in dict(storage or {}).items() if v is not None}
-    model, dhp = load_classifier(ckpt_path, dev, StorageSettings.from_config(given).options_for)
-    # checkpoints from before data.storage saved project / requester_pays at the top level
-    saved = dhp.get("storage") or {k: dhp[k] for k in ("project", "requester_pays") if k in dhp}
-    settings = StorageSettings.from_config({**dict(saved), **given})
+    dev = _device(device)
+    run = load_run(ckpt_path, storage=storage, map_location=dev)
+    model, settings, dhp = run.model, run.storage, run.datamodule.hparams
     options = settings.options_for
 
     model.to(dev)
     threshold = float(model.threshold)
-    image_size = int(dhp["image_size"])
+    image_size = run.image_size
     dicom_voi = check_voi(dhp.get("dicom_voi", "auto") if dicom_voi is None else dicom_voi, "dicom_voi")
     labels_url = dhp.get("labels_url") if labels_url is None else labels_url
     bbox_url = dhp.get("bbox_url") if bbox_url is None else bbox_url
 
     skipped: list[str] = []
     if split is not None:
-        refs = split_refs(dhp, split, options)
+        # The split as the run used it: the same images left out as missing or bad (data.on_missing=skip).
+        refs = [ImageRef(name, run.image_location(name)) for name in run.datamodule.split_images(split)]
     else:
         settings.probe(str(inputs))  # an unreachable endpoint fails here, in one line
         refs, skipped = resolve_inputs(inputs, options)
