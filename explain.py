@@ -46,6 +46,7 @@ def main(cfg: DictConfig) -> None:
             storage=OmegaConf.to_container(cfg.storage, resolve=True),
             progress=cfg.progress,
             dicom_voi=cfg.get("dicom_voi"),
+            overwrite=cfg.overwrite,
         )
     n_ok, n_bad = len(result.predictions), len(result.failed)
     log.info(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +203,50 @@ def test_cli_unreadable_file_and_missing_checkpoint(tiny_ckpt: Path, demo_root: 
     proc = run_cli(["explain.py", f"ckpt_path={missing}", f"inputs={folder}", *args], cwd=ROOT)
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     assert proc.returncode == 2
-    assert len(lines) == 1 and f"checkpoint {missing} not found" in lines[0], lines
+    assert len(lines) == 1 and f"ckpt_path={missing}: no such file" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_a_killed_run_into_a_reused_out_dir_never_mixes_old_and_new_outputs(
+    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    explain_images(str(tiny_ckpt), str(out), inputs=str(demo_root / "images"), progress=False)
+    old_overlays = {p.name: p.stat().st_mtime_ns for p in (out / "overlays").iterdir()}
+    assert (out / "summary.json").exists() and (out / "predictions.csv").exists() and len(old_overlays) == 80
+
+    # Reusing the folder without overwrite=true is refused before anything is touched.
+    args = [f"ckpt_path={tiny_ckpt}", f"inputs={demo_root / 'images'}", f"out_dir={out}", "progress=false",
+            f"paths.log_dir={tmp_path}/logs", "batch_size=1", "num_workers=1"]  # fmt: skip
+    proc = run_cli(["explain.py", *args], cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "overwrite=true" in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "overlays").iterdir()} == old_overlays
+
+    # With overwrite=true, killed (SIGKILL) once it has written its first overlays.
+    run = subprocess.Popen(
+        [sys.executable, "explain.py", *args, "overwrite=true"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            overlays = out / "overlays"
+            new = [p for p in overlays.glob("*.png")] if overlays.is_dir() else []
+            if len(new) >= 3 and not (out / "summary.json").exists():
+                break
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before it could be killed"
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.kill()
+        run.wait()
+    left = sorted(p.name for p in out.iterdir())
+    assert "summary.json" not in left and "predictions.csv" not in left, left  # nothing says "complete"
+    overlays = list((out / "overlays").glob("*.png"))
+    assert 0 < len(overlays) < 80
+    assert all(p.name not in old_overlays or p.stat().st_mtime_ns != old_overlays[p.name] for p in overlays)
+    for png in overlays:  # every overlay there is whole
+        assert png.read_bytes()[-8:] == b"IEND\xaeB`\x82"
 
 
 def test_list_of_gs_urls_on_a_requester_pays_bucket(

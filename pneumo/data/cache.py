@@ -55,6 +55,7 @@ from pneumo.data.decode import BadImageError, decode_grayscale
 from pneumo.data.storage import redact_url
 from pneumo.data.store import AccessDeniedError, ImageStore, ObjectNotFoundError, object_name
 from pneumo.data.transforms import ResizeToUint8
+from pneumo.utils.files import atomic_write_bytes, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ IDENTITY_BYTES = 16
 TODO, CACHED, MISSING, BAD = 0, 1, 2, 3
 STATUS_NAMES = {TODO: "not done", CACHED: "cached", MISSING: "missing", BAD: "bad image"}
 POLICIES = ("error", "skip")
+
+
+_DISK_FULL_FIX = "free space there or set data.cache_dir to a disk with room for the whole cache"
 
 
 class CacheError(PneumoError, RuntimeError):
@@ -274,7 +278,7 @@ class ImageCache:
             log.warning("cache folder %s holds something else; starting it again", self.dir)
         for path in (self.manifest_path, self.status_path, self.pixels_path, self.identity_path):
             path.unlink(missing_ok=True)
-        _atomic_write(self.dir / "names.txt", ("\n".join(self.names) + "\n").encode())
+        _write_cache_file(self.dir / "names.txt", ("\n".join(self.names) + "\n").encode())
         with open(self.pixels_path, "wb") as fh:
             fh.truncate(len(self) * self.item_bytes)  # sparse: costs no disk until written
         with open(self.identity_path, "wb") as fh:
@@ -282,7 +286,7 @@ class ImageCache:
         with open(self.status_path, "wb") as fh:
             fh.write(bytes(len(self)))
             os.fsync(fh.fileno())
-        _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+        _write_cache_file(meta_path, json.dumps(meta, indent=2).encode())
 
     # ------------------------------------------------------------------ build
     def build(
@@ -348,7 +352,11 @@ class ImageCache:
                     f"{workers} decode processes" if workers > 0 else "decoding in threads",
                 )
             t0 = time.monotonic()
-            self._fetch(store, todo, status, current, on_missing, on_bad_image, progress, commit_every_s, workers)
+            # The sparse pixels file takes its disk space as images are written: a full disk shows here.
+            with disk_full(self.pixels_path, len(todo) * self.item_bytes, _DISK_FULL_FIX):
+                self._fetch(
+                    store, todo, status, current, on_missing, on_bad_image, progress, commit_every_s, workers
+                )
             return self._finish(status, fetched=len(todo), seconds=time.monotonic() - t0, stale=len(stale))
 
     def _current_identities(self, store: ImageStore) -> np.ndarray:
@@ -477,7 +485,7 @@ class ImageCache:
             "first_skipped": skipped,
             "last_build": {"fetched": fetched, "stale": stale, "seconds": round(seconds, 3)},
         }
-        _atomic_write(self.manifest_path, json.dumps(manifest, indent=2).encode())
+        _write_cache_file(self.manifest_path, json.dumps(manifest, indent=2).encode())
         if fetched:
             log.info(
                 "image cache complete: %d cached (%d fetched, %d of them stale, in %.1f s, %.0f img/s) in %s",
@@ -617,16 +625,6 @@ def _results_from_processes(
         pool.shutdown(wait=finished, cancel_futures=True)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _write_cache_file(path: Path, data: bytes) -> None:
+    """A small cache file (names, meta, manifest), written whole and synced (``atomic_write_bytes``)."""
+    atomic_write_bytes(path, data, durable=True, fix=_DISK_FULL_FIX)

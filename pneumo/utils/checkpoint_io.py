@@ -27,14 +27,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
 import re
-import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -42,6 +39,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from pneumo.errors import PneumoError
+from pneumo.utils.files import atomic_write_bytes
 
 
 class CheckpointError(PneumoError, ValueError):
@@ -50,15 +48,6 @@ class CheckpointError(PneumoError, ValueError):
 
 def _is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every OS / file system lets a folder be opened and synced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_checkpoint(
@@ -114,29 +103,22 @@ def read_checkpoint(
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` through a synced temp file in the same folder and ``os.replace``.
 
+    The object is serialized in memory first, so that a full disk is reported with the size needed
+    (``DiskFullError``) and never leaves a truncated checkpoint.
+
     Example:
         >>> atomic_torch_save({"w": torch.ones(2)}, "/tmp/pneumo_doctest/w.pt")
         >>> torch.load("/tmp/pneumo_doctest/w.pt")["w"].tolist()
         [1.0, 1.0]
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # pid + random suffix: unique per writer; "x" mode never reuses a file; permissions follow the umask.
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by writers that were killed
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(
+        path,
+        buffer.getbuffer(),
+        durable=True,
+        fix="free space there, or set paths.log_dir (or callbacks.model_checkpoint.dirpath) to a larger disk",
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -11,6 +11,11 @@ Outputs under ``out_dir``::
     localization.csv            per image with boxes: hit, iou, iobb, box_fraction, ...   (when boxes exist)
     summary.json                counts, unreadable inputs, the localization summary and Wang et al.'s table
 
+Every file is written whole (a temporary file renamed over it) and ``summary.json`` is written last: a folder
+without it holds an interrupted run. A folder that already holds these outputs is refused unless
+``overwrite=True``, which deletes them (``summary.json`` first) before anything new is written, so old and
+new outputs never sit side by side.
+
 Example:
     >>> result = explain_images(ckpt_path="last.ckpt", inputs="data/nih_demo/images", out_dir="out")  # doctest: +SKIP
 """
@@ -18,9 +23,11 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +46,7 @@ from pneumo.data.index import NIHLabelIndex
 from pneumo.data.store import location_exists
 from pneumo.errors import ConfigError
 from pneumo.runs import load_run
+from pneumo.utils.files import atomic_write_bytes
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.inputs import (
@@ -110,6 +118,35 @@ def attach_boxes(
     return sum(len(ref.boxes) > 0 for ref in refs)
 
 
+#: What ``explain_images`` writes into ``out_dir``; ``summary.json`` first: deleting it marks a folder incomplete.
+OUTPUTS = ("summary.json", "predictions.csv", "boxes.csv", "localization.csv", "overlays", "heatmaps")
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Make ``out_dir`` ready for a run: created if needed; refused (``ConfigError``) when it holds the
+    outputs of an earlier run, unless ``overwrite``, which deletes those outputs (and only those)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir={out} is a file; choose a folder")
+    found = [name for name in OUTPUTS if (out / name).exists()]
+    if found and not overwrite:
+        raise ConfigError(
+            f"out_dir={out} already holds the outputs of another explain run ({', '.join(found)}): choose a new "
+            "out_dir, or pass overwrite=true to delete them first"
+        )
+    if found:
+        log.warning("overwrite=true: deleting the earlier outputs in %s (%s)", out, ", ".join(found))
+        for name in OUTPUTS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _device(device: str) -> torch.device:
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...; a ConfigError for anything else."""
     if device == "auto":
@@ -152,6 +189,7 @@ def explain_images(
     storage: Mapping | None = None,
     progress: bool = True,
     dicom_voi: str | None = None,
+    overwrite: bool = False,
 ) -> ExplainResult:
     """Explain every input image; see the module docstring for what is written.
 
@@ -174,9 +212,12 @@ def explain_images(
             Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
         dicom_voi: grey levels of DICOM inputs (``auto``, ``window``, ``full-range``); ``None`` = the
             checkpoint's ``data.dicom_voi`` (``auto`` for checkpoints from before it existed).
+        progress: show a progress bar.
+        overwrite: delete the outputs of an earlier run in ``out_dir`` instead of refusing the folder.
     """
     if (inputs is None) == (split is None):
         raise ConfigError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
+    out = prepare_out_dir(out_dir, overwrite)
     dev = _device(device)
     run = load_run(ckpt_path, storage=storage, map_location=dev)
     model, settings, dhp = run.model, run.storage, run.datamodule.hparams
@@ -207,13 +248,10 @@ def explain_images(
         len(refs), image_size, n_labels, finding, n_boxes, threshold, layer,
     )  # fmt: skip
 
-    out = Path(out_dir)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
-    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     overlay = dict(overlay or {})
     max_size = int(overlay.pop("max_size", 1024))
     if max_size < 16:
-        raise ValueError(f"overlay.max_size must be at least 16 px, got {max_size}")
+        raise ConfigError(f"overlay.max_size must be at least 16 px, got {max_size}")
     cam = GradCam(model, layer=layer, target=target, batch_size=batch_size)
     preprocess = Preprocessor(image_size, display_size=max_size, dicom_voi=dicom_voi)
     wang: tuple[list, list] = ([], [])  # predicted and ground-truth boxes of each image with ground truth
@@ -280,7 +318,8 @@ def explain_images(
         "image_size": image_size,
         "localization": result.summary or None,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Last: its presence says the folder holds a whole run.
+    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 
 
@@ -313,7 +352,9 @@ def _write_one(
         ),
         out / "overlays" / f"{stem}.png",
     )
-    np.save(out / "heatmaps" / f"{stem}.npy", heatmap)
+    buffer = io.BytesIO()
+    np.save(buffer, heatmap)
+    atomic_write_bytes(out / "heatmaps" / f"{stem}.npy", buffer.getvalue(), fix=_DISK_FULL_FIX)
     row = {
         "image": ref.name,
         "probability": f"{probability:.6f}",
@@ -338,22 +379,31 @@ def _write_one(
     return row, loc
 
 
+_DISK_FULL_FIX = "free space there or choose another out_dir"
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode(), fix=_DISK_FULL_FIX)
+
+
 def _write_csv(path: Path, rows: Sequence[Mapping]) -> None:
     fields = list(rows[0]) if rows else ["image", "probability", "predicted_label", "threshold", "true_label"]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, text.getvalue())
 
 
 def write_box_list(path: Path, rows: Sequence[tuple]) -> None:
     """Write ``(image, finding, x, y, w, h)`` rows under NIH's ``BBox_List_2017.csv`` header (readable by
     ``pneumo.data.boxes.BoxList``)."""
-    with open(path, "w", newline="") as fh:
-        fh.write(BBOX_HEADER + "\n")
-        writer = csv.writer(fh)
-        for name, finding, *box in rows:
-            writer.writerow([name, finding, *(repr(float(v)) for v in box)])
+    text = io.StringIO(newline="")
+    text.write(BBOX_HEADER + "\n")
+    writer = csv.writer(text)
+    for name, finding, *box in rows:
+        writer.writerow([name, finding, *(repr(float(v)) for v in box)])
+    _write_text(path, text.getvalue())
 
 
 def format_summary(summary: Mapping) -> list[str]:

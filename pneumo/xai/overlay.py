@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
@@ -21,6 +22,8 @@ import matplotlib
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from pneumo.utils.files import atomic_write_bytes
 
 #: Colour of ground-truth box outlines (RGB).
 BOX_COLOR = (0, 255, 0)
@@ -151,6 +154,7 @@ def to_chw_tensor(picture: np.ndarray) -> torch.Tensor:
 
 
 def save_png(picture: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an ``(H, W, 3)`` uint8 picture as PNG (parent folders are created)."""
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    Image.fromarray(picture).save(path, format="PNG")
+    """Write an ``(H, W, 3)`` uint8 picture as PNG, whole or not at all (parent folders are created)."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

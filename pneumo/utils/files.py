@@ -1,0 +1,131 @@
+"""Writing output files that are never half-written, and disk-full errors that say what was needed.
+
+``atomic_write_bytes`` writes to a temporary file in the target's folder and ``os.replace``-s it over the
+target (atomic on POSIX file systems): a reader, or a run killed mid-way, sees the old file or the whole new
+one. ``disk_full`` turns ``OSError(ENOSPC)`` into a ``DiskFullError`` naming the path, the bytes needed and
+the bytes free there.
+
+Example:
+    >>> atomic_write_bytes("/tmp/pneumo_doctest/a.txt", b"whole")
+    >>> open("/tmp/pneumo_doctest/a.txt", "rb").read()
+    b'whole'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from pneumo.errors import PneumoError
+
+
+class DiskFullError(PneumoError, OSError):
+    """No space left where pneumo writes; the message names the path, the space needed and the space free."""
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``.
+
+    Example:
+        >>> human_bytes(3 * 1024**3), human_bytes(10)
+        ('3.0 GiB', '10 B')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover - the loop returns
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the file system of ``path`` (its nearest existing folder), or ``None``."""
+    here = Path(path).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return shutil.disk_usage(here).free
+    except OSError:
+        return None
+
+
+def disk_full_error(path: str | os.PathLike, needed: int | None, fix: str) -> DiskFullError:
+    """The one-line error of a write of ``needed`` bytes to ``path`` that found no space; ``fix`` says what
+    to do (e.g. ``"free space there or set data.cache_dir to a larger disk"``).
+
+    Example:
+        >>> str(disk_full_error("/data/x.ckpt", 3 * 1024**2, "free space"))  # doctest: +ELLIPSIS
+        'no space left on device writing /data/x.ckpt: it needs 3.0 MiB and ... free there; free space'
+    """
+    free = free_bytes(path)
+    need = f"it needs {human_bytes(needed)}" if needed is not None else "it needs more space"
+    have = f"{human_bytes(free)} are" if free is not None else "too little is"
+    err = DiskFullError(f"no space left on device writing {path}: {need} and {have} free there; {fix}")
+    err.errno = errno.ENOSPC
+    return err
+
+
+@contextlib.contextmanager
+def disk_full(path: str | os.PathLike, needed: int | None, fix: str) -> Iterator[None]:
+    """Turn ``OSError(ENOSPC)`` (and ``EDQUOT``, a full quota) raised inside into ``disk_full_error``."""
+    try:
+        yield
+    except OSError as err:
+        if _is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise disk_full_error(path, needed, fix) from err
+        raise
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike,
+    data: bytes,
+    durable: bool = False,
+    fix: str = "free space there or write elsewhere",
+) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Args:
+        path: the target (its folder is created).
+        data: the whole content.
+        durable: also ``fsync`` the file and the folder (checkpoints, caches: survive a power cut); outputs
+            that can be made again skip it.
+        fix: what the disk-full message tells the user to do.
+
+    Raises:
+        DiskFullError: no space for ``data`` (the target is left as it was).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # pid + random suffix: unique per writer; "x" mode never reuses a file; permissions follow the umask.
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if _is_disk_full(err):  # measured after the partial file is gone: what is free for a new try
+            raise disk_full_error(target, len(data), fix) from err
+        raise
+    if durable:
+        with contextlib.suppress(OSError):  # not every OS / file system lets a folder be opened and synced
+            fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by writers that were killed
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
