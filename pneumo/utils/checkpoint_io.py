@@ -136,3 +136,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, path.removeprefix("file://"))
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Resume checkpoints go through ``read_checkpoint`` too: ``weights_only=True`` and one-line errors
+        (``weights_only=False`` is refused: pneumo's checkpoints hold tensors and plain containers only)."""
+        if weights_only is False:
+            raise CheckpointError(
+                f"ckpt_path={path}: loading with weights_only=False is not supported by pneumo"
+            )
+        return read_checkpoint(str(path), "ckpt_path", map_location=map_location)
