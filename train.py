@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pneumo.data.storage import protect_output
-from pneumo.training import metric_value, train
+from pneumo.preflight import check_train_config
 from pneumo.utils.cli import user_errors
 
 log = logging.getLogger("train")
@@ -20,6 +20,11 @@ protect_output()
 def main(cfg: DictConfig) -> float | None:
     # A user error: one line on stderr, exit 2, traceback in train.log only; a bug: its traceback, once.
     with user_errors(log):
+        check_train_config(
+            cfg
+        )  # before torch, Lightning and MONAI are even imported: a typo fails in seconds
+        from pneumo.training import metric_value, train
+
         metrics, _ = train(cfg)
         value = metric_value(metrics, cfg.get("optimized_metric"))
     for name in ("val/auroc", "test/auroc", "test/auprc"):

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from pneumo.data.store import is_url
 from pneumo.errors import ConfigError
 from pneumo.utils.config import checked_number
 
-#: Side lengths tried when looking for the smallest input a network takes (powers of two, then a bisection).
+if TYPE_CHECKING:  # torch is imported when a network is checked: config checks stay fast
+    from torch import nn
+
+#: Largest side tried when looking for the smallest input a network takes (doubling, then a bisection).
 _LARGEST_TRIED = 1024
 
 
@@ -132,7 +133,7 @@ def check_network_input(
 ) -> None:
     """Run ``net`` once on a blank ``in_channels x image_size x image_size`` image (no gradients, eval
     mode, then its mode restored): a size the network cannot take (MONAI's DenseNet121 halves the side
-    five times: it needs 32 px) or a channel mismatch fails here, in a second, instead of after the cache
+    five times: it needs 29 px) or a channel mismatch fails here, in a second, instead of after the cache
     build.
 
     Example:
@@ -140,19 +141,21 @@ def check_network_input(
         >>> check_network_input(DenseNet121(spatial_dims=2, in_channels=1, out_channels=2), 7)
         Traceback (most recent call last):
         ...
-        pneumo.errors.ConfigError: data.image_size=7 is too small for the network model.net (monai DenseNet121): it needs at least 32 px
+        pneumo.errors.ConfigError: data.image_size=7 is too small for the network model.net (monai DenseNet121): it needs at least 29 px
     """
     size = int(image_size)
     if _takes(net, size, in_channels):
         return
     name = f"{type(net).__module__.split('.')[0]} {type(net).__name__}"
-    if not _takes(net, _LARGEST_TRIED, in_channels):
-        raise ConfigError(
-            f"the network model.net ({name}) cannot take {in_channels}-channel {size} px images even at "
-            f"{_LARGEST_TRIED} px: check model.net.in_channels (the data has {in_channels} channel) and model.net"
-        )
-    low, high = size, _LARGEST_TRIED  # low fails, high works: bisect to the smallest size that works
-    while high - low > 1:
+    low, high = size, size  # double from the failing size (small inputs are cheap to try) ...
+    while not _takes(net, high, in_channels):
+        low, high = high, high * 2
+        if low >= _LARGEST_TRIED:
+            raise ConfigError(
+                f"the network model.net ({name}) cannot take {in_channels}-channel images of {size} to "
+                f"{low} px: check model.net.in_channels (the data has {in_channels} channel) and model.net"
+            )
+    while high - low > 1:  # ... then bisect: low fails, high works
         mid = (low + high) // 2
         low, high = (low, mid) if _takes(net, mid, in_channels) else (mid, high)
     raise ConfigError(
@@ -163,6 +166,8 @@ def check_network_input(
 
 
 def _takes(net: nn.Module, size: int, in_channels: int) -> bool:
+    import torch
+
     was_training = net.training
     net.eval()
     try:
