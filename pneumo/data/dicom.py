@@ -360,10 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pneumo.data.dicom FILE... [--png PNG...] [--voi MODE]``: what pneumo sees in DICOM files."""
     import argparse
 
-    import fsspec
-
-    from pneumo.data.decode import decode_grayscale
-    from pneumo.utils.cli import print_json
+    from pneumo.utils.cli import user_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m pneumo.data.dicom",
@@ -376,30 +373,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.png and len(args.png) != len(args.files):
         parser.error(f"--png names {len(args.png)} file(s) for {len(args.files)} DICOM file(s)")
+    with user_errors():
+        return _describe_files(args.files, args.png, args.voi)
+
+
+def _describe_files(files: list[str], pngs: list[str], voi: str) -> int:
+    import fsspec
+
+    from pneumo.data.decode import decode_grayscale
+    from pneumo.utils.cli import print_json
+
+    def read(location: str) -> bytes:
+        try:
+            with fsspec.open(location, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError as err:
+            raise ConfigError(f"{location}: no such file") from err
+
     worst = 0
-    for i, location in enumerate(args.files):
-        with fsspec.open(location, "rb") as fh:
-            data = fh.read()
+    for i, location in enumerate(files):
+        data = read(location)
         facts = describe(data, location)
         try:
-            pixels = decode_grayscale(data, location, args.voi)
+            pixels = decode_grayscale(data, location, voi)
             facts.update(decoded=True, grey_min_max=[int(pixels.min()), int(pixels.max())])
         except BadImageError as err:
             facts.update(decoded=False, error=str(err))
             worst = max(worst, 1)
-        if args.png and facts["decoded"]:
-            with fsspec.open(args.png[i], "rb") as fh:
-                reference = decode_grayscale(fh.read(), args.png[i])
+        if pngs and facts["decoded"]:
+            reference = decode_grayscale(read(pngs[i]), pngs[i])
             same_shape = reference.shape == pixels.shape
             diff = np.abs(reference.astype(int) - pixels.astype(int)) if same_shape else None
             facts["vs_png"] = (
                 {
-                    "png": args.png[i],
+                    "png": pngs[i],
                     "max_grey_difference": int(diff.max()),
                     "mean": round(float(diff.mean()), 3),
                 }
                 if same_shape
-                else {"png": args.png[i], "shape_differs": [list(reference.shape), list(pixels.shape)]}
+                else {"png": pngs[i], "shape_differs": [list(reference.shape), list(pixels.shape)]}
             )
         print_json(facts)
     return worst
