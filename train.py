@@ -20,9 +20,8 @@ protect_output()
 def main(cfg: DictConfig) -> float | None:
     # A user error: one line on stderr, exit 2, traceback in train.log only; a bug: its traceback, once.
     with user_errors(log):
-        check_train_config(
-            cfg
-        )  # before torch, Lightning and MONAI are even imported: a typo fails in seconds
+        # Before torch, Lightning and MONAI are even imported: a typo fails in seconds.
+        check_train_config(cfg)
         from pneumo.training import metric_value, train
 
         metrics, _ = train(cfg)
