@@ -58,9 +58,9 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from pneumo.data.findings import FINDINGS, PNEUMONIA, PNEUMONIA_INDEX
+from pneumo.data.findings import FINDINGS, PNEUMONIA
 from pneumo.errors import ConfigError, PneumoError
-from pneumo.models.tasks import Task, task_named  # noqa: F401 - task_named: the docstring example
+from pneumo.models.tasks import TASKS, Task, task_named  # noqa: F401 - task_named: the docstring example
 
 log = logging.getLogger(__name__)
 
@@ -292,13 +292,11 @@ class PretrainedWeights:
         if k == len(FINDINGS) and not task.findings:
             # softmax([0, z]) = sigmoid(z): the binary model starts with the source's pneumonia probability
             w, b = torch.zeros_like(target_w), torch.zeros_like(target_b)
-            w[task.pneumonia_output], b[task.pneumonia_output] = (
-                weight[PNEUMONIA_INDEX],
-                bias[PNEUMONIA_INDEX],
-            )
+            row = TASKS["multilabel"].pneumonia_output  # the source is a 14-finding (multi-label) head
+            w[task.pneumonia_output], b[task.pneumonia_output] = weight[row], bias[row]
             loaded[f"{_MONAI_HEAD}.weight"], loaded[f"{_MONAI_HEAD}.bias"] = w, b
             return (
-                f"the {PNEUMONIA} row (output {PNEUMONIA_INDEX} of {k}, NIH's finding order) seeds the "
+                f"the {PNEUMONIA} row (output {row} of {k}, NIH's finding order) seeds the "
                 "pneumonia logit, the other logit starts at 0"
             )
         note = f"its {k} outputs fit neither task's head ({target_w.shape[0]} here): the head starts fresh"
