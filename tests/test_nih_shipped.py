@@ -87,7 +87,9 @@ def corrupted_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_changed_shipped_file_is_a_one_line_error_where_it_is_read(
     corrupted_package: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert index_main([]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        index_main([])
+    assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith(f"error: {corrupted_package.resolve() / 'Data_Entry_2017_v2020.csv.gz'}: sha256 ")
