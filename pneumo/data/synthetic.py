@@ -118,6 +118,18 @@ class _Anatomy:
     brightness: float
 
 
+def _random_anatomy(rng: np.random.Generator) -> _Anatomy:
+    """A patient's geometry, drawn once and shared by all their images."""
+    return _Anatomy(
+        lung_dx=rng.uniform(0.18, 0.22),
+        lung_rx=rng.uniform(0.13, 0.16),
+        lung_ry=rng.uniform(0.25, 0.3),
+        lung_cy=rng.uniform(0.42, 0.47),
+        heart_r=rng.uniform(0.1, 0.12),
+        brightness=rng.uniform(0.85, 1.1),
+    )
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a random ``cells x cells`` grid upsampled bicubically."""
     grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
@@ -216,14 +228,7 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     batch: dict[str, bytes] = {}
     while written < cfg.n:
         patient += 1
-        anatomy = _Anatomy(
-            lung_dx=rng.uniform(0.18, 0.22),
-            lung_rx=rng.uniform(0.13, 0.16),
-            lung_ry=rng.uniform(0.25, 0.3),
-            lung_cy=rng.uniform(0.42, 0.47),
-            heart_r=rng.uniform(0.1, 0.12),
-            brightness=rng.uniform(0.85, 1.1),
-        )
+        anatomy = _random_anatomy(rng)
         age, sex = int(rng.integers(18, 90)), str(rng.choice(["M", "F"]))
         n_images = min(int(rng.integers(1, cfg.max_images_per_patient + 1)), cfg.n - written)
         for follow_up in range(n_images):

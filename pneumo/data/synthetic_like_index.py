@@ -40,7 +40,7 @@ from pneumo.data.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FI
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.nih import location
 from pneumo.data.splits import read_image_list
-from pneumo.data.synthetic import MANIFEST, SyntheticConfig, _Anatomy, _encode_png, _opacity_box, _render
+from pneumo.data.synthetic import MANIFEST, SyntheticConfig, _encode_png, _opacity_box, _random_anatomy, _render
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +53,13 @@ CHUNK = 500
 _Row = tuple[str, int, int, tuple[str, ...], "tuple[float, float, float, float] | None"]
 
 
-def _anatomy(seed: int, patient: int) -> _Anatomy:
-    """A patient's geometry (the ranges of ``write_synthetic_dataset``), the same for all their images."""
-    rng = np.random.default_rng([seed, patient])
-    return _Anatomy(
-        lung_dx=rng.uniform(0.18, 0.22),
-        lung_rx=rng.uniform(0.13, 0.16),
-        lung_ry=rng.uniform(0.25, 0.3),
-        lung_cy=rng.uniform(0.42, 0.47),
-        heart_r=rng.uniform(0.1, 0.12),
-        brightness=rng.uniform(0.85, 1.1),
-    )
-
-
 def _draw_chunk(root: str, cfg: SyntheticConfig, rows: list[_Row]) -> int:
     """In a worker: render and write ``rows``; return how many were written."""
     fs, _ = fsspec.core.url_to_fs(root)
     batch = {}
     for name, patient, follow_up, labels, box in rows:
         rng = np.random.default_rng([cfg.seed, patient, follow_up, 1])
-        anatomy = _anatomy(cfg.seed, patient)
+        anatomy = _random_anatomy(np.random.default_rng([cfg.seed, patient]))  # one per patient
         if PNEUMONIA in labels and box is None:  # labelled but not boxed by NIH: a lung field at random
             box = _opacity_box(rng, anatomy)
         batch[f"{root}/images/{name}"] = _encode_png(_render(rng, cfg, anatomy, set(labels), box))
