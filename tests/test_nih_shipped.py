@@ -150,7 +150,7 @@ def test_data_nih_trains_from_an_emulator_bucket_holding_only_images(gcs_emulato
             "callbacks.progress_bar.refresh_rate=0",
         ],
         cwd=ROOT,
-        timeout=300,
+        timeout=600,
         env={
             "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint,
             "GOOGLE_CLOUD_PROJECT": BILLING_PROJECT,
