@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import lightning as L
 from omegaconf import OmegaConf
 
 from pneumo.data.storage import redact_secrets, redact_url
@@ -73,7 +74,7 @@ def code_version() -> dict:
 def data_fields(datamodule: Any) -> dict:
     """Label file and split lists (URL, sha256), images used and skipped, split counts of a set-up
     ``NIHDataModule``."""
-    options = datamodule.storage_options
+    options = datamodule.storage.options_for
     hp = datamodule.hparams
     lists = dict(hp.get("split_lists") or {})
     raw_lists = dict(getattr(datamodule, "split_lists", None) or {})
@@ -142,7 +143,13 @@ def initial_weights(model: Any) -> dict:
 
 def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
     """Everything the card records before training (see the module docstring); plain data."""
-    config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    if OmegaConf.is_config(cfg):
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # outside a Hydra job ${hydra:...} cannot resolve: record the config as written
+            config = OmegaConf.to_container(cfg, resolve=False)
+    else:
+        config = dict(cfg)
     data = data_fields(datamodule) if getattr(datamodule, "split", None) is not None else None
     return {
         "model": {
@@ -155,6 +162,22 @@ def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
         "pneumo": code_version(),
         "config": redact_secrets(config),
     }
+
+
+class ModelCardCallback(L.Callback):
+    """Collects ``card_fields`` once the data module is set up (before the first checkpoint) into
+    ``pl_module.model_card``, which the classifier saves in every checkpoint.
+
+    Args:
+        cfg: the run's composed config (recorded, secrets redacted).
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and getattr(pl_module, "model_card", None) is None:
+            pl_module.model_card = card_fields(self.cfg, trainer.datamodule, pl_module)
 
 
 def _row(name: str, value: Any) -> str:

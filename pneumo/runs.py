@@ -126,6 +126,9 @@ def _rebuild_model(
     if "threshold" in missing:  # checkpoints from before the operating-point buffer existed
         log.warning("checkpoint %s has no threshold; using %.2f", ckpt_path, float(model.threshold))
         missing = [k for k in missing if k != "threshold"]
+    if "temperature" in missing:  # from before temperature scaling: unscaled probabilities, as trained
+        model.temperature.fill_(1.0)
+        missing = [k for k in missing if k != "temperature"]
     if missing or unexpected:
         raise CheckpointError(
             f"ckpt_path={ckpt_path} does not fit the classifier it describes: "

@@ -20,6 +20,7 @@ from pneumo.data.storage import redact_secrets
 from pneumo.errors import ConfigError
 from pneumo.evaluation.evaluate import write_evaluation
 from pneumo.evaluation.report import EvalSettings
+from pneumo.model_card import ModelCardCallback, card_fields, write_model_card
 from pneumo.preflight import check_network_input, check_train_config
 from pneumo.runs import RUNTIME_DATA_KEYS, Run, load_run
 from pneumo.utils.config import to_plain
@@ -126,6 +127,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         channels = int((getattr(model, "hparams", {}).get("net") or {}).get("in_channels", 1))
         check_network_input(model.net, image_size, in_channels=channels)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    callbacks.append(ModelCardCallback(cfg))  # provenance into every checkpoint and model_card.md
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers:
         callbacks = without_logger_callbacks(callbacks)
@@ -175,6 +177,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         report = write_evaluation(model, datamodule, trainer, settings, cfg.paths.output_dir, checkpoint=ckpt)
     elif not cfg.get("train"):
         log.warning("train=false and test=false: nothing to do")
+    if (cfg.get("train") or cfg.get("test")) and trainer.is_global_zero:
+        if getattr(model, "model_card", None) is None and getattr(datamodule, "split", None) is not None:
+            model.model_card = card_fields(cfg, datamodule, model)  # a checkpoint from before model cards
+        if getattr(model, "model_card", None) is not None:
+            log.info("model card: %s", write_model_card(model.model_card, report, cfg.paths.output_dir))
 
     output_dir = cfg.paths.get("output_dir")
     log.info("outputs in %s", output_dir)

@@ -104,7 +104,15 @@ def test_report_of_a_run_and_of_its_checkpoint(compose_train, demo_root: Path, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     (again_dir,) = (tmp_path / "eval" / "runs").iterdir()
     again = json.loads((again_dir / "report.json").read_text())
-    for key in ("counts", "threshold", "metrics", "confusion_matrix", "calibration", "subgroups"):
+    for key in (
+        "counts",
+        "threshold",
+        "metrics",
+        "confusion_matrix",
+        "calibration",
+        "subgroups",
+        "temperature",
+    ):
         assert again[key] == report[key], key
     assert again["checkpoint"] == str(best)
     assert np.array_equal(pd.read_csv(again_dir / "predictions.csv")["probability"], p)
@@ -120,7 +128,7 @@ def test_report_of_a_run_and_of_its_checkpoint(compose_train, demo_root: Path, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((out / "report.json").read_text())
     assert evaluated["threshold"]["value"] == t and evaluated["threshold"]["chosen_on"] == "fixed"
-    for key in ("counts", "metrics", "confusion_matrix", "calibration", "subgroups"):
+    for key in ("counts", "metrics", "confusion_matrix", "calibration", "subgroups", "temperature"):
         assert_same_numbers(evaluated[key], report[key], key)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import pandas as pd
+import torch
 
 from pneumo.evaluation.figures import report_figures, save_figures
 from pneumo.evaluation.predictions import predictions_frame, write_predictions
@@ -93,7 +94,10 @@ def write_evaluation(
     if not trainer.is_global_zero:
         return None
     metadata, split_counts = split_metadata(datamodule, split)
-    frame = predictions_frame(outputs.image_ids, outputs.probs, outputs.targets, metadata)
+    logits = None
+    if getattr(outputs, "logits", None) is not None and hasattr(model, "pneumonia_logit"):
+        logits = model.pneumonia_logit(torch.from_numpy(outputs.logits)).double().numpy()
+    frame = predictions_frame(outputs.image_ids, outputs.probs, outputs.targets, metadata, logits=logits)
     threshold = float(model.threshold)
     report = build_report(
         frame,
@@ -103,6 +107,7 @@ def write_evaluation(
         split=split,
         split_counts=split_counts,
         checkpoint=checkpoint,
+        temperature=getattr(model, "calibration", None),
     )
     figures, md_path = write_outputs(frame, report, settings, out_dir)
     _log_to_tensorboard(trainer, report, figures, split)

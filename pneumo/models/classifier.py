@@ -12,6 +12,12 @@ end of every validation epoch by the rule ``operating_point`` (``youden``, ``sen
 and ``explain.py`` use it. Multi-label models also carry ``thresholds`` (one per finding, same rule);
 ``threshold`` is then the pneumonia entry.
 
+Probabilities are temperature-scaled (Guo et al. 2017): every logit is divided by the ``temperature``
+buffer before the softmax / sigmoid. With ``temperature="fit"`` (the default config) it is fitted on the
+validation split by NLL at the end of every validation epoch, before the operating point is chosen, so each
+checkpoint carries the temperature and threshold of its own epoch (``pneumo.evaluation.temperature``); a
+number fixes it (``1.0`` gives the unscaled probabilities exactly). Ranking metrics (AUROC) do not change.
+
 Validation and test predictions are gathered across processes (DDP-safe) and kept in
 ``model.predictions["val" | "test"]`` for the evaluation report (``pneumo.evaluation``).
 
@@ -41,6 +47,7 @@ from torch import nn
 
 from pneumo.errors import ConfigError
 from pneumo.evaluation.metrics import average_precision, threshold_metrics
+from pneumo.evaluation.temperature import fit_temperature
 from pneumo.evaluation.threshold import ThresholdRule, select_threshold
 from pneumo.models.nets import build_net
 from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, input_adapter
@@ -56,13 +63,16 @@ class EvalOutputs:
 
     Attributes:
         image_ids: image names.
-        probs: ``(n,)`` pneumonia probabilities (binary) or ``(n, 14)`` finding probabilities (multi-label).
+        probs: ``(n,)`` pneumonia probabilities (binary) or ``(n, 14)`` finding probabilities (multi-label),
+            at the model's temperature.
         targets: labels shaped like ``probs``.
+        logits: ``(n, outputs)`` raw network outputs (before temperature scaling).
     """
 
     image_ids: np.ndarray
     probs: np.ndarray
     targets: np.ndarray
+    logits: np.ndarray
 
     @property
     def pneumonia(self) -> tuple[np.ndarray, np.ndarray]:
@@ -71,15 +81,21 @@ class EvalOutputs:
 
 
 def _concat_parts(
-    parts: list[tuple[list[str], torch.Tensor, torch.Tensor]], row_shape: tuple[int, ...]
-) -> EvalOutputs:
-    shape = (0, *row_shape)
+    parts: list[tuple[list[str], torch.Tensor, torch.Tensor]], row_shape: tuple[int, ...], outputs: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image ids, logits, targets)`` of one process's batches."""
     ids = np.array([i for part in parts for i in part[0]], dtype=object)
-    probs = torch.cat([p[1] for p in parts]).double().cpu().numpy() if parts else np.zeros(shape)
-    targets = (
-        torch.cat([p[2] for p in parts]).long().cpu().numpy() if parts else np.zeros(shape, dtype=np.int64)
+    logits = (
+        torch.cat([p[1] for p in parts]).float().cpu().numpy()
+        if parts
+        else np.zeros((0, outputs), np.float32)
     )
-    return EvalOutputs(ids, probs, targets)
+    targets = (
+        torch.cat([p[2] for p in parts]).long().cpu().numpy()
+        if parts
+        else np.zeros((0, *row_shape), dtype=np.int64)
+    )
+    return ids, logits, targets
 
 
 class PneumoniaClassifier(L.LightningModule):
@@ -106,6 +122,7 @@ class PneumoniaClassifier(L.LightningModule):
             ``pretrained`` when that is set; saved with the model.
         task: ``binary`` or ``multilabel``.
         operating_point: rule choosing ``threshold`` on validation (``eval.threshold`` in the config).
+        temperature: ``"fit"`` (fitted on validation by NLL every validation epoch) or a fixed number > 0.
     """
 
     def __init__(
@@ -119,6 +136,7 @@ class PneumoniaClassifier(L.LightningModule):
         input_norm: str | None = None,
         task: str = "binary",
         operating_point: str | float = "youden",
+        temperature: str | float = 1.0,
     ) -> None:
         super().__init__()
         net, optimizer, scheduler, class_weights = map(to_plain, (net, optimizer, scheduler, class_weights))
@@ -131,6 +149,14 @@ class PneumoniaClassifier(L.LightningModule):
                 f"{self.task.net_fix}"
             )
         weights = self._weights_of(class_weights, n_out)
+        self.fit_temperature = isinstance(temperature, str) and temperature.strip().lower() == "fit"
+        if not self.fit_temperature:
+            try:
+                fixed_temperature = float(temperature)
+            except (TypeError, ValueError):
+                fixed_temperature = float("nan")
+            if not np.isfinite(fixed_temperature) or fixed_temperature <= 0:
+                raise ConfigError(f"model.temperature must be 'fit' or a number > 0, got {temperature!r}")
         self.operating_point_rule = ThresholdRule.parse(operating_point)
         source = PretrainedWeights.read(str(pretrained)) if pretrained else None
         if source is not None:
@@ -146,6 +172,7 @@ class PneumoniaClassifier(L.LightningModule):
                 "input_norm": input_norm,
                 "task": task,
                 "operating_point": operating_point,
+                "temperature": temperature,
             }
         )
         self._optimizer, self._scheduler = optimizer, scheduler
@@ -170,6 +197,15 @@ class PneumoniaClassifier(L.LightningModule):
         fixed = self.operating_point_rule.kind == "fixed"
         initial = float(self.operating_point_rule.target) if fixed else 0.5
         self.register_buffer("threshold", torch.tensor(initial))
+        # Divides every logit before the softmax / sigmoid; 1 until fitted (model.temperature=fit).
+        self.register_buffer("temperature", torch.tensor(1.0 if self.fit_temperature else fixed_temperature))
+        #: How ``temperature`` was set (fitted on validation: epoch, NLL before/after); saved in checkpoints.
+        self.calibration: dict[str, Any] = {
+            "value": float(self.temperature),
+            "fitted_on": None if self.fit_temperature else "fixed (model.temperature)",
+            "epoch": None,
+            "note": "not fitted on validation yet (initial 1)" if self.fit_temperature else None,
+        }
         if self.task.findings:  # one threshold per finding; ``threshold`` is the pneumonia one
             self.register_buffer("thresholds", torch.full((len(self.task.findings),), initial))
         #: How ``threshold`` was chosen (rule, epoch, validation figures); saved in checkpoints.
@@ -182,6 +218,8 @@ class PneumoniaClassifier(L.LightningModule):
             "note": None if fixed else "not chosen on validation yet (initial 0.5)",
         }
         self.checkpoint_epoch: int | None = None
+        #: Provenance of the run (``pneumo.model_card.card_fields``), saved in checkpoints when set.
+        self.model_card: dict | None = None
         self.train_metrics = nn.ModuleDict(self.task.train_metrics())
         self._outputs: dict[str, list] = {"val": [], "test": []}
         #: Gathered predictions of the last validation / test epoch (``EvalOutputs``).
@@ -233,13 +271,18 @@ class PneumoniaClassifier(L.LightningModule):
         return self.net(self.input_adapter(x))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Pneumonia probability ``(B,)`` (binary) or the 14 finding probabilities ``(B, 14)`` (multi-label)."""
-        return self.task.probabilities(logits)
+        """Pneumonia probability ``(B,)`` (binary) or the 14 finding probabilities ``(B, 14)`` (multi-label),
+        of the logits divided by the model's ``temperature``."""
+        return self.task.probabilities(logits / self.temperature.to(logits.device))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Pneumonia probability per image (both tasks)."""
-        return self.task.pneumonia_probability(self(x))
+        """Pneumonia probability per image (both tasks), at the model's temperature."""
+        return pneumonia_column(self.probabilities(self(x)))
+
+    def pneumonia_logit(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` raw pneumonia logit ``z`` (before temperature): the probability is ``sigmoid(z / T)``."""
+        return pneumonia_column(self.task.margins(logits.float()))
 
     @torch.no_grad()
     def predict_findings(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,14 +308,17 @@ class PneumoniaClassifier(L.LightningModule):
         if stage == "train":
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=n)
             if len(self.train_metrics):
-                probs, labels = self.task.pneumonia_probability(logits.detach()), pneumonia_column(target)
+                probs, labels = (
+                    pneumonia_column(self.probabilities(logits.detach())),
+                    pneumonia_column(target),
+                )
                 for name, metric in self.train_metrics.items():
                     metric.update(probs, labels)
                     self.log(f"train/{name}", metric, on_step=False, on_epoch=True, batch_size=n)
         else:
-            # Kept on the device: one copy to the host per epoch (gather_outputs), no sync per batch.
-            probs = self.probabilities(logits.detach())
-            self._outputs[stage].append((list(batch["image_id"]), probs, target.detach()))
+            # Raw logits kept on the device: one copy to the host per epoch (gather_outputs), no sync per batch;
+            # probabilities follow at the epoch's end, at the temperature fitted then.
+            self._outputs[stage].append((list(batch["image_id"]), logits.detach(), target.detach()))
         return loss
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -295,6 +341,9 @@ class PneumoniaClassifier(L.LightningModule):
         outputs = self.gather_outputs("val")
         self.predictions["val"] = outputs
         if not self.trainer.sanity_checking:
+            if self.fit_temperature:
+                self._fit_temperature(outputs)
+                outputs = self.predictions["val"] = self._with_probabilities(outputs)
             self._choose_operating_point(outputs)
         self._log_split_metrics("val", outputs)
 
@@ -309,20 +358,42 @@ class PneumoniaClassifier(L.LightningModule):
         Distributed samplers pad the last batch with repeated images; keeping one row per image id
         removes those repeats.
         """
-        local = _concat_parts(self._outputs[stage], self.task.probability_shape)
+        local = _concat_parts(self._outputs[stage], self.task.probability_shape, self.task.outputs)
         self._outputs[stage] = []
         parts = [local]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world = torch.distributed.get_world_size()
             if world > 1:
                 gathered: list = [None] * world
-                torch.distributed.all_gather_object(gathered, (local.image_ids, local.probs, local.targets))
-                parts = [EvalOutputs(*g) for g in gathered]
-        ids = np.concatenate([p.image_ids for p in parts]).astype(str)
-        probs = np.concatenate([p.probs for p in parts])
-        targets = np.concatenate([p.targets for p in parts])
+                torch.distributed.all_gather_object(gathered, local)
+                parts = gathered
+        ids = np.concatenate([p[0] for p in parts]).astype(str)
+        logits = np.concatenate([p[1] for p in parts])
+        targets = np.concatenate([p[2] for p in parts])
         ids, first = np.unique(ids, return_index=True)
-        return EvalOutputs(ids, probs[first], targets[first])
+        return self._with_probabilities(EvalOutputs(ids, np.zeros(0), targets[first], logits[first]))
+
+    def _with_probabilities(self, outputs: EvalOutputs) -> EvalOutputs:
+        """``outputs`` with the probabilities of its logits at the current temperature."""
+        probs = self.probabilities(torch.from_numpy(outputs.logits)).double().numpy()
+        return EvalOutputs(outputs.image_ids, probs, outputs.targets, outputs.logits)
+
+    def _fit_temperature(self, outputs: EvalOutputs) -> None:
+        """Fit the temperature on the validation logits by NLL (every finding's for multi-label models)."""
+        margins = self.task.margins(outputs.logits.astype(np.float64))
+        fit = fit_temperature(margins, outputs.targets)
+        if fit.value is not None:
+            self.temperature.fill_(fit.value)
+        else:
+            log.warning("temperature: %s; kept %.4g", fit.note, float(self.temperature))
+        self.calibration = {
+            "value": float(self.temperature),
+            "fitted_on": f"val ({fit.images} images)",
+            "epoch": self.current_epoch if self.trainer.state.fn == "fit" else self.checkpoint_epoch,
+            "val_nll_before": fit.nll_before,
+            "val_nll_after": fit.nll_after if fit.value is not None else None,
+            "note": None if fit.value is not None else f"{fit.note}; kept {float(self.temperature):.4g}",
+        }
 
     def _choose_operating_point(self, outputs: EvalOutputs) -> None:
         """Apply the operating-point rule to the validation predictions (identical on every process)."""
@@ -387,6 +458,9 @@ class PneumoniaClassifier(L.LightningModule):
         checkpoint["operating_point"] = dict(self.operating_point)
         if self.initial_weights is not None:  # provenance outlives the rebuild (which skips pretrained)
             checkpoint["initial_weights"] = dict(self.initial_weights)
+        checkpoint["calibration"] = dict(self.calibration)
+        if self.model_card is not None:
+            checkpoint["model_card"] = dict(self.model_card)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_epoch = checkpoint.get("epoch")
@@ -394,6 +468,14 @@ class PneumoniaClassifier(L.LightningModule):
             self.operating_point = dict(checkpoint["operating_point"])
         if isinstance(checkpoint.get("initial_weights"), Mapping):
             self.initial_weights = dict(checkpoint["initial_weights"])
+        if "calibration" in checkpoint:
+            self.calibration = dict(checkpoint["calibration"])
+        if "model_card" in checkpoint:
+            self.model_card = dict(checkpoint["model_card"])
+        # Checkpoints from before temperature scaling: their probabilities were unscaled (temperature 1).
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict) and "temperature" not in state:
+            state["temperature"] = torch.tensor(1.0)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

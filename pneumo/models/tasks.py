@@ -92,6 +92,11 @@ class Task(ABC):
         return pneumonia_column(self.probabilities(logits))
 
     @abstractmethod
+    def margins(self, logits: ArrayOrTensor) -> ArrayOrTensor:
+        """The logits ``z`` whose ``sigmoid(z / T)`` are the probabilities at temperature ``T``, shaped like the
+        probabilities (binary: pneumonia logit - no-pneumonia logit; multi-label: the logits themselves)."""
+
+    @abstractmethod
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The loss targets of a batch from ``NIHDataModule`` / ``SyntheticDataModule``."""
 
@@ -123,6 +128,9 @@ class BinaryTask(Task):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=1)[:, self.pneumonia_output]
+
+    def margins(self, logits: ArrayOrTensor) -> ArrayOrTensor:
+        return logits[:, self.pneumonia_output] - logits[:, 1 - self.pneumonia_output]
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return batch["label"]
@@ -161,6 +169,9 @@ class MultiLabelTask(Task):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()
+
+    def margins(self, logits: ArrayOrTensor) -> ArrayOrTensor:
+        return logits
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return batch["findings"].float()

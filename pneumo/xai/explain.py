@@ -3,7 +3,8 @@ and localization scores wherever ground-truth boxes exist.
 
 Outputs under ``out_dir``::
 
-    predictions.csv             image, probability, predicted_label (at the model's threshold), true_label, ...
+    predictions.csv             image, probability (at the model's temperature), predicted_label (at its threshold),
+                                threshold, logit (raw pneumonia logit), temperature, true_label, ...
     boxes.csv                   heatmap regions as boxes in NIH's BBox_List_2017.csv layout (source pixels)
     overlays/<stem>.png         heatmap over the source X-ray (its own resolution, capped), ground-truth boxes
                                 green, predicted boxes magenta, probability and labels in the caption
@@ -226,6 +227,7 @@ def explain_images(
     model.to(dev)
     threshold = float(model.threshold)
     image_size = run.image_size
+    temperature = float(model.temperature)
     dicom_voi = check_voi(dhp.get("dicom_voi", "auto") if dicom_voi is None else dicom_voi, "dicom_voi")
     labels_url = dhp.get("labels_url") if labels_url is None else labels_url
     bbox_url = dhp.get("bbox_url") if bbox_url is None else bbox_url
@@ -279,13 +281,14 @@ def explain_images(
                 batch = torch.stack([item.tensor for _, item in loaded]).to(dev)
                 maps = cam(batch)
                 probs = pneumonia_probability(model, maps.logits)
+                logits = model.pneumonia_logit(maps.logits)
                 for j, (i, item) in enumerate(loaded):
                     heatmap = maps.heatmaps[j].cpu().numpy().astype(np.float32)
                     predicted = heatmap_boxes(heatmap, box_threshold, top_k, source_shape=item.source_shape)
                     predicted_boxes = np.array([b.box for b in predicted]).reshape(-1, 4)
                     row, score = _write_one(
-                        item, stems[i], heatmap, predicted_boxes, float(probs[j]), threshold, out, overlay,
-                        iou_threshold,
+                        item, stems[i], heatmap, predicted_boxes, (float(probs[j]), float(logits[j]), temperature),
+                        threshold, out, overlay, iou_threshold,
                     )  # fmt: skip
                     result.predictions.append(row)
                     result.boxes += [(item.ref.name, finding, *map(float, b)) for b in predicted_boxes]
@@ -315,6 +318,7 @@ def explain_images(
         "explained": len(result.predictions),
         "failed": [{"image": loc, "error": err} for loc, err in result.failed],
         "threshold": threshold,
+        "temperature": temperature,
         "image_size": image_size,
         "localization": result.summary or None,
     }
@@ -328,13 +332,14 @@ def _write_one(
     stem: str,
     heatmap: np.ndarray,
     predicted_boxes: np.ndarray,
-    probability: float,
+    scores: tuple[float, float, float],
     threshold: float,
     out: Path,
     overlay: Mapping[str, Any],
     iou_threshold: float,
 ) -> tuple[dict, dict | None]:
     ref = item.ref
+    probability, logit, temperature = scores
     predicted = int(probability >= threshold)
     boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
     caption = f"{ref.name}\n{caption_text(probability, predicted, ref.label)}"
@@ -357,9 +362,11 @@ def _write_one(
     atomic_write_bytes(out / "heatmaps" / f"{stem}.npy", buffer.getvalue(), fix=_DISK_FULL_FIX)
     row = {
         "image": ref.name,
-        "probability": f"{probability:.6f}",
+        "probability": repr(probability),
         "predicted_label": predicted,
-        "threshold": f"{threshold:.6f}",
+        "threshold": repr(threshold),
+        "logit": repr(logit),
+        "temperature": repr(temperature),
         "true_label": "" if ref.label is None else ref.label,
         "source": ref.location,
         "overlay": f"overlays/{stem}.png",

@@ -27,7 +27,7 @@ from captum.attr import LayerGradCam
 from torch import nn
 
 from pneumo.errors import PneumoError
-from pneumo.models.tasks import task_of
+from pneumo.models.tasks import pneumonia_column, task_of
 
 #: Default Grad-CAM layer of MONAI's DenseNet121: the 1x1 convolution of transition block 2, before its
 #: pooling - a feature map at 1/8 of the input side (12 x 12 at the demo's 96 px, 28 x 28 at 224 px). The
@@ -43,6 +43,8 @@ def pneumonia_output(model: nn.Module) -> int:
 
 def pneumonia_probability(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
     """``(B,)`` pneumonia probability from logits: softmax (binary) or sigmoid (multi-label)."""
+    if hasattr(model, "probabilities"):  # a classifier: its temperature applies
+        return pneumonia_column(model.probabilities(logits))
     return task_of(model).pneumonia_probability(logits)
 
 
