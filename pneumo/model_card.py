@@ -5,7 +5,8 @@ scored, and what it is not for.
 as read, images used and skipped, the patient-disjoint split's counts, initial weights, seed, the composed
 config, pneumo's version and git commit); the classifier saves them in every checkpoint
 (``checkpoint["model_card"]``). After the test, ``write_model_card`` writes ``model_card.md`` into the run
-directory with the test metrics, their intervals and the subgroup table from the report.
+directory with the test metrics, their intervals and the subgroup table from the report, and
+``record_test_results`` adds the same figures to the tested checkpoint's card (``model_card.test``).
 
 Example:
     >>> fields = {"pneumo": {"version": "0.1.0", "git_commit": None}, "seed": 42}
@@ -28,6 +29,7 @@ from omegaconf import OmegaConf
 
 from pneumo.data.storage import redact_secrets, redact_url
 from pneumo.evaluation.report import metrics_table, subgroup_table
+from pneumo.utils.checkpoint_io import AtomicCheckpointIO
 
 LIMITS = (
     "Research use only. **Not a medical device**: not cleared or approved for clinical use, and not to be "
@@ -265,6 +267,21 @@ def card_markdown(fields: Mapping, report: Mapping | None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def test_results(report: Mapping) -> dict:
+    """The card's test figures from a report: counts, operating point, metrics with intervals, calibration,
+    subgroups (plain data)."""
+    return {k: report.get(k) for k in ("counts", "threshold", "metrics", "calibration", "subgroups")}
+
+
+def record_test_results(checkpoint: str | Path, report: Mapping) -> None:
+    """Add the test figures to the card inside a checkpoint this run wrote (``model_card.test``), atomically."""
+    path = str(checkpoint)
+    io = AtomicCheckpointIO()
+    blob = io.load_checkpoint(path, map_location="cpu", weights_only=True)
+    blob.setdefault("model_card", {})["test"] = test_results(report)
+    io.save_checkpoint(blob, path)
 
 
 def write_model_card(fields: Mapping, report: Mapping | None, out_dir: str | Path) -> Path:

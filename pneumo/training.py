@@ -20,7 +20,7 @@ from pneumo.data.storage import redact_secrets
 from pneumo.errors import ConfigError
 from pneumo.evaluation.evaluate import write_evaluation
 from pneumo.evaluation.report import EvalSettings
-from pneumo.model_card import ModelCardCallback, card_fields, write_model_card
+from pneumo.model_card import ModelCardCallback, card_fields, record_test_results, write_model_card
 from pneumo.preflight import check_network_input, check_train_config
 from pneumo.runs import RUNTIME_DATA_KEYS, Run, load_run
 from pneumo.utils.config import to_plain
@@ -182,6 +182,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             model.model_card = card_fields(cfg, datamodule, model)  # a checkpoint from before model cards
         if getattr(model, "model_card", None) is not None:
             log.info("model card: %s", write_model_card(model.model_card, report, cfg.paths.output_dir))
+        if report is not None and cfg.get("train") and ckpt:  # the checkpoint this run wrote and tested
+            record_test_results(ckpt, report)
 
     output_dir = cfg.paths.get("output_dir")
     log.info("outputs in %s", output_dir)

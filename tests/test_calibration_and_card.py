@@ -137,3 +137,4 @@ def test_model_card_of_a_tiny_run(tiny_run: dict, demo_root: Path) -> None:
     assert saved["data"]["split_lists"]["test"]["sha256"] == rows["split list test sha256"]
     assert saved["seed"] == 42 and saved["pneumo"]["git_commit"] == commit
     assert saved["initial_weights"]["source"] == "random"
+    assert saved["test"]["metrics"] == report["metrics"] and saved["test"]["subgroups"] == report["subgroups"]

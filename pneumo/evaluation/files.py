@@ -159,18 +159,17 @@ def evaluate_files(
     if recalibrate:
         assert val is not None
         fit = fit_temperature(_logits(val, val_predictions), val["label"].to_numpy())
-        if fit.value is None:
-            raise EvaluateError(f"val_predictions={val_predictions}: {fit.note}")
+        value = 1.0 if fit.value is None else fit.value  # no finite optimum: the raw logits, said so
         temperature = {
-            "value": fit.value,
+            "value": value,
             "fitted_on": f"val_predictions ({val_predictions}, {fit.images} images)",
             "val_nll_before": fit.nll_before,
             "val_nll_after": fit.nll_after,
-            "note": fit.note,
+            "note": fit.note if fit.value is not None else f"{fit.note}; used temperature 1",
         }
-        val = _recalibrate(val, fit.value, val_predictions)
-        frame = _recalibrate(frame, fit.value, predictions)
-        log.info("temperature %.4f fitted on %s (NLL %.4f -> %.4f)", fit.value, val_predictions,
+        val = _recalibrate(val, value, val_predictions)
+        frame = _recalibrate(frame, value, predictions)
+        log.info("temperature %.4f fitted on %s (NLL %.4f -> %.4f)", value, val_predictions,
                  fit.nll_before, fit.nll_after)  # fmt: skip
     names = {"val": val_predictions, "predictions": predictions}
     op = _operating_point(rule, val, frame, choose_on_evaluated, names)

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Search range of ``T``; a fit at a bound means validation is (nearly) perfectly separated.
-BOUNDS = (0.01, 100.0)
+#: Search range of ``T``. A fit at the lower bound means validation is perfectly separated: the NLL falls
+#: without end as ``T`` shrinks, and probabilities saturate at 0 and 1 (ties that would change the ranking).
+BOUNDS = (0.05, 20.0)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -84,7 +85,8 @@ class TemperatureFit:
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> TemperatureFit:
     """Fit ``T`` minimising the NLL of ``sigmoid(logits / T)`` (any shape; every element counts once).
 
-    Returns ``value=None`` with a note when the targets hold one class only (no finite optimum).
+    Returns ``value=None`` with a note when the targets hold one class only or are perfectly separated by the
+    logits (no finite optimum: the NLL keeps falling as ``T`` shrinks).
     """
     z = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(targets, dtype=np.float64).ravel()
@@ -107,7 +109,13 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> TemperatureFit:
     after = nll(z, y, value)
     if after > before:  # never worse than no scaling (a flat loss can stop the search short)
         value, after = 1.0, before
-    note = None
-    if min(log_t - lo, hi - log_t) < 1e-3:
-        note = f"temperature {value:.3g} at its search bound: validation is (nearly) perfectly separated"
+    if log_t - lo < 1e-3:
+        return TemperatureFit(
+            None,
+            before,
+            before,
+            n,
+            "temperature not fitted: the validation logits separate the classes perfectly",
+        )
+    note = f"temperature {value:.3g} at its upper search bound {BOUNDS[1]:g}" if hi - log_t < 1e-3 else None
     return TemperatureFit(value, before, after, n, note)
