@@ -269,7 +269,7 @@ def card_markdown(fields: Mapping, report: Mapping | None) -> str:
     return "\n".join(lines)
 
 
-def test_results(report: Mapping) -> dict:
+def figures_of_test(report: Mapping) -> dict:
     """The card's test figures from a report: counts, operating point, metrics with intervals, calibration,
     subgroups (plain data)."""
     return {k: report.get(k) for k in ("counts", "threshold", "metrics", "calibration", "subgroups")}
@@ -280,7 +280,7 @@ def record_test_results(checkpoint: str | Path, report: Mapping) -> None:
     path = str(checkpoint)
     io = AtomicCheckpointIO()
     blob = io.load_checkpoint(path, map_location="cpu", weights_only=True)
-    blob.setdefault("model_card", {})["test"] = test_results(report)
+    blob.setdefault("model_card", {})["test"] = figures_of_test(report)
     io.save_checkpoint(blob, path)
 
 
