@@ -80,12 +80,17 @@ def test_failed_job_is_reported_and_parallel_jobs_stay_apart(demo_root: Path, tm
     sweep = the_sweep(tmp_path)
     table = pd.read_csv(sweep / "sweep_summary.csv", keep_default_na=False)
     assert list(table["status"]) == ["FAILED", "COMPLETED"]
-    assert "model.class_weights needs 2 numbers for task=binary, got [1.0, 2.0, 3.0]" in table["error"][0]
+    assert (
+        "model.class_weights must be 'auto', a list of 2 numbers or null (finite, >= 0), got [1.0, 2.0, 3.0]"
+        in table["error"][0]
+    )
     assert table["error"][1] == "" and list(table["model.class_weights"]) == ["[1.0,2.0,3.0]", "auto"]
     for job in (0, 1):
         overrides = yaml.safe_load((sweep / str(job) / ".hydra" / "overrides.yaml").read_text())
         assert overrides[0] == table["overrides"][job].split()[0]
-    assert "needs 2 numbers" in (sweep / "0" / "train.log").read_text()  # the job's own log has the traceback
+    assert (
+        "a list of 2 numbers or null" in (sweep / "0" / "train.log").read_text()
+    )  # the job's own log has the traceback
     assert "1 of 2 jobs did not complete: 0" in proc.stderr + proc.stdout
 
 
