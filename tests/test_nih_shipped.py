@@ -19,6 +19,7 @@ from pneumo.data.datamodule import NIHDataModule
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.index import main as index_main
 from pneumo.data.synthetic_like_index import write_like_index
+from pneumo.runs import load_run
 from tests.helpers import BILLING_PROJECT, ROOT, run_cli
 
 #: Published facts of NIH ChestX-ray14 (ATTRIBUTION.md; NIH's release notes), not computed by pneumo.
@@ -177,3 +178,38 @@ def test_data_nih_trains_from_an_emulator_bucket_holding_only_images(gcs_emulato
     assert data["labels_url"] == str(nih.HERE / "Data_Entry_2017_v2020.csv.gz")
     assert data["split_lists"] == {k: str(nih.HERE / f"{k}_list.txt") for k in ("train_val", "test")}
     assert data["bbox_url"] == str(nih.HERE / "BBox_List_2017.csv.gz")
+
+    # A checkpoint from another machine names that install's copies; loaded here, they are this install's.
+    elsewhere = "/home/someone/venv/lib/python3.11/site-packages/pneumo/data/nih"
+    data["labels_url"] = f"{elsewhere}/Data_Entry_2017_v2020.csv.gz"
+    data["split_lists"] = {k: f"{elsewhere}/{k}_list.txt" for k in ("train_val", "test")}
+    data["bbox_url"] = f"{elsewhere}/BBox_List_2017.csv.gz"
+    moved = tmp_path / "from_elsewhere.ckpt"
+    torch.save(ckpt, moved)
+    run = load_run(str(moved), storage={"token": "anon"})
+    assert run.datamodule.labels_url == str(nih.HERE / "Data_Entry_2017_v2020.csv.gz")
+    assert run.datamodule.split_lists == {k: str(nih.HERE / f"{k}_list.txt") for k in ("train_val", "test")}
+    assert run.datamodule.bbox_url == str(nih.HERE / "BBox_List_2017.csv.gz")
+
+
+def test_shipped_files_of_another_install_are_read_from_this_one(tmp_path: Path) -> None:
+    """Paths of another install's shipped files (a checkpoint's saved data) map to this install's; a file of
+    the same name elsewhere, a URL, or a look-alike folder are left alone."""
+    other = "/opt/other-env/lib/python3.12/site-packages/pneumo/data/nih"
+    dm = NIHDataModule(
+        images_url=str(tmp_path / "images"),
+        labels_url=f"{other}/Data_Entry_2017_v2020.csv.gz",
+        split_lists={"train_val": f"{other}/train_val_list.txt", "test": f"{other}/test_list.txt"},
+        bbox_url=f"file://{other}/BBox_List_2017.csv.gz",
+        cache=False,
+    )
+    assert dm.labels_url == str(nih.HERE / "Data_Entry_2017_v2020.csv.gz")
+    assert dm.split_lists == {k: str(nih.HERE / f"{k}_list.txt") for k in ("train_val", "test")}
+    assert dm.bbox_url == str(nih.HERE / "BBox_List_2017.csv.gz")
+    assert len(NIHLabelIndex.from_csv(dm.labels_url)) == NIH_IMAGES
+    for kept in (
+        str(tmp_path / "Data_Entry_2017_v2020.csv.gz"),  # the user's own copy
+        "/data/pneumo/nih/test_list.txt",  # not pneumo/data/nih
+        "gs://bucket/pneumo/data/nih/test_list.txt",
+    ):
+        assert nih.relocated(kept) == kept

@@ -27,6 +27,7 @@ from pneumo.errors import ConfigError, PneumoError
 from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache, check_policy
 from pneumo.data.dataset import NIHImageDataset, StreamingSource
 from pneumo.data.index import NIHLabelIndex
+from pneumo.data.nih import relocated
 from pneumo.data.splits import PatientSplit, make_splits, read_image_list
 from pneumo.data.storage import StorageSettings, redact_url
 from pneumo.data.store import ImageStore, absolute_location, location_exists, object_name, translate_error
@@ -130,9 +131,12 @@ class NIHDataModule(L.LightningDataModule):
         if image_suffix and not (str(image_suffix).startswith(".") and len(str(image_suffix)) > 1):
             raise ConfigError(f"data.image_suffix={image_suffix!r}: give a file ending such as .dcm, or null")
         self.images_url = absolute_location(images_url)
-        self.labels_url = absolute_location(labels_url)
-        self.split_lists = {k: absolute_location(v) for k, v in split_lists.items()} if split_lists else None
-        self.bbox_url = absolute_location(bbox_url) if bbox_url else None
+        # relocated: a checkpoint from another install names its own copy of the shipped NIH files
+        self.labels_url = absolute_location(relocated(labels_url))
+        self.split_lists = (
+            {k: absolute_location(relocated(v)) for k, v in split_lists.items()} if split_lists else None
+        )
+        self.bbox_url = absolute_location(relocated(bbox_url)) if bbox_url else None
         self.synthetic = dict(synthetic, root=absolute_location(synthetic["root"])) if synthetic else None
         self.cache_dir = absolute_location(cache_dir) if cache_dir else None
         self.storage = StorageSettings.from_config(storage)

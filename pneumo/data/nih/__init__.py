@@ -102,6 +102,28 @@ def verified(url: str) -> str:
     return url
 
 
+def relocated(url: str) -> str:
+    """``url``, or this install's copy of it if it names a shipped file of any pneumo install.
+
+    Checkpoints save the resolved path of ``${nih:NAME}`` (``.../site-packages/pneumo/data/nih/NAME``); a
+    checkpoint trained on another machine, venv or checkout names a path that does not exist here. The
+    shipped files are identical everywhere (sha256-pinned), so such a path is mapped to ``location(NAME)``.
+
+    Example:
+        >>> relocated("/elsewhere/venv/lib/python3.11/site-packages/pneumo/data/nih/test_list.txt") == location("test_list.txt")
+        True
+        >>> relocated("gs://bucket/test_list.txt")
+        'gs://bucket/test_list.txt'
+    """
+    text = str(url)
+    if "://" in text and not text.startswith("file://"):
+        return url
+    path = Path(text.removeprefix("file://"))
+    if path.name in SHIPPED and path.parent.parts[-3:] == ("pneumo", "data", "nih"):
+        return location(path.name)
+    return url
+
+
 def register_resolver() -> None:
     """Register ``${nih:NAME}`` with OmegaConf (once per process; ``import pneumo`` calls this)."""
     if not OmegaConf.has_resolver(RESOLVER):
