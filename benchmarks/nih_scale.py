@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- explain.py on NIH's boxed test images
     ckpt = work / "rehearsal.ckpt"
-    tester.save_checkpoint(ckpt)
+    tester.save_checkpoint(ckpt, weights_only=False)  # the full checkpoint, as train.py writes it
     boxed = sorted(BoxList.from_csv(shipped_path("BBox_List_2017.csv.gz")).images & set(dm.split.test))
     inputs = work / "boxed_test_images.txt"
     inputs.write_text("".join(f"{out / 'images' / name}\n" for name in boxed))
