@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,36 @@ def test_a_bad_value_stops_before_any_data_work_with_one_line(
     (log_file,) = (tmp_path / "train" / "runs").glob("*/train.log")
     log_text = log_file.read_text()
     assert "Traceback" in log_text and named in log_text  # the detail is kept, in the run's log only
+
+
+@pytest.mark.slow
+def test_a_batch_of_only_skipped_images_in_a_loader_worker_is_one_line(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """Streamed (`data.cache=false`) from a folder holding one of the images (enough for the early check that
+    the folder is the right one), the others skipped (`data.on_missing=skip`): a batch with none of them stops
+    the run, and the loader worker's error reaches the user as one line, not a worker traceback."""
+    empty = tmp_path / "one_image"
+    empty.mkdir()
+    shutil.copy(demo_root / "images" / "00000001_000.png", empty)
+    proc = run_cli(
+        [
+            "train.py",
+            *tiny_overrides(demo_root, tmp_path),
+            f"data.images_url={empty}",
+            "data.cache=false",
+            "data.on_missing=skip",
+            "data.num_workers=1",
+            "logger=none",
+        ],
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr and "worker process" not in proc.stderr
+    # stderr also has Lightning's INFO lines (device summary) from before the first batch
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(
+        r"error: all \d+ images of a batch were skipped as missing or bad \(first: \d{8}_\d{3}\.png\): "
+        r"check data\.images_url and the label index",
+        error,
+    ), error

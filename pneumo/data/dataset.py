@@ -20,8 +20,22 @@ from pneumo.data.cache import PixelDecoder, check_policy
 from pneumo.data.decode import BadImageError
 from pneumo.data.index import NIHLabelIndex
 from pneumo.data.store import ImageStore, ObjectNotFoundError
+from pneumo.errors import PneumoError
 
 log = logging.getLogger(__name__)
+
+
+class SkippedBatchError(PneumoError, RuntimeError):
+    """Every image of a batch was skipped (``data.on_missing``/``on_bad_image=skip``): the images are not
+    where ``data.images_url`` says, most likely."""
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker's error is re-raised in the main process as ``type(err)(message=<the worker's
+        # whole traceback>)``: keep only the original message, so that the user still gets one line.
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
 
 
 class StreamingSource:
@@ -132,7 +146,7 @@ class NIHImageDataset(Dataset):
         items = [self._item(i, p) for i, p in zip(indices, pixels) if p is not None]
         if not items:
             first = self._names[indices[0]] if len(indices) else "?"
-            raise RuntimeError(
+            raise SkippedBatchError(
                 f"all {len(indices)} images of a batch were skipped as missing or bad (first: {first}): "
                 "check data.images_url and the label index"
             )

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +41,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from pneumo.utils.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,6 @@ def _global_rank() -> int:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -215,7 +204,7 @@ class SweepSummary(Callback):
     def _save(self, config: DictConfig, record: dict[str, Any]) -> None:
         path = self._record_path(config)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(record))
+        atomic_write_bytes(path, json.dumps(record).encode())
         self._write_table(Path(str(config.hydra.sweep.dir)))
 
     def _write_table(self, sweep_dir: Path) -> list[dict[str, Any]]:
@@ -234,7 +223,7 @@ class SweepSummary(Callback):
                     + [v.get(k, "") for k in keys]
                     + [_cell(r.get(c)) for c in TAIL]
                 )
-            _atomic_write(sweep_dir / self.filename, _to_csv(lines))
+            atomic_write_bytes(sweep_dir / self.filename, _to_csv(lines).encode())
         return rows
 
 
