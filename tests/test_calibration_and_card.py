@@ -24,7 +24,7 @@ def tiny_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     The multi-label model: its temperature is fitted on all 14 findings' logits, which two batches of training
     never separate perfectly (the binary model's pneumonia logits already do on the tiny demo, and a perfectly
-    separated validation split has no finite temperature: it is kept, with a note)."""
+    separated validation split has no finite temperature: T is then 1, with a note)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
@@ -149,3 +149,41 @@ def test_model_card_of_a_tiny_run(tiny_run: dict, demo_root: Path) -> None:
     assert saved["seed"] == 42 and saved["pneumo"]["git_commit"] == commit
     assert saved["initial_weights"]["source"] == "random"
     assert saved["test"]["metrics"] == report["metrics"] and saved["test"]["subgroups"] == report["subgroups"]
+
+
+def test_a_separated_validation_epoch_uses_temperature_1_not_an_earlier_epochs_fit() -> None:
+    """T fitted at one epoch belongs to that epoch's weights: a later epoch whose validation logits separate
+    the classes perfectly (no finite optimum) uses the unscaled logits, and the report says it was not fitted."""
+    import lightning as L
+
+    from pneumo.evaluation.report import _temperature_markdown
+    from pneumo.models.classifier import EvalOutputs
+
+    net = {
+        "_target_": "monai.networks.nets.DenseNet121",
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "out_channels": 2,
+    }
+    model = PneumoniaClassifier(net=net, optimizer=partial(torch.optim.Adam, lr=1e-4))
+    model.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    ids = np.array([f"{i:08d}_000.png" for i in range(8)])
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    overlapping = np.stack([np.zeros(8), np.array([-1.0, 0.5, -2.0, 1.0, 2.0, -0.5, 3.0, 0.2])], axis=1)
+    model._fit_temperature(EvalOutputs(ids, np.zeros(0), y, overlapping))
+    fitted = float(model.temperature)
+    assert fitted != pytest.approx(1.0) and model.calibration["note"] is None
+
+    separated = np.stack([np.zeros(8), np.array([-3.0, -2.0, -2.5, -1.0, 1.0, 2.0, 2.5, 3.0])], axis=1)
+    model._fit_temperature(EvalOutputs(ids, np.zeros(0), y, separated))
+    assert float(model.temperature) == 1.0
+    assert model.calibration["value"] == 1.0 and model.calibration["val_nll_after"] is None
+    assert model.calibration["note"].endswith("separate the classes perfectly; used temperature 1")
+    section = {
+        **model.calibration,
+        "before": {"ece": 0.1, "brier": 0.1, "nll": 0.3},
+        "after": {"ece": 0.1, "brier": 0.1, "nll": 0.3},
+    }
+    assert (
+        "temperature 1.0000, not fitted on val (8 images): see the notes" in _temperature_markdown(section)[0]
+    )

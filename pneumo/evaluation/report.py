@@ -646,10 +646,13 @@ def _temperature_markdown(section: Mapping | None) -> list[str]:
     if not section:
         return []
     value = section.get("value")
+    fitted = not str(section.get("note") or "").startswith("temperature not fitted")
     how = (
-        f"temperature {value:.4f}, fitted on {section.get('fitted_on') or 'validation'} by NLL"
-        if value is not None
-        else "no temperature recorded"
+        "no temperature recorded"
+        if value is None
+        else f"temperature {value:.4f}, fitted on {section.get('fitted_on') or 'validation'} by NLL"
+        if fitted
+        else f"temperature {value:.4f}, not fitted on {section.get('fitted_on') or 'validation'}: see the notes"
     )
     b, a = section["before"], section["after"]
     return [

@@ -382,17 +382,18 @@ class PneumoniaClassifier(L.LightningModule):
         """Fit the temperature on the validation logits by NLL (every finding's for multi-label models)."""
         margins = self.task.margins(outputs.logits.astype(np.float64))
         fit = fit_temperature(margins, outputs.targets)
-        if fit.value is not None:
-            self.temperature.fill_(fit.value)
-        else:
-            log.warning("temperature: %s; kept %.4g", fit.note, float(self.temperature))
+        # No finite optimum (perfectly separated or one-class validation): the unscaled logits, said so. Not
+        # the previous epoch's T: that was fitted to other weights.
+        self.temperature.fill_(1.0 if fit.value is None else fit.value)
+        if fit.value is None:
+            log.warning("temperature: %s; using temperature 1 (unscaled)", fit.note)
         self.calibration = {
             "value": float(self.temperature),
             "fitted_on": f"val ({fit.images} images)",
             "epoch": self.current_epoch if self.trainer.state.fn == "fit" else self.checkpoint_epoch,
             "val_nll_before": fit.nll_before,
             "val_nll_after": fit.nll_after if fit.value is not None else None,
-            "note": None if fit.value is not None else f"{fit.note}; kept {float(self.temperature):.4g}",
+            "note": fit.note if fit.value is not None else f"{fit.note}; used temperature 1",
         }
 
     def _choose_operating_point(self, outputs: EvalOutputs) -> None:
