@@ -42,6 +42,8 @@ def tiny_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "eval.bootstrap.resamples=200",
                 "model=densenet121_multilabel",
                 "model.class_weights=null",
+                # after two steps at the default 3e-4 the logits are tiny and no T in range fits: no fit to show
+                "model.optimizer.lr=1e-4",
             ],
         )
     GlobalHydra.instance().clear()
@@ -187,3 +189,19 @@ def test_a_separated_validation_epoch_uses_temperature_1_not_an_earlier_epochs_f
     assert (
         "temperature 1.0000, not fitted on val (8 images): see the notes" in _temperature_markdown(section)[0]
     )
+
+
+def test_a_fit_at_the_lower_bound_says_whether_the_classes_are_separated() -> None:
+    """Only logits that separate the classes are called separated; tiny logits that merely rank well (an
+    almost untrained model) hit the same bound for another reason, and the note says which."""
+    from pneumo.evaluation.temperature import fit_temperature
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    separated = fit_temperature(np.array([-3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0]), y)
+    assert separated.value is None and separated.note.endswith("separate the classes perfectly")
+    tiny = fit_temperature(1e-3 * np.array([-3.0, -2.0, -1.0, 0.5, -0.2, 1.0, 2.0, 3.0]), y)
+    assert tiny.value is None and tiny.note.endswith(
+        "still falls at T = 0.05 (logits tiny for how well they rank)"
+    )
+    unit = fit_temperature(np.array([-3.0, -2.0, -1.0, 0.5, -0.2, 1.0, 2.0, 3.0]), y)
+    assert unit.value is not None and 0.05 < unit.value < 20 and unit.nll_after <= unit.nll_before

@@ -110,12 +110,12 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> TemperatureFit:
     if after > before:  # never worse than no scaling (a flat loss can stop the search short)
         value, after = 1.0, before
     if log_t - lo < 1e-3:
-        return TemperatureFit(
-            None,
-            before,
-            before,
-            n,
-            "temperature not fitted: the validation logits separate the classes perfectly",
+        separated = z[y == 0].max() < z[y == 1].min()
+        why = (
+            "the validation logits separate the classes perfectly"
+            if separated
+            else f"the validation NLL still falls at T = {BOUNDS[0]:g} (logits tiny for how well they rank)"
         )
+        return TemperatureFit(None, before, before, n, f"temperature not fitted: {why}")
     note = f"temperature {value:.3g} at its upper search bound {BOUNDS[1]:g}" if hi - log_t < 1e-3 else None
     return TemperatureFit(value, before, after, n, note)
