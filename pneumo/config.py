@@ -82,9 +82,30 @@ def suggestion(value: object, choices: Iterable[object]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def choice(value: Any, key: str, choices: Iterable[T]) -> T:
+def choice_error(
+    value: Any, key: str, choices: Iterable[object], *, also: str = "", error: type[Exception] = ConfigError
+) -> Exception:
+    """The one error of an option value that is none of its ``choices``: ``key=value: choose one of ...``,
+    ``also`` naming the other forms the option takes (``"a number in [0, 1]"``), and the closest choice.
+    ``error`` is the class to raise (a ``ConfigError`` subclass of the module, e.g. ``GradCamError``).
+
+    Example:
+        >>> print(choice_error("yuoden", "eval.threshold", ["youden"], also="a number in [0, 1]"))
+        eval.threshold='yuoden': choose one of 'youden' or a number in [0, 1] (did you mean 'youden'?)
+    """
+    options = tuple(choices)
+    listed = ", ".join("null" if o is None else repr(o) for o in options)  # null: how a config writes None
+    names = [o for o in options if o is not None]
+    return error(
+        f"{key}={value!r}: choose one of {listed}{' or ' + also if also else ''}{suggestion(value, names)}"
+    )
+
+
+def choice(
+    value: Any, key: str, choices: Iterable[T], *, also: str = "", error: type[Exception] = ConfigError
+) -> T:
     """``value`` if it is one of ``choices``, else a one-line ``ConfigError`` naming ``key``, the value, the
-    valid choices and the closest one: the one validator of every option that takes a name.
+    valid choices and the closest one (``choice_error``): the one validator of every option that takes a name.
 
     Example:
         >>> choice("skip", "data.on_missing", ("error", "skip"))
@@ -93,10 +114,13 @@ def choice(value: Any, key: str, choices: Iterable[T]) -> T:
         Traceback (most recent call last):
         ...
         pneumo.errors.ConfigError: data.on_missing='skp': choose one of 'error', 'skip' (did you mean 'skip'?)
+        >>> choice("fast", "callbacks.performance.matmul_precision", ("highest", "high", "medium", None))
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: callbacks.performance.matmul_precision='fast': choose one of 'highest', 'high', 'medium', null
     """
     options = tuple(choices)
     for option in options:
-        if value == option:
+        if value == option and isinstance(value, bool) == isinstance(option, bool):  # True is not 1
             return option
-    listed = ", ".join(repr(o) for o in options)
-    raise ConfigError(f"{key}={value!r}: choose one of {listed}{suggestion(value, options)}")
+    raise choice_error(value, key, options, also=also, error=error)

@@ -120,7 +120,9 @@ def test_class_counts(demo_root: Path) -> None:
 
 def test_missing_image_root_names_path_and_fix(demo_root: Path, tmp_path: Path) -> None:
     dm = make_dm(demo_root, images_url=str(tmp_path / "nowhere"))
-    with pytest.raises(DataRootError, match=f"{tmp_path / 'nowhere'} does not exist.*python -m pneumo synthetic"):
+    with pytest.raises(
+        DataRootError, match=f"{tmp_path / 'nowhere'} does not exist.*python -m pneumo synthetic"
+    ):
         dm.setup("fit")
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, recall_score, roc_auc_score, roc_curve
 
+from pneumo.errors import ConfigError
 from pneumo.reporting.figures import FIGURE_NAMES, report_figures, save_figures
 from pneumo.reporting.report import EvalSettings, build_report, report_markdown, write_report
 from pneumo.stats.bootstrap import ClusterBootstrap
@@ -109,6 +110,15 @@ def test_threshold_rules_pick_the_documented_points() -> None:
 def test_bad_threshold_rules_name_the_key(bad: object) -> None:
     with pytest.raises(ValueError, match="eval.threshold"):
         ThresholdRule.parse(bad)
+
+
+def test_a_misspelt_threshold_rule_gets_the_shared_choice_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        ThresholdRule.parse("youdn")
+    assert str(err.value) == (
+        "eval.threshold='youdn': choose one of 'youden', 'sensitivity@0.90', 'specificity@0.90' or a number "
+        "in [0, 1] (did you mean 'youden'?)"
+    )
 
 
 def _frame(n: int, seed: int = 0, positives: bool = True) -> pd.DataFrame:

@@ -156,6 +156,8 @@ def test_a_tensor_matching_nothing_is_an_error(tmp_path: Path) -> None:
         PretrainedWeights.from_blob({**state, "fc.weight": torch.ones(2, 2)}, "resnet.pth")
     with pytest.raises(PretrainedFileNotFoundError, match="model.pretrained=.*absent.pt does not exist"):
         PretrainedWeights.read(str(tmp_path / "absent.pt"))
+    with pytest.raises(PretrainedFileNotFoundError, match=re.escape("(did you mean 'imagenet'?)")):
+        PretrainedWeights.read("imagnet")
 
 
 def test_a_pickled_model_is_refused_with_the_conversion(tmp_path: Path) -> None:

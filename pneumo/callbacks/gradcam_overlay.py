@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from pneumo.errors import ConfigError
 from pneumo.images.decode import image_shape
 from pneumo.nih.boxes import load_boxes, scaled_to
-from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
+from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, check_target, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class GradCamOverlayCallback(L.Callback):
             num_positives,
             num_negatives,
         )
+        target = check_target(target, "callbacks.gradcam_overlay.target")  # now, not at the first overlay
         self.layer, self.target, self.seed, self.tag = layer, target, seed, tag
         self.tile_size, self.ncols = tile_size, ncols
         self._val_epochs = 0

@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.errors import ConfigError, PneumoError
+from pneumo.config import choice
+from pneumo.errors import PneumoError
 from pneumo.images.decode import BadImageError, decode_grayscale
 from pneumo.images.preprocess import ResizeToUint8
 from pneumo.io.files import atomic_write_bytes, disk_full
@@ -103,9 +104,8 @@ def cache_fingerprint(
 
 
 def check_policy(value: str, key: str) -> str:
-    if value not in POLICIES:
-        raise ConfigError(f"{key} must be one of {POLICIES}, got {value!r}")
-    return value
+    """``value`` if it is one of ``POLICIES`` (``error``, ``skip``), else ``pneumo.config.choice``'s error."""
+    return choice(value, key, POLICIES)
 
 
 class _Progress:

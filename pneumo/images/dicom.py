@@ -48,7 +48,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumo.errors import ConfigError
+from pneumo.config import choice
 from pneumo.images.limits import MAX_PIXELS, BadImageError
 
 #: Choices of ``data.dicom_voi`` (see the module docstring).
@@ -102,15 +102,13 @@ EXTRA_SYNTAXES = frozenset(
 
 
 def check_voi(value: str, key: str = "data.dicom_voi") -> str:
-    """``value`` if it is one of ``VOI_MODES``, else ``ConfigError`` naming ``key`` and the choices.
+    """``value`` if it is one of ``VOI_MODES``, else ``pneumo.config.choice``'s error naming ``key``.
 
     Example:
         >>> check_voi("window")
         'window'
     """
-    if value not in VOI_MODES:
-        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(VOI_MODES)}")
-    return value
+    return choice(value, key, VOI_MODES)
 
 
 def _read(data: bytes, name: str, tags: tuple[str, ...]) -> Dataset:

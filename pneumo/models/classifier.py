@@ -45,7 +45,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from pneumo.config import to_plain
+from pneumo.config import choice_error, to_plain
 from pneumo.errors import ConfigError
 from pneumo.models.nets import build_net
 from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, input_adapter
@@ -156,7 +156,7 @@ class PneumoniaClassifier(L.LightningModule):
             except (TypeError, ValueError):
                 fixed_temperature = float("nan")
             if not np.isfinite(fixed_temperature) or fixed_temperature <= 0:
-                raise ConfigError(f"model.temperature must be 'fit' or a number > 0, got {temperature!r}")
+                raise choice_error(temperature, "model.temperature", ("fit",), also="a number > 0")
         self.operating_point_rule = ThresholdRule.parse(operating_point)
         source = PretrainedWeights.read(str(pretrained)) if pretrained else None
         if source is not None:
@@ -228,17 +228,22 @@ class PneumoniaClassifier(L.LightningModule):
     @staticmethod
     def _weights_of(class_weights: Any, n_out: int) -> torch.Tensor:
         """The initial ``class_weights`` buffer (ones for ``auto``/``None``: ``setup`` fills ``auto``)."""
-        fix = f"model.class_weights must be 'auto', a list of {n_out} numbers or null"
+        bad = choice_error(
+            class_weights,
+            "model.class_weights",
+            ("auto", None),
+            also=f"a list of {n_out} numbers (finite, >= 0)",
+        )
         if isinstance(class_weights, str) and class_weights != "auto":
-            raise ConfigError(f"{fix}, got {class_weights!r}")
+            raise bad
         if class_weights in (None, "auto"):
             return torch.ones(n_out)
         try:
             weights = torch.tensor(class_weights, dtype=torch.float32)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{fix}, got {class_weights!r}") from err
+            raise bad from err
         if weights.shape != (n_out,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ConfigError(f"{fix} (finite, >= 0), got {class_weights!r}")
+            raise bad
         return weights
 
     @staticmethod

@@ -58,7 +58,8 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from pneumo.errors import ConfigError, PneumoError
+from pneumo.config import choice, suggestion
+from pneumo.errors import PneumoError
 from pneumo.models.tasks import TASKS, Task, task_named  # noqa: F401 - task_named: the docstring example
 from pneumo.nih.findings import FINDINGS, PNEUMONIA
 
@@ -128,7 +129,7 @@ def _load_file(source: str) -> tuple[Any, str]:
     except FileNotFoundError as err:
         raise PretrainedFileNotFoundError(
             f"model.pretrained={source} does not exist: give `imagenet`, null, or the path/URL of a "
-            "checkpoint or state dict"
+            f"checkpoint or state dict{suggestion(source, [IMAGENET])}"
         ) from err
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(
@@ -337,8 +338,6 @@ class InputNormalization(nn.Module):
 
 def input_adapter(input_norm: str | None) -> nn.Module:
     """``InputNormalization(input_norm)``, or ``nn.Identity()`` for ``None`` (grey in [0, 1] as is)."""
-    if input_norm is None:
+    if choice(input_norm, "model.input_norm", (*sorted(INPUT_NORMS), None)) is None:
         return nn.Identity()
-    if input_norm not in INPUT_NORMS:
-        raise ConfigError(f"model.input_norm={input_norm!r}: choose one of {sorted(INPUT_NORMS)} or null")
     return InputNormalization(input_norm)

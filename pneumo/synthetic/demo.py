@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 import fsspec
 import numpy as np
 
+from pneumo.config import choice
 from pneumo.errors import ConfigError
 from pneumo.io.store import object_name
 from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
@@ -111,8 +112,7 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
     if cfg.n < 10:
         raise ConfigError(f"a synthetic data set needs at least 10 images, got n={cfg.n}")
-    if cfg.format not in IMAGE_FORMATS:
-        raise ConfigError(f"data.synthetic.format={cfg.format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
+    choice(cfg.format, "data.synthetic.format", IMAGE_FORMATS)
     rng = np.random.default_rng(cfg.seed)
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
