@@ -35,6 +35,14 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pneumo's wheel, built once per session from a copy of the checkout (``tests.helpers.build_wheel``)."""
+    from tests.helpers import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
 @pytest.fixture()
 def compose_train(tmp_path: Path):
     """Compose ``conf/train.yaml`` with overrides, as Hydra would for ``python train.py``."""
