@@ -5,10 +5,11 @@ Helpers (paths, overrides, data modules, ``run_cli``) live in ``tests/helpers.py
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from pneumo.io.environment import prepare_gcsfs
 
 # Re-exported for tests written before tests/helpers.py existed; new tests import tests.helpers.
 from tests.helpers import (  # noqa: F401
@@ -66,9 +67,9 @@ def compose_train(tmp_path: Path):
 
 
 # ---------------------------------------------------------------- GCS emulator (issue 3: cloud data path)
-# gcsfs >= 2026 probes buckets over gRPC when this is on, stalling every call against the emulator; it is
-# read when gcsfs is imported, which any test (a logger, fsspec) may trigger first: set it at collection.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# gcsfs's gRPC bucket probe stalls every call against the emulator; gcsfs decides when it is imported, which
+# any test (a logger, fsspec) may trigger first: decided at collection (child processes inherit it).
+prepare_gcsfs(emulator=True)
 
 
 @pytest.fixture(scope="session")

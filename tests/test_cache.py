@@ -27,7 +27,8 @@ from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache
 from pneumo.data.datamodule import NIHDataModule
 from pneumo.images.decode import BadImageError, decode_grayscale
 from pneumo.images.preprocess import ResizeToUint8
-from pneumo.io.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
+from pneumo.io.reading import ObjectNotFoundError, StoreUnavailableError
+from pneumo.io.store import ImageStore
 from pneumo.nih.index import NIHLabelIndex
 from tests.helpers import BILLING_PROJECT, ROOT, demo_datamodule, emulator_datamodule
 
@@ -144,7 +145,7 @@ def test_build_killed_with_sigkill_resumes_to_the_clean_result(
     }
     cache = ImageCache(tmp_path / "cache", kwargs["images_url"], names, 48)
     gcs_emulator.latency_s = 0.05  # 80 images one at a time: ~4 s, so the kill lands mid-build
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # with conftest's prepare_gcsfs(emulator=True)
     proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, json.dumps(kwargs)], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -333,7 +334,7 @@ def test_store_reads_local_and_gs_the_same(gcs_emulator, nih_bucket: str, demo_r
 def test_cache_build_through_a_server_restart(
     gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pneumo.io.store")
+    caplog.set_level(logging.DEBUG, logger="pneumo.io.reading")
     names = demo_names(demo_root)
     dm = gs_dm(gcs_emulator, nih_bucket, tmp_path / "cache", storage={**FAST_IO, "concurrency": 4})
     served = {"n": 0}

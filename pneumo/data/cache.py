@@ -55,8 +55,9 @@ from pneumo.errors import PneumoError
 from pneumo.images.decode import BadImageError, decode_grayscale
 from pneumo.images.preprocess import ResizeToUint8
 from pneumo.io.files import atomic_write_bytes, disk_full
+from pneumo.io.reading import AccessDeniedError, ObjectNotFoundError
 from pneumo.io.storage import redact_url
-from pneumo.io.store import AccessDeniedError, ImageStore, ObjectNotFoundError, object_name
+from pneumo.io.store import ImageStore, object_name
 
 log = logging.getLogger(__name__)
 

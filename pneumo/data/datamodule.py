@@ -30,8 +30,9 @@ from pneumo.data.dataset import NIHImageDataset, StreamingSource
 from pneumo.errors import ConfigError, PneumoError
 from pneumo.images.dicom import check_voi
 from pneumo.images.preprocess import build_tensor_transforms
+from pneumo.io.reading import translate_error
 from pneumo.io.storage import StorageSettings, redact_url
-from pneumo.io.store import ImageStore, absolute_location, location_exists, object_name, translate_error
+from pneumo.io.store import ImageStore, absolute_location, location_exists, object_name
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import relocated
 from pneumo.nih.splits import PatientSplit, make_splits, read_image_list

@@ -27,7 +27,8 @@ from PIL import Image
 from pneumo.errors import PneumoError
 from pneumo.images.decode import DICOM_SUFFIXES, decode_grayscale
 from pneumo.images.preprocess import ResizeToUint8, build_tensor_transforms
-from pneumo.io.store import absolute_location, is_url, translate_error
+from pneumo.io.reading import translate_error
+from pneumo.io.store import absolute_location, is_url
 
 #: File name endings taken from a folder (other files there are skipped and reported).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)

@@ -11,8 +11,8 @@ concurrency and fault tests:
   query, headers) and, because the emulator has no billing, a model of Requester Pays buckets: requests
   without ``userProject`` get GCS's 400, requests billing a project not allowed get GCS's 403.
 
-``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` is set before gcsfs is imported (the experimental gRPC probe
-stalls every call against an emulator). Clients are pointed at it explicitly (gcsfs ``endpoint_url``,
+Importing it turns gcsfs's experimental gRPC probe off before gcsfs is imported
+(``pneumo.io.environment.prepare_gcsfs``: the probe stalls every call against an emulator). Clients are pointed at it explicitly (gcsfs ``endpoint_url``,
 google-cloud-storage ``client_options``), never at the real service.
 
 Command line, from any directory (an emulator holding a demo set in NIH's layout: ``png/...``, CSVs and
@@ -24,9 +24,9 @@ split lists)::
 
 from __future__ import annotations
 
-import os
+from pneumo.io.environment import prepare_gcsfs
 
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+prepare_gcsfs(emulator=True)  # before gcsfs is imported, by this module or a caller
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
