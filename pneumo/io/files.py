@@ -86,7 +86,7 @@ def _is_disk_full(err: BaseException) -> bool:
 
 def atomic_write_bytes(
     path: str | os.PathLike,
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     durable: bool = False,
     fix: str = "free space there or write elsewhere",
 ) -> None:

@@ -86,6 +86,13 @@ class ImageStore:
         'gs://gcs-public-data--healthcare-nih-chest-xray/png/00000001_000.png'
     """
 
+    # The I/O limits, set in __init__ from check_io_limits() (one loop over IO_DEFAULTS' keys).
+    concurrency: int
+    request_timeout_s: float
+    retry_deadline_s: float
+    retry_backoff_s: float
+    retry_backoff_max_s: float
+
     def __init__(
         self,
         root: str,

@@ -116,7 +116,7 @@ def make_splits(
     """
     if (train_val_list is None) != (test_list is None):
         raise SplitError("give both split lists (train_val and test) or neither")
-    if train_val_list is not None:
+    if train_val_list is not None and test_list is not None:  # both or neither (checked above)
         known = set(index.table["image"])
         tv = [x for x in train_val_list if x in known]
         te = [x for x in test_list if x in known]

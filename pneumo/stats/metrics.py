@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from pneumo.errors import ConfigError
 
@@ -36,7 +37,7 @@ def _as_2d(weights: np.ndarray | None, n: int) -> np.ndarray:
     return w[None] if w.ndim == 1 else w
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _safe_div(num: npt.ArrayLike, den: npt.ArrayLike) -> np.ndarray:
     num, den = np.broadcast_arrays(np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64))
     out = np.full(num.shape, np.nan)
     np.divide(num, den, out=out, where=den > 0)

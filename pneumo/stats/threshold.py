@@ -125,7 +125,10 @@ def select_threshold(y: np.ndarray, probs: np.ndarray, rule: str | float | Thres
     tpr, fpr = tp / pos, fp / neg
     if parsed.kind == "youden":
         k = int(np.argmax(tpr - fpr))
-    elif parsed.kind == "sensitivity":
+        return ThresholdChoice(_between(ranked.thresholds, k), str(parsed))
+    # sensitivity / specificity: parse() always gives these a target.
+    assert parsed.target is not None
+    if parsed.kind == "sensitivity":
         k = int(np.flatnonzero(tpr >= parsed.target - 1e-12)[0])
     else:  # specificity: the lowest threshold with fpr <= 1 - target
         ok = np.flatnonzero(fpr <= 1.0 - parsed.target + 1e-12)

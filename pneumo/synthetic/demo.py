@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -102,7 +103,7 @@ def planted_identifiers(patient: int) -> dict[str, str]:
     }
 
 
-def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides) -> dict:
+def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides: Any) -> dict:
     """Write a synthetic NIH-layout data set to ``out`` (a folder or fsspec URL) and return its manifest.
 
     Args:
@@ -118,7 +119,8 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     root = root.rstrip("/")
     fs.makedirs(f"{root}/images", exist_ok=True)
 
-    rows, boxes, patient_images = [], [], {}
+    rows, boxes = [], []
+    patient_images: dict[int, list[str]] = {}
     patient, written = 0, 0
     batch: dict[str, bytes] = {}
     while written < cfg.n:
@@ -186,7 +188,7 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     return manifest
 
 
-def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides) -> dict:
+def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides: Any) -> dict:
     """Write the data set unless ``out`` already holds a complete one made with the same parameters."""
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
     fs, root = fsspec.core.url_to_fs(out)

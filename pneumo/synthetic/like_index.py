@@ -28,8 +28,8 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import fsspec
 import numpy as np
@@ -75,7 +75,8 @@ def _rows(index: NIHLabelIndex, boxes: BoxList | None) -> list[_Row]:
     if boxes is not None:
         for image, group in boxes.subset(PNEUMONIA).table.groupby("image"):
             xywh = scaled_to(group[["x", "y", "w", "h"]].to_numpy()[:1], (NIH_SIDE, NIH_SIDE), (1, 1))[0]
-            nih_box[image] = tuple(float(v) for v in xywh)
+            x, y, w, h = (float(v) for v in xywh)
+            nih_box[str(image)] = (x, y, w, h)
     t = index.table
     names = [str(x) for x in t["image"]]
     return [
@@ -179,7 +180,7 @@ def write_like_index(
     return manifest
 
 
-def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], workers: int):
+def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], workers: int) -> Iterator[int]:
     """Yield the image count of each chunk as it is written (in ``workers`` processes; 0 = here)."""
     if workers == 0:
         for chunk in chunks:
@@ -187,7 +188,8 @@ def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], worke
         return
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending, next_chunk = set(), 0
+        pending: set[Future[int]] = set()
+        next_chunk = 0
         while pending or next_chunk < len(chunks):
             while (
                 next_chunk < len(chunks) and len(pending) < 2 * workers

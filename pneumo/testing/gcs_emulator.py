@@ -32,16 +32,22 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import http.server  # noqa: E402
 import json  # noqa: E402
+import socketserver  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 from urllib.parse import parse_qs, unquote, urlparse  # noqa: E402
 
 from gcp_storage_emulator.handlers import buckets  # noqa: E402
 from gcp_storage_emulator.server import RequestHandler  # noqa: E402
 from gcp_storage_emulator.storage import Storage  # noqa: E402
+
+if TYPE_CHECKING:
+    from gcsfs import GCSFileSystem
+    from google.cloud.storage import Client
 
 # For code that starts the emulator's own server (gcp_storage_emulator.server.create_server).
 http.server.HTTPServer.request_queue_size = 1024
@@ -106,15 +112,17 @@ class _Handler(RequestHandler):
         self.close_connection = True
         return False
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
         pass
 
 
-class _QuietErrors:
+class _QuietErrors(socketserver.BaseServer):
     """Count clients that hung up before their answer was written (timeouts, a SIGKILLed process) rather
     than printing a traceback for each; other errors are printed as usual."""
 
-    def handle_error(self, request, client_address) -> None:
+    hung_up: int
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
 
         err = sys.exc_info()[1]
@@ -193,7 +201,8 @@ class GCSEmulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(timeout=5)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
             self._server = None
 
     def restart_after(self, seconds: float) -> threading.Timer:
@@ -227,7 +236,7 @@ class GCSEmulator:
             if answer:
                 return answer, f"injected fault {answer}"
         if rec.bucket in self.requester_pays:
-            project = (rec.query.get("userProject") or [None])[0]
+            project = (rec.query.get("userProject") or [""])[0]
             if not project:
                 return 400, "Bucket is a requester pays bucket but no user project provided."
             if project not in self.requester_pays[rec.bucket]:
@@ -256,14 +265,14 @@ class GCSEmulator:
         finally:
             self.requester_pays = saved
 
-    def gcsfs(self, **options):
+    def gcsfs(self, **options: Any) -> GCSFileSystem:
         """A gcsfs filesystem talking to this emulator only (no instance cache, anonymous unless told)."""
         import gcsfs
 
         options = {"token": "anon", **options}
         return gcsfs.GCSFileSystem(endpoint_url=self.endpoint, skip_instance_cache=True, **options)
 
-    def storage_client(self, project: str = "test-project"):
+    def storage_client(self, project: str = "test-project") -> Client:
         """A google-cloud-storage client pointed at this emulator by explicit endpoint."""
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage

@@ -45,7 +45,7 @@ def caption_text(probability: float | None, predicted: int | None = None, truth:
     return text
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow built without FreeType: fixed-size bitmap font
@@ -68,7 +68,9 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if arr.shape == size:
         return arr
     return np.asarray(
-        Image.fromarray(arr.astype(np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR)
+        Image.fromarray(arr.astype(np.float32), mode="F").resize(
+            (size[1], size[0]), Image.Resampling.BILINEAR
+        )
     )
 
 
