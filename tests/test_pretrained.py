@@ -218,7 +218,7 @@ def test_training_test_and_explain_feed_the_network_alike(
 
     from pneumo.data.datamodule import NIHDataModule
     from pneumo.models.classifier import PneumoniaClassifier
-    from pneumo.pipelines.explain import explain_images
+    from pneumo.pipelines.explain import ExplainSettings, explain_images
     from pneumo.pipelines.train import train
     from tests.conftest import tiny_overrides
 
@@ -255,7 +255,9 @@ def test_training_test_and_explain_feed_the_network_alike(
 
     with NetworkInputs() as explaining:
         result = explain_images(
-            ckpt_path=str(ckpt), out_dir=str(tmp_path / "explain"), split="test", progress=False
+            ExplainSettings(
+                ckpt_path=str(ckpt), out_dir=str(tmp_path / "explain"), split="test", progress=False
+            )
         )
     explained = dict(zip([row["image"] for row in result.predictions], explaining.network_inputs()))
     assert sorted(explained) == sorted(tested) and len(tested) > 0
