@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from pneumo.errors import ConfigError
 from pneumo.images.decode import image_shape
 from pneumo.nih.boxes import load_boxes, scaled_to
-from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, check_target, pneumonia_probability
+from pneumo.xai.gradcam import DEFAULT_LAYER, DEFAULT_TARGET, GradCam, check_target, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ class GradCamOverlayCallback(L.Callback):
 
     def __init__(
         self,
-        every_n_epochs: int = 5,
+        every_n_epochs: int = 2,
         num_positives: int = 4,
         num_negatives: int = 4,
         layer: str = DEFAULT_LAYER,
-        target: int | str = "pneumonia",
+        target: int | str = DEFAULT_TARGET,
         seed: int = 0,
         tag: str = "val/gradcam",
         tile_size: int = 192,

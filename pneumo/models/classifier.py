@@ -52,7 +52,7 @@ from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, 
 from pneumo.models.tasks import pneumonia_column, task_named
 from pneumo.stats.metrics import average_precision, threshold_metrics
 from pneumo.stats.temperature import fit_temperature
-from pneumo.stats.threshold import ThresholdRule, select_threshold
+from pneumo.stats.threshold import DEFAULT_RULE, ThresholdRule, select_threshold
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class PneumoniaClassifier(L.LightningModule):
         pretrained: str | None = None,
         input_norm: str | None = None,
         task: str = "binary",
-        operating_point: str | float = "youden",
+        operating_point: str | float = DEFAULT_RULE,
         temperature: str | float = 1.0,
     ) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.metrics import (
+    CALIBRATION_BINS,
     auroc,
     average_precision,
     calibration,
@@ -92,7 +93,9 @@ def pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "Prec
     return fig
 
 
-def reliability_figure(y: np.ndarray, p: np.ndarray, bins: int = 10, title: str = "Reliability") -> Figure:
+def reliability_figure(
+    y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS, title: str = "Reliability"
+) -> Figure:
     """Observed frequency against mean predicted probability per bin, with the image count per bin."""
     fig, ax = _figure()
     cal = calibration(y, p, bins)
@@ -173,7 +176,7 @@ def findings_roc_figure(frame: pd.DataFrame) -> Figure | None:
 
 
 def report_figures(
-    frame: pd.DataFrame, threshold: float, bins: int = 10, target: str = "Pneumonia"
+    frame: pd.DataFrame, threshold: float, bins: int = CALIBRATION_BINS, target: str = "Pneumonia"
 ) -> dict[str, Figure]:
     """The four report figures of the ``probability``/``label`` columns (plus ``roc_findings`` if multi-label)."""
     y = frame["label"].to_numpy().astype(np.float64)

@@ -29,8 +29,9 @@ import pandas as pd
 from pneumo.errors import ConfigError
 from pneumo.nih.adjudicated import REFERENCE_TEXT, match_reference
 from pneumo.reporting.predictions import finding_columns
-from pneumo.stats.bootstrap import ClusterBootstrap, Interval
+from pneumo.stats.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, ClusterBootstrap, Interval
 from pneumo.stats.metrics import (
+    CALIBRATION_BINS,
     THRESHOLD_METRICS,
     RankedScores,
     calibration,
@@ -40,7 +41,7 @@ from pneumo.stats.metrics import (
 )
 from pneumo.stats.subgroups import subgroup_masks
 from pneumo.stats.temperature import probability_nll, scaled_probability
-from pneumo.stats.threshold import ThresholdRule
+from pneumo.stats.threshold import DEFAULT_RULE, ThresholdRule
 
 #: Display names of the metrics, in report order.
 METRIC_NAMES = {
@@ -70,11 +71,11 @@ class EvalSettings:
         figures: also draw the ROC, PR, reliability and confusion-matrix figures.
     """
 
-    threshold: str | float = "youden"
-    resamples: int = 1000
+    threshold: str | float = DEFAULT_RULE
+    resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
-    level: float = 0.95
-    calibration_bins: int = 10
+    level: float = DEFAULT_LEVEL
+    calibration_bins: int = CALIBRATION_BINS
     age_bands: tuple[float, ...] = (40, 60, 80)
     figures: bool = True
 
@@ -91,14 +92,15 @@ class EvalSettings:
             raise ConfigError(
                 f"unknown eval config key(s) {unknown}; known: {sorted(known)} and bootstrap.resamples/seed/level"
             )
+        # a key left out keeps the class default (the one copy); age_bands: null or [] cuts no bands
         settings = cls(
-            threshold=cfg.get("threshold", "youden"),
-            resamples=int(boot.get("resamples", 1000)),
-            seed=int(boot.get("seed") or 0),
-            level=float(boot.get("level", 0.95)),
-            calibration_bins=int(cfg.get("calibration_bins", 10)),
-            age_bands=tuple(float(a) for a in (cfg.get("age_bands") or ())),
-            figures=bool(cfg.get("figures", True)),
+            threshold=cfg.get("threshold", cls.threshold),
+            resamples=int(boot.get("resamples", cls.resamples)),
+            seed=int(boot.get("seed") or cls.seed),
+            level=float(boot.get("level", cls.level)),
+            calibration_bins=int(cfg.get("calibration_bins", cls.calibration_bins)),
+            age_bands=tuple(float(a) for a in (cfg.get("age_bands", cls.age_bands) or ())),
+            figures=bool(cfg.get("figures", cls.figures)),
         )
         ThresholdRule.parse(settings.threshold)  # fail early on a bad rule
         ClusterBootstrap(n=1, resamples=settings.resamples, level=settings.level)

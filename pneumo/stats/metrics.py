@@ -24,6 +24,8 @@ import numpy.typing as npt
 
 from pneumo.errors import ConfigError
 
+#: Equal-width probability bins of the expected calibration error and the reliability diagram, unless told.
+CALIBRATION_BINS = 10
 #: Names of the threshold-dependent metrics, in report order.
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
 
@@ -210,7 +212,7 @@ class Calibration:
     fraction_positive: np.ndarray
 
 
-def calibration(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> Calibration:
+def calibration(y: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> Calibration:
     """Calibration of probabilities against 0/1 labels with ``bins`` equal-width bins.
 
     Example:

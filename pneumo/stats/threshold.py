@@ -34,6 +34,8 @@ from pneumo.stats.metrics import RankedScores
 _TARGET = re.compile(r"^(sensitivity|specificity)@([0-9]*\.?[0-9]+)$")
 #: The named rules (``sensitivity@`` / ``specificity@`` take any target in (0, 1]) and the other form a rule takes.
 RULES, FIXED = ("youden", "sensitivity@0.90", "specificity@0.90"), "a number in [0, 1]"
+#: The rule unless one is given (``eval.threshold``, ``PneumoniaClassifier(operating_point=...)``).
+DEFAULT_RULE = "youden"
 
 
 @dataclass(frozen=True)

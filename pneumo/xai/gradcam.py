@@ -37,6 +37,8 @@ from pneumo.models.tasks import pneumonia_column, task_of
 DEFAULT_LAYER = "features.transition2.conv"
 #: The named Grad-CAM targets (``gradcam.target``); an output index is the other form a target takes.
 TARGETS = ("pneumonia", "predicted")
+#: The target explained unless one is given: the model's pneumonia output.
+DEFAULT_TARGET = "pneumonia"
 
 
 def pneumonia_output(model: nn.Module) -> int:
@@ -138,7 +140,7 @@ class GradCam:
         self,
         model: nn.Module,
         layer: str = DEFAULT_LAYER,
-        target: int | str = "pneumonia",
+        target: int | str = DEFAULT_TARGET,
         batch_size: int = 64,
     ) -> None:
         if check_target(target) == "pneumonia":
