@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-import pneumo.data.cache
+import pneumo.images.preprocess
 from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache
 from pneumo.data.datamodule import NIHDataModule
 from pneumo.images.decode import BadImageError, decode_grayscale
@@ -95,7 +95,7 @@ def test_an_epoch_from_cache_needs_no_network_and_no_png(
     def no_decoding(*args, **kwargs):
         raise AssertionError("a PNG was decoded during a cached epoch")
 
-    monkeypatch.setattr(pneumo.data.cache, "decode_grayscale", no_decoding)  # streaming decodes there too
+    monkeypatch.setattr(pneumo.images.preprocess, "decode_grayscale", no_decoding)  # every path decodes there
     seen = sum(
         len(batch["image_id"]) for loader in (dm.train_dataloader(), dm.val_dataloader()) for batch in loader
     )

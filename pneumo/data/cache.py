@@ -52,8 +52,8 @@ import numpy as np
 
 from pneumo.config import choice
 from pneumo.errors import PneumoError
-from pneumo.images.decode import BadImageError, decode_grayscale
-from pneumo.images.preprocess import ResizeToUint8
+from pneumo.images.decode import BadImageError
+from pneumo.images.preprocess import Preprocessor
 from pneumo.io.files import atomic_write_bytes, disk_full
 from pneumo.io.reading import AccessDeniedError, ObjectNotFoundError
 from pneumo.io.storage import redact_url
@@ -563,15 +563,15 @@ class CachedSource:
 
 
 class PixelDecoder:
-    """Object bytes -> decoded, resized ``(size, size)`` uint8 pixels: what the cache stores and what streaming
-    yields (the ``work`` of ``ImageStore.map_unordered``); bad images raise ``BadImageError`` naming the URL.
-    PNG, JPEG and DICOM alike (``decode_grayscale``; ``dicom_voi`` sets DICOM's grey levels)."""
+    """Object bytes -> decoded, resized ``(size, size)`` uint8 pixels (``Preprocessor.pixels``): what the cache
+    stores and what streaming yields (the ``work`` of ``ImageStore.map_unordered``); bad images raise
+    ``BadImageError`` naming the URL. PNG, JPEG and DICOM alike (``dicom_voi`` sets DICOM's grey levels)."""
 
     def __init__(self, store: ImageStore, size: int, dicom_voi: str = "auto") -> None:
-        self.store, self.resize, self.dicom_voi = store, ResizeToUint8(size), dicom_voi
+        self.store, self.preprocess = store, Preprocessor(size, dicom_voi=dicom_voi)
 
     def __call__(self, name: str, data: bytes) -> np.ndarray:
-        return self.resize(decode_grayscale(data, self.store.url(name), self.dicom_voi))
+        return self.preprocess.pixels(data, self.store.url(name))
 
 
 _worker_decoder: PixelDecoder | None = None

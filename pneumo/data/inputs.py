@@ -1,9 +1,8 @@
 """What ``explain.py`` explains: one image, a folder, a text file of paths/URLs, or a split of the data set.
 
 Every input becomes an ``ImageRef`` (display name, full location, true label and ground-truth boxes where
-known); ``load_image`` reads, decodes and preprocesses one exactly like training does
-(``decode_grayscale`` -> ``ResizeToUint8`` -> ``build_tensor_transforms(image_size, None)``). PNG, JPEG and
-DICOM may be mixed: a folder gives its files ending in ``IMAGE_SUFFIXES`` (``.dcm`` included); a list may
+known); ``load_image`` reads one and preprocesses it exactly like training does (``Preprocessor``: the one
+chain, owned by ``pneumo.images.preprocess``). PNG, JPEG and DICOM may be mixed: a folder gives its files ending in ``IMAGE_SUFFIXES`` (``.dcm`` included); a list may
 name DICOM files without an ending (they are recognised by their ``DICM`` marker).
 
 Example:
@@ -22,11 +21,10 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 import torch
-from PIL import Image
 
 from pneumo.errors import PneumoError
-from pneumo.images.decode import DICOM_SUFFIXES, decode_grayscale
-from pneumo.images.preprocess import ResizeToUint8, build_tensor_transforms
+from pneumo.images.decode import DICOM_SUFFIXES
+from pneumo.images.preprocess import Preprocessor
 from pneumo.io.reading import translate_error
 from pneumo.io.store import absolute_location, is_url
 
@@ -158,42 +156,6 @@ def read_bytes(location: str, storage_options: StorageOptions = None) -> bytes:
         return fs.cat_file(path)
     except Exception as err:  # noqa: BLE001 - one error naming the object (and, for access, the setting)
         raise translate_error(location, err) from err
-
-
-class Preprocessor:
-    """Training's preprocessing of one image: decode -> ``ResizeToUint8`` -> tensor transforms (no augmentation).
-
-
-    Args:
-        image_size: the network's input side.
-        display_size: also keep the source pixels for overlays, shrunk (aspect kept) to at most this width;
-            ``None`` keeps none.
-        dicom_voi: grey levels of DICOM images (``auto``, ``window``, ``full-range``; ``pneumo.images.dicom``).
-    """
-
-    def __init__(self, image_size: int, display_size: int | None = None, dicom_voi: str = "auto") -> None:
-        self.image_size, self.dicom_voi = int(image_size), dicom_voi
-        self.display_size = None if display_size is None else int(display_size)
-        self.resize = ResizeToUint8(self.image_size)
-        self.transform = build_tensor_transforms(self.image_size, None)
-
-    def __call__(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
-        tensor, shape, _ = self.with_display(data, name)
-        return tensor, shape
-
-    def with_display(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int], np.ndarray | None]:
-        """The network tensor, the source ``(H, W)`` and the display copy of the source pixels."""
-        pixels = decode_grayscale(data, name, self.dicom_voi)
-        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
-        display = None
-        if self.display_size is not None:
-            display = pixels
-            if shape[1] > self.display_size:
-                height = max(1, round(shape[0] * self.display_size / shape[1]))
-                display = np.asarray(
-                    Image.fromarray(pixels).resize((self.display_size, height), Image.Resampling.BOX)
-                )
-        return self.transform(self.resize(pixels)[None]), shape, display
 
 
 def load_image(
