@@ -335,23 +335,7 @@ class ImageCache:
                 )
                 self._mark_not_done(stale, status)
             todo = np.flatnonzero(status == TODO)
-            if len(todo) < len(self):
-                log.info(
-                    "resuming the image cache in %s: %d of %d images already done",
-                    self.dir,
-                    len(self) - len(todo),
-                    len(self),
-                )
-            else:
-                log.info(
-                    "caching %d images of %s at %d px in %s (%d requests in flight, %s)",
-                    len(self),
-                    redact_url(self.images_url),
-                    self.size,
-                    self.dir,
-                    store.concurrency * max(1, workers),
-                    f"{workers} decode processes" if workers > 0 else "decoding in threads",
-                )
+            self._log_start(store, len(todo), workers)
             t0 = time.monotonic()
             # The sparse pixels file takes its disk space as images are written: a full disk shows here.
             with disk_full(self.pixels_path, len(todo) * self.item_bytes, _DISK_FULL_FIX):
@@ -359,6 +343,26 @@ class ImageCache:
                     store, todo, status, current, on_missing, on_bad_image, progress, commit_every_s, workers
                 )
             return self._finish(status, fetched=len(todo), seconds=time.monotonic() - t0, stale=len(stale))
+
+    def _log_start(self, store: ImageStore, todo: int, workers: int) -> None:
+        """Say whether the build starts or resumes, and how (requests in flight, decoding processes)."""
+        if todo < len(self):
+            log.info(
+                "resuming the image cache in %s: %d of %d images already done",
+                self.dir,
+                len(self) - todo,
+                len(self),
+            )
+            return
+        log.info(
+            "caching %d images of %s at %d px in %s (%d requests in flight, %s)",
+            len(self),
+            redact_url(self.images_url),
+            self.size,
+            self.dir,
+            store.concurrency * max(1, workers),
+            f"{workers} decode processes" if workers > 0 else "decoding in threads",
+        )
 
     def _current_identities(self, store: ImageStore) -> np.ndarray:
         """Identity hashes of the objects now, from one listing of the images root; where the credentials may

@@ -142,21 +142,10 @@ class PneumoniaClassifier(L.LightningModule):
         net, optimizer, scheduler, class_weights = map(to_plain, (net, optimizer, scheduler, class_weights))
         #: What the outputs mean (``pneumo.models.tasks``): loss, probabilities, pneumonia output, weights.
         self.task = task_named(task)
-        n_out = self.task.outputs
-        if isinstance(net, Mapping) and net.get("out_channels") not in (None, n_out):
-            raise ConfigError(
-                f"model.task={task} needs {n_out} network outputs but model.net.out_channels={net['out_channels']}; "
-                f"{self.task.net_fix}"
-            )
-        weights = self._weights_of(class_weights, n_out)
-        self.fit_temperature = isinstance(temperature, str) and temperature.strip().lower() == "fit"
-        if not self.fit_temperature:
-            try:
-                fixed_temperature = float(temperature)
-            except (TypeError, ValueError):
-                fixed_temperature = float("nan")
-            if not np.isfinite(fixed_temperature) or fixed_temperature <= 0:
-                raise choice_error(temperature, "model.temperature", ("fit",), also="a number > 0")
+        self._check_outputs(net, task)
+        weights = self._weights_of(class_weights, self.task.outputs)
+        fixed_temperature = self._fixed_temperature(temperature)
+        self.fit_temperature = fixed_temperature is None
         self.operating_point_rule = ThresholdRule.parse(operating_point)
         source = PretrainedWeights.read(str(pretrained)) if pretrained else None
         if source is not None:
@@ -180,17 +169,52 @@ class PneumoniaClassifier(L.LightningModule):
         self.input_adapter = input_adapter(input_norm)
         self.net = build_net(net)
         #: Where the network's first weights came from (the model card records it).
-        self.initial_weights: dict[str, Any] | None = None
-        if source is not None:
-            account = source.apply(self.net, self.task)
-            log.info("model.pretrained=%s", account)
-            self.initial_weights = {
-                "source": IMAGENET_URL if source.source == IMAGENET else source.source,
-                "sha256": source.sha256,
-                "input_norm": input_norm,
-                "note": account,
-            }
-        # Buffers travel with checkpoints and follow the module to any device.
+        self.initial_weights = None if source is None else self._apply_pretrained(source, input_norm)
+        self._init_calibration(weights, fixed_temperature)
+        self.checkpoint_epoch: int | None = None
+        #: Provenance of the run (``pneumo.reporting.model_card.card_fields``), saved in checkpoints when set.
+        self.model_card: dict | None = None
+        self.train_metrics = nn.ModuleDict(self.task.train_metrics())
+        self._outputs: dict[str, list] = {"val": [], "test": []}
+        #: Gathered predictions of the last validation / test epoch (``EvalOutputs``).
+        self.predictions: dict[str, EvalOutputs] = {}
+
+    def _check_outputs(self, net: Any, task: str) -> None:
+        """A network spec whose ``out_channels`` contradicts the task is refused, naming the fix."""
+        n_out = self.task.outputs
+        if isinstance(net, Mapping) and net.get("out_channels") not in (None, n_out):
+            raise ConfigError(
+                f"model.task={task} needs {n_out} network outputs but model.net.out_channels={net['out_channels']}; "
+                f"{self.task.net_fix}"
+            )
+
+    @staticmethod
+    def _fixed_temperature(temperature: str | float) -> float | None:
+        """``None`` for ``"fit"`` (fitted on validation), else the fixed temperature, a number > 0."""
+        if isinstance(temperature, str) and temperature.strip().lower() == "fit":
+            return None
+        try:
+            fixed = float(temperature)
+        except (TypeError, ValueError):
+            fixed = float("nan")
+        if not np.isfinite(fixed) or fixed <= 0:
+            raise choice_error(temperature, "model.temperature", ("fit",), also="a number > 0")
+        return fixed
+
+    def _apply_pretrained(self, source: PretrainedWeights, input_norm: str | None) -> dict[str, Any]:
+        """Copy ``source``'s weights into the network; the record of where they came from."""
+        account = source.apply(self.net, self.task)
+        log.info("model.pretrained=%s", account)
+        return {
+            "source": IMAGENET_URL if source.source == IMAGENET else source.source,
+            "sha256": source.sha256,
+            "input_norm": input_norm,
+            "note": account,
+        }
+
+    def _init_calibration(self, weights: torch.Tensor, fixed_temperature: float | None) -> None:
+        """The buffers that travel with checkpoints (class weights, threshold(s), temperature) and the records
+        of how the threshold and the temperature were set."""
         self.register_buffer("class_weights", weights)
         # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
         # A fixed rule holds from the start (a run without validation tests at it); the others start at 0.5.
@@ -198,7 +222,9 @@ class PneumoniaClassifier(L.LightningModule):
         initial = float(self.operating_point_rule.target) if fixed else 0.5
         self.register_buffer("threshold", torch.tensor(initial))
         # Divides every logit before the softmax / sigmoid; 1 until fitted (model.temperature=fit).
-        self.register_buffer("temperature", torch.tensor(1.0 if self.fit_temperature else fixed_temperature))
+        self.register_buffer(
+            "temperature", torch.tensor(1.0 if fixed_temperature is None else fixed_temperature)
+        )
         #: How ``temperature`` was set (fitted on validation: epoch, NLL before/after); saved in checkpoints.
         self.calibration: dict[str, Any] = {
             "value": float(self.temperature),
@@ -217,13 +243,6 @@ class PneumoniaClassifier(L.LightningModule):
             "val": None,
             "note": None if fixed else "not chosen on validation yet (initial 0.5)",
         }
-        self.checkpoint_epoch: int | None = None
-        #: Provenance of the run (``pneumo.reporting.model_card.card_fields``), saved in checkpoints when set.
-        self.model_card: dict | None = None
-        self.train_metrics = nn.ModuleDict(self.task.train_metrics())
-        self._outputs: dict[str, list] = {"val": [], "test": []}
-        #: Gathered predictions of the last validation / test epoch (``EvalOutputs``).
-        self.predictions: dict[str, EvalOutputs] = {}
 
     @staticmethod
     def _weights_of(class_weights: Any, n_out: int) -> torch.Tensor:

@@ -171,8 +171,26 @@ def _row(name: str, value: Any) -> str:
 
 def card_markdown(fields: Mapping, report: Mapping | None) -> str:
     """``model_card.md``'s text from ``card_fields`` and the test report (``None``: not tested)."""
-    code, weights, data = fields.get("pneumo") or {}, fields.get("initial_weights") or {}, fields.get("data")
-    lines = ["# Model card", "", "## Model", "", "| field | value |", "|---|---|"]
+    lines = ["# Model card", "", *_model_lines(fields)]
+    if fields.get("data"):
+        lines += _data_lines(fields["data"])
+    lines += ["## Test results", "", *(_test_lines(report) if report else ["Not tested (`test=false`).", ""])]
+    lines += ["## Intended use and limits", "", *[f"- {line}" for line in LIMITS], ""]
+    lines += [
+        "## Composed config",
+        "",
+        "```yaml",
+        OmegaConf.to_yaml(OmegaConf.create(dict(fields.get("config") or {}))).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model_lines(fields: Mapping) -> list[str]:
+    """The card's "Model" section: task, network, first weights, seed, code version."""
+    code, weights = fields.get("pneumo") or {}, fields.get("initial_weights") or {}
+    lines = ["## Model", "", "| field | value |", "|---|---|"]
     lines += [
         _row("task", (fields.get("model") or {}).get("task")),
         _row("network", (fields.get("model") or {}).get("net")),
@@ -186,70 +204,62 @@ def card_markdown(fields: Mapping, report: Mapping | None) -> str:
     ]
     if weights.get("note"):
         lines += [f"Initial weights: {weights['note']}.", ""]
-    if data:
-        lines += ["## Data", "", "| field | value |", "|---|---|"]
-        lines += [
-            _row("label file", f"`{data['labels']['url']}`"),
-            _row("label file sha256", data["labels"]["sha256"]),
-        ]
-        for name, entry in (data.get("split_lists") or {}).items():
-            lines += [
-                _row(f"split list {name}", f"`{entry['url']}`"),
-                _row(f"split list {name} sha256", entry["sha256"]),
-            ]
-        img = data["images"]
-        lines += [
-            _row(
-                "images",
-                f"`{data['images_url']}`" + (" (synthetic demo set)" if data.get("synthetic") else ""),
-            ),
-            _row("split", data["split_rule"]),
-            _row("views", data.get("views") or "all"),
-            _row("images in the label index", img["indexed"]),
-            _row("images used (train + val + test)", img["used"]),
-            _row(
-                "images skipped (missing / unreadable)",
-                ", ".join(f"{k}: {v}" for k, v in img["skipped"].items()),
-            ),
-            _row("indexed images in no split", img["not_in_any_split"]),
-            "",
-            "Patient-disjoint split (no patient in two splits; checked when this card was written):",
-            "",
-            "| split | images | patients | pneumonia |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} |" for n, c in data["splits"].items()
-        ]
-        lines.append("")
-    lines += ["## Test results", ""]
-    if report:
-        t = report["threshold"]
-        lines += [
-            f"{report['counts']['images']} test images, {report['counts']['patients']} patients; operating point "
-            f"probability ≥ {t['value']:.4f} (rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}); 95% "
-            f"intervals: bootstrap over {report['bootstrap']['resamples']} resamples of {report['bootstrap']['unit']}s. "
-            "Full report: `report.md`.",
-            "",
-            *metrics_table(report),
-            "",
-            "AUROC by subgroup:",
-            "",
-            *subgroup_table(report),
-            "",
-        ]
-    else:
-        lines += ["Not tested (`test=false`).", ""]
-    lines += ["## Intended use and limits", "", *[f"- {line}" for line in LIMITS], ""]
+    return lines
+
+
+def _data_lines(data: Mapping) -> list[str]:
+    """The card's "Data" section: the files (with sha256), the images used and skipped, the split."""
+    lines = ["## Data", "", "| field | value |", "|---|---|"]
     lines += [
-        "## Composed config",
+        _row("label file", f"`{data['labels']['url']}`"),
+        _row("label file sha256", data["labels"]["sha256"]),
+    ]
+    for name, entry in (data.get("split_lists") or {}).items():
+        lines += [
+            _row(f"split list {name}", f"`{entry['url']}`"),
+            _row(f"split list {name} sha256", entry["sha256"]),
+        ]
+    img = data["images"]
+    lines += [
+        _row(
+            "images", f"`{data['images_url']}`" + (" (synthetic demo set)" if data.get("synthetic") else "")
+        ),
+        _row("split", data["split_rule"]),
+        _row("views", data.get("views") or "all"),
+        _row("images in the label index", img["indexed"]),
+        _row("images used (train + val + test)", img["used"]),
+        _row(
+            "images skipped (missing / unreadable)", ", ".join(f"{k}: {v}" for k, v in img["skipped"].items())
+        ),
+        _row("indexed images in no split", img["not_in_any_split"]),
         "",
-        "```yaml",
-        OmegaConf.to_yaml(OmegaConf.create(dict(fields.get("config") or {}))).rstrip(),
-        "```",
+        "Patient-disjoint split (no patient in two splits; checked when this card was written):",
+        "",
+        "| split | images | patients | pneumonia |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} |" for n, c in data["splits"].items()
+    ]
+    return [*lines, ""]
+
+
+def _test_lines(report: Mapping) -> list[str]:
+    """The card's test results: counts, operating point, metrics with intervals, AUROC by subgroup."""
+    t = report["threshold"]
+    return [
+        f"{report['counts']['images']} test images, {report['counts']['patients']} patients; operating point "
+        f"probability ≥ {t['value']:.4f} (rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}); 95% "
+        f"intervals: bootstrap over {report['bootstrap']['resamples']} resamples of {report['bootstrap']['unit']}s. "
+        "Full report: `report.md`.",
+        "",
+        *metrics_table(report),
+        "",
+        "AUROC by subgroup:",
+        "",
+        *subgroup_table(report),
         "",
     ]
-    return "\n".join(lines)
 
 
 def figures_of_test(report: Mapping) -> dict:

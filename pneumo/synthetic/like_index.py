@@ -119,23 +119,67 @@ def write_like_index(
     index = NIHLabelIndex.from_csv(index_csv)
     boxes = BoxList.from_csv(bbox_csv) if bbox_csv else None
     rows = _rows(index, boxes)
+    fs, root, root_url = _open_output(out)
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    log.info("drawing %d images (%d px) like %s in %d process(es)", len(rows), size, index_csv, workers)
+    seconds = _draw_all(root_url, cfg, rows, workers, on_progress)
+    box_lines, split = _write_tables(fs, root, index, rows, size, lists)
+    manifest = {
+        "config": {
+            "size": size,
+            "seed": seed,
+            "noise": noise,
+            "like_index": str(index_csv),
+            "bbox": bbox_csv,
+        },
+        "images": len(rows),
+        "patients": int(index.table["patient"].nunique()),
+        "pneumonia": int(index.pneumonia.sum()),
+        "boxed_pneumonia": box_lines,
+        "train_val": len(split["train_val"]),
+        "test": len(split["test"]),
+        "seconds": round(seconds, 1),
+        "workers": workers,
+    }
+    fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    log.info("wrote %d images in %.1f s (%.2f ms per image)", len(rows), seconds, 1e3 * seconds / len(rows))
+    return manifest
+
+
+def _open_output(out: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    """The filesystem, path and URL of ``out``, with ``images/`` made and any old manifest removed (the
+    manifest is written last: its absence marks an incomplete set)."""
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
     fs.makedirs(f"{root}/images", exist_ok=True)
-    if fs.exists(f"{root}/{MANIFEST}"):  # written last: its absence marks an incomplete set
+    if fs.exists(f"{root}/{MANIFEST}"):
         fs.rm_file(f"{root}/{MANIFEST}")
-    root_url = out.rstrip("/") if "://" in out else root
+    return fs, root, out.rstrip("/") if "://" in out else root
 
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+
+def _draw_all(
+    root: str, cfg: SyntheticConfig, rows: list[_Row], workers: int, on_progress: Callable[[int], None] | None
+) -> float:
+    """Render and write every row's image in chunks (``workers`` processes); returns the seconds taken."""
     chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
-    log.info("drawing %d images (%d px) like %s in %d process(es)", len(rows), size, index_csv, workers)
     t0, written = time.monotonic(), 0
-    for n in _run_chunks(root_url, cfg, chunks, workers):
+    for n in _run_chunks(root, cfg, chunks, workers):
         written += n
         if on_progress:
             on_progress(written)
-    seconds = time.monotonic() - t0
+    return time.monotonic() - t0
 
+
+def _write_tables(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    index: NIHLabelIndex,
+    rows: list[_Row],
+    size: int,
+    lists: Sequence[str],
+) -> tuple[int, dict[str, list[str]]]:
+    """Write the label index, the box list and the split lists (restricted to the index) in NIH's layout;
+    returns the number of boxes listed and the split lists."""
     t = index.table
     labels = ["|".join(r[3]) or NO_FINDING for r in rows]
     ages = ["" if np.isnan(a) else str(int(a)) for a in t["age"]]
@@ -158,26 +202,7 @@ def write_like_index(
     fs.pipe_file(f"{root}/BBox_List_2017.csv", ("\n".join([BBOX_HEADER, *box_lines]) + "\n").encode())
     for key, names in split.items():
         fs.pipe_file(f"{root}/{key}_list.txt", ("\n".join(names) + "\n").encode())
-    manifest = {
-        "config": {
-            "size": size,
-            "seed": seed,
-            "noise": noise,
-            "like_index": str(index_csv),
-            "bbox": bbox_csv,
-        },
-        "images": len(rows),
-        "patients": int(t["patient"].nunique()),
-        "pneumonia": int(index.pneumonia.sum()),
-        "boxed_pneumonia": len(box_lines),
-        "train_val": len(split["train_val"]),
-        "test": len(split["test"]),
-        "seconds": round(seconds, 1),
-        "workers": workers,
-    }
-    fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-    log.info("wrote %d images in %.1f s (%.2f ms per image)", len(rows), seconds, 1e3 * seconds / len(rows))
-    return manifest
+    return len(box_lines), split
 
 
 def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], workers: int) -> Iterator[int]:
