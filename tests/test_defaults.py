@@ -80,7 +80,9 @@ def test_storage_block_equals_the_io_defaults() -> None:
     storage = conf("data/demo.yaml")["storage"]
     assert {k: storage[k] for k in IO_DEFAULTS} == IO_DEFAULTS
     # ImageStore's keyword arguments default to None: IO_DEFAULTS' value
-    assert {k: v for k, v in signature_defaults(ImageStore).items() if k in IO_DEFAULTS} == dict.fromkeys(IO_DEFAULTS)
+    assert {k: v for k, v in signature_defaults(ImageStore).items() if k in IO_DEFAULTS} == dict.fromkeys(
+        IO_DEFAULTS
+    )
     # project defaults to $GOOGLE_CLOUD_PROJECT (an interpolation): the others are StorageSettings' own
     assert drift(storage, signature_defaults(StorageSettings)) == []
     # data=nih raises concurrency on purpose (a bucket of 112,120 objects); every other key is the demo's
