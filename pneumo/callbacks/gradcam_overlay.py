@@ -127,7 +127,7 @@ class GradCamOverlayCallback(L.Callback):
         if not bbox_url:
             return empty
         try:
-            table = load_boxes(bbox_url, datamodule.storage.options_for(bbox_url))
+            table = load_boxes(bbox_url, datamodule.storage.options_for(bbox_url), datamodule.storage.io)
             if table is None:
                 return empty
             store = datamodule.store

@@ -363,18 +363,20 @@ class NIHDataModule(L.LightningDataModule):
             self.storage.probe(url)
         options = self.storage.options_for(self.labels_url)
         with _explained(self.labels_url):
-            exists = location_exists(self.labels_url, options)
+            exists = location_exists(self.labels_url, options, self.storage.io)
         if not exists:
             raise DataRootError(
                 f"label file {redact_url(self.labels_url)} does not exist. {self._how_to_get_data()}"
             )
         with _explained(self.labels_url):
-            self.index = NIHLabelIndex.from_csv(self.labels_url, options, views=self.hparams.views)
+            self.index = NIHLabelIndex.from_csv(
+                self.labels_url, options, views=self.hparams.views, io=self.storage.io
+            )
         return self.index
 
     def _read_list(self, url: str) -> list[str]:
         with _explained(url):
-            return read_image_list(url, self.storage.options_for(url))
+            return read_image_list(url, self.storage.options_for(url), self.storage.io)
 
     def _check_images_present(self, index_names: Sequence[str] | None = None) -> None:
         """Fail early when the image root is missing or holds none of a few indexed images."""

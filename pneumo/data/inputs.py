@@ -25,7 +25,9 @@ import torch
 from pneumo.errors import PneumoError
 from pneumo.images.decode import DICOM_SUFFIXES
 from pneumo.images.preprocess import Preprocessor
-from pneumo.io.reading import translate_error
+from pneumo.io.reading import Retries, call_fs, translate_error
+from pneumo.io.reading import read_bytes as read_location
+from pneumo.io.storage import StorageSettings
 from pneumo.io.store import absolute_location, is_url
 
 #: File name endings taken from a folder (other files there are skipped and reported).
@@ -66,16 +68,24 @@ class LoadedImage:
     display: np.ndarray | None = None
 
 
-#: fsspec options: one mapping for every URL, or a function giving the options of a URL (``gs://`` settings
-#: such as the requester-pays project apply to ``gs://`` URLs only).
-StorageOptions = Mapping | Callable[[str], Mapping] | None
+#: fsspec options: one mapping for every URL, a function giving the options of a URL, or ``StorageSettings``
+#: (the options of each URL, ``gs://`` settings such as the requester-pays project for ``gs://`` URLs only, and
+#: the I/O limits of every read: ``io_for``).
+StorageOptions = StorageSettings | Mapping | Callable[[str], Mapping] | None
 
 
 def options_for(location: str, storage_options: StorageOptions) -> dict:
     """The fsspec options of ``location``."""
+    if isinstance(storage_options, StorageSettings):
+        return storage_options.options_for(location)
     if callable(storage_options):
         return dict(storage_options(location) or {})
     return dict(storage_options or {})
+
+
+def io_for(storage_options: StorageOptions) -> dict | None:
+    """The I/O limits of reads (``StorageSettings.io``); ``None`` (the defaults) for plain options."""
+    return dict(storage_options.io) if isinstance(storage_options, StorageSettings) else None
 
 
 def _fs(location: str, storage_options: StorageOptions):
@@ -91,18 +101,21 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
     """Expand ``inputs`` (an image, a folder, or a ``.txt`` list of paths/URLs; local or any fsspec URL).
 
     Relative entries of a list resolve against the list's folder. Returns the images and the names of
-    files skipped from a folder because they are not images by their ending.
+    files skipped from a folder because they are not images by their ending. Transient failures are retried
+    (``pneumo.io.reading.Retries``, with the I/O limits of ``StorageSettings``).
 
     Raises:
         InputError: the location does not exist, or names no image.
+        AccessDeniedError, StoreUnavailableError: ``pneumo.io.reading``'s, naming the location.
     """
     location = absolute_location(str(inputs))
     try:
-        refs, skipped = _resolve(location, storage_options, inputs)
-    except (InputError, PneumoError):
-        raise
-    except Exception as err:  # noqa: BLE001 - access errors (401/403, Requester Pays) name the setting to fix
-        raise translate_error(location, err) from err
+        fs, path = _fs(location, storage_options)
+    except Exception as err:  # noqa: BLE001 - unknown protocol, bad options: name the location
+        raise translate_error(location, err, "inputs") from err
+    refs, skipped = Retries.from_io(io_for(storage_options)).run(
+        location, lambda timeout: _resolve(fs, path, timeout, inputs), key="inputs"
+    )
     if not refs:
         raise InputError(
             f"inputs={inputs}: holds no image (looked for {', '.join(IMAGE_SUFFIXES)} files"
@@ -118,16 +131,20 @@ def _is_file(fs, entry: Mapping) -> bool:
     return bool(entry.get("islink")) and fs.isfile(entry["name"])
 
 
-def _resolve(location: str, storage_options: StorageOptions, inputs: str) -> tuple[list[ImageRef], list[str]]:
-    fs, path = _fs(location, storage_options)
-    if not fs.exists(path):
+def _resolve(fs, path: str, timeout: float, inputs: str) -> tuple[list[ImageRef], list[str]]:
+    """One attempt of ``resolve_inputs`` (each request bounded by ``timeout`` on async filesystems)."""
+
+    def call(method: str, target: str, **kwargs):
+        return call_fs(fs, method, target, timeout, **kwargs)
+
+    if not call("exists", path):
         raise InputError(f"inputs={inputs}: no such file, folder or object")
     skipped: list[str] = []
-    if fs.isdir(path):
+    if call("isdir", path):
         # one listing with details: no per-entry stat (a request each on a bucket)
         files = sorted(
             e["name"]
-            for e in fs.ls(path, detail=True)
+            for e in call("ls", path, detail=True)
             if _is_file(fs, e) and not posixpath.basename(e["name"]).startswith(".")
         )
         images = [p for p in files if p.lower().endswith(IMAGE_SUFFIXES)]
@@ -135,7 +152,7 @@ def _resolve(location: str, storage_options: StorageOptions, inputs: str) -> tup
         refs = [ImageRef(posixpath.basename(p), _full(fs, p)) for p in images]
     elif path.lower().endswith(LIST_SUFFIXES):
         base = posixpath.dirname(_full(fs, path))
-        text = fs.cat_file(path).decode("utf-8", errors="replace")
+        text = call("cat_file", path).decode("utf-8", errors="replace")
         refs = []
         for line in text.splitlines():
             entry = line.strip()
@@ -150,12 +167,10 @@ def _resolve(location: str, storage_options: StorageOptions, inputs: str) -> tup
 
 
 def read_bytes(location: str, storage_options: StorageOptions = None) -> bytes:
-    """The bytes at a path or URL; ``ObjectNotFoundError`` / ``AccessDeniedError`` / ``ImageStoreError`` name it."""
-    fs, path = _fs(location, storage_options)
-    try:
-        return fs.cat_file(path)
-    except Exception as err:  # noqa: BLE001 - one error naming the object (and, for access, the setting)
-        raise translate_error(location, err) from err
+    """The bytes at a path or URL through ``pneumo.io.reading.read_bytes`` (transient failures retried under
+    the I/O limits of ``StorageSettings``); ``ObjectNotFoundError`` / ``AccessDeniedError`` /
+    ``StoreUnavailableError`` / ``ReadError`` name it."""
+    return read_location(location, options_for(location, storage_options), io=io_for(storage_options))
 
 
 def load_image(

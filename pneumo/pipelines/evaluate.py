@@ -222,11 +222,11 @@ def read_files(settings: EvaluateSettings) -> tuple[pd.DataFrame, pd.DataFrame |
     """The evaluated and the validation predictions joined with their labels, and the label index used;
     an image in both files is an error (the threshold must be chosen on other images)."""
     labels = settings.labels_url or shipped_path(DEFAULT_LABELS)
-    options = settings.storage_settings.options_for
-    index = NIHLabelIndex.from_csv(labels, options(labels))
-    frame = read_predictions(settings.predictions, index, options(settings.predictions))
+    options, io = settings.storage_settings.options_for, settings.storage_settings.io
+    index = NIHLabelIndex.from_csv(labels, options(labels), io=io)
+    frame = read_predictions(settings.predictions, index, options(settings.predictions), io)
     val_path = settings.val_predictions
-    val = read_predictions(val_path, index, options(val_path)) if val_path else None
+    val = read_predictions(val_path, index, options(val_path), io) if val_path else None
     if val is not None:
         shared = sorted(set(frame["image"]) & set(val["image"]))
         if shared:

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,7 @@ from pneumo.data.inputs import (
     LoadedImage,
     Preprocessor,
     StorageOptions,
+    io_for,
     load_image,
     options_for,
     resolve_inputs,
@@ -97,10 +98,10 @@ def _index_name(name: str, known: Mapping, stems: Mapping[str, str]) -> str:
 
 def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: StorageOptions) -> int:
     """Set ``ref.label`` from a label index (matched by file name); returns how many were found."""
-    options = options_for(labels_url, storage_options) if labels_url else {}
-    if not labels_url or not location_exists(labels_url, options):
+    options, io = (options_for(labels_url, storage_options) if labels_url else {}), io_for(storage_options)
+    if not labels_url or not location_exists(labels_url, options, io):
         return 0
-    table = NIHLabelIndex.from_csv(labels_url, options).table
+    table = NIHLabelIndex.from_csv(labels_url, options, io=io).table
     label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
     stems = _by_stem(label_of)
     for ref in refs:
@@ -114,7 +115,8 @@ def attach_boxes(
     refs: Sequence[ImageRef], bbox_url: str | None, finding: str, storage_options: StorageOptions
 ) -> int:
     """Set ``ref.boxes`` (of ``finding``) from a ``BBox_List_2017.csv``; returns how many images got boxes."""
-    boxes = load_boxes(bbox_url, options_for(bbox_url, storage_options) if bbox_url else None)
+    options = options_for(bbox_url, storage_options) if bbox_url else None
+    boxes = load_boxes(bbox_url, options, io_for(storage_options))
     if boxes is None:
         return 0
     known = {str(x): None for x in boxes.table["image"]}
@@ -323,7 +325,7 @@ class _Session:
     out: Path
     device: torch.device
     run: Run
-    options: Callable[[str], dict]
+    options: StorageOptions  # the run's StorageSettings: the fsspec options of each URL, the I/O limits
     dicom_voi: str
     labels_url: str | None
     bbox_url: str | None
@@ -382,7 +384,7 @@ def open_session(settings: ExplainSettings, out: Path) -> _Session:
         out=out,
         device=device,
         run=run,
-        options=run.storage.options_for,
+        options=run.storage,
         dicom_voi=check_voi(
             saved.get("dicom_voi", "auto") if settings.dicom_voi is None else settings.dicom_voi
         ),

@@ -16,17 +16,16 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import fsspec
 from omegaconf import OmegaConf
 
 from pneumo.io.checkpoints import AtomicCheckpointIO
+from pneumo.io.files import atomic_write_text, sha256_of
 from pneumo.io.storage import redact_secrets, redact_url
 from pneumo.reporting.report import metrics_table, subgroup_table
 
@@ -41,15 +40,6 @@ LIMITS = (
     "One hospital's images (NIH Clinical Center, 1992-2015): performance on another site's images, "
     "scanners and population is unknown until measured there (README, 'A new site').",
 )
-
-
-def file_sha256(url: str, storage_options: Mapping | None = None) -> str:
-    """sha256 (hex) of the bytes at a path or fsspec URL, read in 1 MiB blocks (compressed files as stored)."""
-    digest = hashlib.sha256()
-    with fsspec.open(url, "rb", **dict(storage_options or {})) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def code_version() -> dict:
@@ -75,7 +65,7 @@ def code_version() -> dict:
 def data_fields(datamodule: Any) -> dict:
     """Label file and split lists (URL, sha256), images used and skipped, split counts of a set-up
     ``NIHDataModule``."""
-    options = datamodule.storage.options_for
+    options, io = datamodule.storage.options_for, datamodule.storage.io
     hp = datamodule.hparams
     lists = dict(hp.get("split_lists") or {})
     raw_lists = dict(getattr(datamodule, "split_lists", None) or {})
@@ -95,10 +85,10 @@ def data_fields(datamodule: Any) -> dict:
     return {
         "labels": {
             "url": hp["labels_url"],
-            "sha256": file_sha256(datamodule.labels_url, options(datamodule.labels_url)),
+            "sha256": sha256_of(datamodule.labels_url, options(datamodule.labels_url), io=io),
         },
         "split_lists": {
-            name: {"url": lists[name], "sha256": file_sha256(url, options(url))}
+            name: {"url": lists[name], "sha256": sha256_of(url, options(url), io=io)}
             for name, url in raw_lists.items()
         }
         or None,
@@ -137,7 +127,7 @@ def initial_weights(model: Any) -> dict:
             "note": "MONAI's default initialisation, seeded by `seed`",
         }
     try:
-        return {"source": redact_url(str(source)), "sha256": file_sha256(str(source))}
+        return {"source": redact_url(str(source)), "sha256": sha256_of(str(source))}
     except (OSError, ValueError) as err:
         return {"source": redact_url(str(source)), "sha256": None, "note": f"not hashed: {err}"}
 
@@ -280,6 +270,5 @@ def record_test_results(checkpoint: str | Path, report: Mapping) -> None:
 def write_model_card(fields: Mapping, report: Mapping | None, out_dir: str | Path) -> Path:
     """Write ``model_card.md`` into ``out_dir``; returns its path."""
     path = Path(out_dir) / "model_card.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(card_markdown(fields, report))
+    atomic_write_text(path, card_markdown(fields, report))
     return path

@@ -42,6 +42,7 @@ import numpy as np
 
 from pneumo.config import choice
 from pneumo.errors import ConfigError
+from pneumo.io.reading import read_bytes
 from pneumo.io.store import object_name
 from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
 from pneumo.synthetic.render import Anatomy, encode_png, opacity_box, random_anatomy, render
@@ -212,7 +213,7 @@ def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **ove
     fs, root = fsspec.core.url_to_fs(out)
     manifest_path = f"{root.rstrip('/')}/{MANIFEST}"
     if fs.exists(manifest_path):
-        manifest = json.loads(fs.cat_file(manifest_path))
+        manifest = json.loads(read_bytes(f"{out.rstrip('/')}/{MANIFEST}"))
         if manifest.get("config") == asdict(cfg):
             return manifest
         log.info("demo set at %s was made with other parameters; writing it again", out)
