@@ -87,10 +87,12 @@ def gcs_emulator(_gcs_emulator_session):
     em = _gcs_emulator_session
     if not em.running:
         em.start()
-    em.fault, em.latency_s = None, 0.0
+    em.clear_faults()
+    em.latency_s = 0.0
     em.requests.clear()
     yield em
-    em.fault, em.latency_s = None, 0.0
+    em.clear_faults()
+    em.latency_s = 0.0
     if not em.running:
         em.start()
 

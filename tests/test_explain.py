@@ -389,3 +389,73 @@ def test_a_folder_of_symlinked_images_is_read(demo_root: Path, tmp_path: Path) -
     assert [r.name for r in refs] == names and not skipped
     loaded = load_image(refs[0], Preprocessor(32))
     assert tuple(loaded.tensor.shape) == (1, 32, 32) and loaded.source_shape == (64, 64)
+
+
+def test_explain_through_the_emulator_retries_503s_on_the_checkpoint_and_the_images(
+    tiny_ckpt: Path, gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
+) -> None:
+    """Issue 21's acceptance: every read goes through one retry core, the checkpoint's included."""
+    from pneumo.errors import PneumoError
+    from pneumo.io.reading import StoreUnavailableError
+    from tests.helpers import BILLING_PROJECT
+
+    with gcs_emulator.billing_checks_off():
+        gcs_emulator.gcsfs().pipe_file(f"{nih_bucket}/runs/last.ckpt", tiny_ckpt.read_bytes())
+    ckpt_url = f"gs://{nih_bucket}/runs/last.ckpt"
+    names = (demo_root / "test_list.txt").read_text().split()[:4]
+    listing = tmp_path / "gs_list.txt"
+    listing.write_text("".join(f"gs://{nih_bucket}/png/{n}\n" for n in names))
+    storage = {
+        "project": BILLING_PROJECT,
+        "requester_pays": True,
+        "token": "anon",
+        "options": {"endpoint_url": gcs_emulator.endpoint},
+        # short limits so that the test takes seconds (the 84 MB checkpoint reads in ~0.1 s; gcsfs's own
+        # retries sleep 1-2 s and more, and an attempt that takes longer is cut and retried by pneumo)
+        "request_timeout_s": 2.0,
+        "retry_deadline_s": 30.0,
+        "retry_backoff_s": 0.05,
+        "retry_backoff_max_s": 0.2,
+    }
+
+    def explain(out: Path, **changes):
+        return explain_images(
+            ckpt_url,
+            str(out),
+            inputs=str(listing),
+            labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
+            storage={**storage, **changes},
+            progress=False,
+        )
+
+    ckpt_503 = gcs_emulator.fail_requests(r"/o/runs/last\.ckpt$", times=2)
+    images_503 = gcs_emulator.fail_requests(r"/o/png/.*\.png$", times=3)
+    out = tmp_path / "retried"
+    result = explain(out)
+    assert ckpt_503.hits == 2 and images_503.hits == 3  # the 503s were answered, then retried
+    assert not result.failed and [r["image"] for r in result.predictions] == names
+    reference = _reference_probabilities(tiny_ckpt, names)  # the same images and weights read locally
+    for row in result.predictions:
+        assert float(row["probability"]) == pytest.approx(reference[row["image"]], abs=1e-5)
+    assert [r["image"] for r in _rows(out / "predictions.csv")] == names
+    assert json.loads((out / "summary.json").read_text())["explained"] == len(names)
+    stems = sorted(Path(n).stem for n in names)
+    assert sorted(p.stem for p in (out / "overlays").glob("*.png")) == stems
+    assert sorted(p.stem for p in (out / "heatmaps").glob("*.npy")) == stems
+
+    # A checkpoint that never answers: one line naming it, its key and the deadline, once the deadline passed.
+    gcs_emulator.fail_requests(r"/o/runs/last\.ckpt$", times=None)
+    with pytest.raises(StoreUnavailableError) as caught:
+        explain(tmp_path / "dead_ckpt", retry_deadline_s=1.5)
+    message = str(caught.value)
+    assert isinstance(caught.value, PneumoError) and "\n" not in message
+    assert f"ckpt_path={ckpt_url}: unreachable" in message and "retry_deadline_s=1.5" in message
+    gcs_emulator.clear_faults()
+
+    # An image that never answers: the others are explained, the run names it in one line.
+    dead = f"gs://{nih_bucket}/png/{names[1]}"
+    gcs_emulator.fail_requests(f"/o/png/{names[1]}$", times=None)
+    result = explain(tmp_path / "dead_image", retry_deadline_s=1.5)
+    assert [r["image"] for r in result.predictions] == [n for n in names if n != names[1]]
+    [(location, error)] = result.failed
+    assert location == dead and error.startswith(f"{dead}: unreachable") and "\n" not in error

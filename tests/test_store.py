@@ -108,18 +108,10 @@ def test_requester_pays_errors_say_what_to_set(gcs_emulator, nih_bucket: str, de
 
 
 def test_transient_5xx_are_retried(gcs_emulator, nih_bucket: str, demo_root: Path) -> None:
-    failures = {"left": 2}
-
-    def fail_twice(req) -> int | None:
-        if req.path.endswith(".png") and failures["left"] > 0:
-            failures["left"] -= 1
-            return 503
-        return None
-
-    gcs_emulator.fault = fail_twice
+    failures = gcs_emulator.fail_requests(r"\.png$", times=2)
     name = sorted(p.name for p in (demo_root / "images").iterdir())[1]
     assert gs_store(gcs_emulator, nih_bucket).read(name) == (demo_root / "images" / name).read_bytes()
-    assert failures["left"] == 0
+    assert failures.hits == 2
 
 
 def test_server_stopped_and_restarted_mid_pass_completes(

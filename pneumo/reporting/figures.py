@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from pneumo.io.files import atomic_write_bytes
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.metrics import (
     CALIBRATION_BINS,
@@ -194,12 +196,14 @@ def report_figures(
 
 
 def save_figures(figures: Mapping[str, Figure], out_dir: str | Path) -> list[Path]:
-    """Write each figure as ``<name>.png`` into ``out_dir``."""
+    """Write each figure as ``<name>.png`` into ``out_dir``, each whole (rendered in memory, then
+    ``atomic_write_bytes``)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures.items():
         path = out / f"{name}.png"
-        fig.savefig(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.errors import PneumoError
+from pneumo.io.files import atomic_write_text
 from pneumo.io.reading import read_csv
 from pneumo.nih.findings import FINDINGS, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
@@ -97,10 +98,10 @@ def finding_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write the table as CSV with round-trip float precision."""
+    """Write the table as CSV with round-trip float precision, whole or not at all (``atomic_write_text``:
+    the CSV is made in memory first, so an error while making it leaves an earlier file as it was)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, float_format="%.17g")
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.17g"))
     return path
 
 

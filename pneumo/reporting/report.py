@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.errors import ConfigError
+from pneumo.io.files import atomic_write_text
 from pneumo.nih.adjudicated import REFERENCE_TEXT, match_reference
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, ClusterBootstrap, Interval
@@ -741,12 +742,17 @@ def _adjudicated_markdown(section: Mapping, target: str, threshold: float) -> li
 
 
 def write_report(report: Mapping, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns both paths."""
+    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns both paths.
+
+    Both are rendered before either is written, and each is written whole (``atomic_write_text``): an error
+    while rendering leaves the earlier files as they were, a crash never leaves a truncated one.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
-    md_path.write_text(report_markdown(report))
+    json_text = json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
+    md_text = report_markdown(report)
+    atomic_write_text(json_path, json_text)
+    atomic_write_text(md_path, md_text)
     return json_path, md_path
 
 

@@ -9,7 +9,10 @@ concurrency and fault tests:
   serves one request at a time, so parallel reads could not look faster than sequential ones);
 - stop / restart on the same port (fault tests), a log of every request that reached it (method, path,
   query, headers) and, because the emulator has no billing, a model of Requester Pays buckets: requests
-  without ``userProject`` get GCS's 400, requests billing a project not allowed get GCS's 403.
+  without ``userProject`` get GCS's 400, requests billing a project not allowed get GCS's 403;
+- injected HTTP errors: ``fail_requests(pattern, times, status)`` answers the next ``times`` requests for
+  matching objects with ``status`` (503 by default; ``times=None``: every one, a permanent failure), and
+  ``fault`` takes any per-request rule.
 
 Importing it turns gcsfs's experimental gRPC probe off before gcsfs is imported
 (``pneumo.io.environment.prepare_gcsfs``: the probe stalls every call against an emulator). Clients are pointed at it explicitly (gcsfs ``endpoint_url``,
@@ -32,6 +35,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import http.server  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import socketserver  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -66,6 +70,27 @@ class RecordedRequest:
     headers: dict[str, str]  # names in lower case
     bucket: str | None = None
     time: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class InjectedFailure:
+    """Requests whose path (URL-decoded, e.g. ``/download/storage/v1/b/B/o/png/x.png``) matches the regular
+    expression ``pattern`` are answered with HTTP ``status``: the next ``times`` of them, or every one when
+    ``times`` is ``None``. ``hits`` counts the requests it answered."""
+
+    pattern: str
+    status: int = 503
+    times: int | None = 1
+    hits: int = 0
+
+    def takes(self, rec: RecordedRequest) -> bool:
+        """Whether this rule answers ``rec`` (counted when it does)."""
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if re.search(self.pattern, unquote(rec.path)) is None:
+            return False
+        self.hits += 1
+        return True
 
 
 def _bucket_of(path: str) -> str | None:
@@ -169,6 +194,8 @@ class GCSEmulator:
         #: fault hook: called with each request, returns an HTTP status to answer instead, or ``(status,
         #: message)`` to choose the error message too (or None to serve the request).
         self.fault: Callable[[RecordedRequest], int | tuple[int, str] | None] | None = None
+        #: failures injected by ``fail_requests``, tried in order before ``fault``
+        self.failures: list[InjectedFailure] = []
         self.port = 0
         self._server: http.server.HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -225,10 +252,34 @@ class GCSEmulator:
         self.storage.wipe()
         self.requests.clear()
         self.requester_pays.clear()
+        self.clear_faults()
+
+    def clear_faults(self) -> None:
+        """Serve every request again: no injected failures, no ``fault`` rule."""
+        with self._lock:
+            self.failures.clear()
         self.fault = None
 
     # ------------------------------------------------------------------ behaviour
+    def fail_requests(self, pattern: str, times: int | None = 1, status: int = 503) -> InjectedFailure:
+        """Answer the next ``times`` requests whose URL-decoded path matches the regular expression ``pattern``
+        with HTTP ``status`` (``times=None``: every one, a permanent failure); returns the rule, whose ``hits``
+        count the requests it failed.
+
+        Example:
+            >>> em = GCSEmulator().start()  # doctest: +SKIP
+            >>> rule = em.fail_requests("/o/png/", times=2)  # the next 2 image reads: 503  # doctest: +SKIP
+        """
+        rule = InjectedFailure(pattern, status, times)
+        with self._lock:
+            self.failures.append(rule)
+        return rule
+
     def _refusal(self, rec: RecordedRequest) -> tuple[int, str] | None:
+        with self._lock:
+            rule = next((r for r in self.failures if r.takes(rec)), None)
+        if rule is not None:
+            return rule.status, f"injected fault {rule.status}"
         if self.fault is not None:
             answer = self.fault(rec)
             if isinstance(answer, tuple):
