@@ -420,12 +420,14 @@ def test_explain_through_the_emulator_retries_503s_on_the_checkpoint_and_the_ima
 
     def explain(out: Path, **changes):
         return explain_images(
-            ckpt_url,
-            str(out),
-            inputs=str(listing),
-            labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
-            storage={**storage, **changes},
-            progress=False,
+            ExplainSettings(
+                ckpt_url,
+                str(out),
+                inputs=str(listing),
+                labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
+                storage={**storage, **changes},
+                progress=False,
+            )
         )
 
     ckpt_503 = gcs_emulator.fail_requests(r"/o/runs/last\.ckpt$", times=2)

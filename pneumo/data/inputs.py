@@ -17,6 +17,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -131,10 +132,12 @@ def _is_file(fs, entry: Mapping) -> bool:
     return bool(entry.get("islink")) and fs.isfile(entry["name"])
 
 
-def _resolve(fs, path: str, timeout: float, inputs: str) -> tuple[list[ImageRef], list[str]]:
+def _resolve(
+    fs: fsspec.AbstractFileSystem, path: str, timeout: float, inputs: str
+) -> tuple[list[ImageRef], list[str]]:
     """One attempt of ``resolve_inputs`` (each request bounded by ``timeout`` on async filesystems)."""
 
-    def call(method: str, target: str, **kwargs):
+    def call(method: str, target: str, **kwargs: Any) -> Any:
         return call_fs(fs, method, target, timeout, **kwargs)
 
     if not call("exists", path):
