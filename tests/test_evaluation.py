@@ -86,7 +86,7 @@ def test_patient_bootstrap_is_wider_than_image_bootstrap_and_seeded() -> None:
 def test_threshold_rules_pick_the_documented_points() -> None:
     rng = np.random.default_rng(1)
     y, p = _scores(rng, 300)
-    fpr, tpr, thr = roc_curve(y, p)
+    fpr, tpr, _ = roc_curve(y, p)
     youden = select_threshold(y, p, "youden").value
     at = threshold_metrics(y, p, youden)
     assert at["sensitivity"] + at["specificity"] - 1 == pytest.approx(np.max(tpr - fpr))
@@ -108,7 +108,7 @@ def test_threshold_rules_pick_the_documented_points() -> None:
 
 @pytest.mark.parametrize("bad", ["youdn", "sensitivity@1.5", "1.2", "sensitivity@", True])
 def test_bad_threshold_rules_name_the_key(bad: object) -> None:
-    with pytest.raises(ValueError, match="eval.threshold"):
+    with pytest.raises(ValueError, match=r"eval\.threshold"):
         ThresholdRule.parse(bad)
 
 
@@ -211,7 +211,7 @@ def test_empty_split_reports_instead_of_failing(tmp_path: Path) -> None:
 def test_eval_settings_reject_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown eval config key"):
         EvalSettings.from_config({"treshold": "youden"})
-    with pytest.raises(ValueError, match="eval.bootstrap.resamples"):
+    with pytest.raises(ValueError, match=r"eval\.bootstrap\.resamples"):
         EvalSettings.from_config({"bootstrap": {"resamples": 0}})
 
 

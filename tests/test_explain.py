@@ -43,7 +43,7 @@ def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         cfg.callbacks.gradcam_overlay = None
         cfg.callbacks.lr_monitor = None  # logger=none: nothing to monitor into
         cfg.callbacks.early_stopping = None
-    _, objects = train(cfg)
+    train(cfg)
     return out / "run" / "checkpoints" / "last.ckpt"
 
 

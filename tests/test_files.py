@@ -17,11 +17,13 @@ from pneumo.io.files import DiskFullError, atomic_write_bytes, disk_full
 def test_a_real_enospc_becomes_one_line_naming_path_and_size(tmp_path: Path) -> None:
     payload = b"x" * 3 * 1024 * 1024
     target = tmp_path / "checkpoints" / "last.ckpt"
-    with pytest.raises(DiskFullError) as caught:
-        # /dev/full fails every write with ENOSPC, as a full disk does.
-        with disk_full(target, len(payload), "free space there or set paths.log_dir to a larger disk"):
-            with open("/dev/full", "wb") as fh:
-                fh.write(payload)
+    # /dev/full fails every write with ENOSPC, as a full disk does.
+    with (
+        pytest.raises(DiskFullError) as caught,
+        disk_full(target, len(payload), "free space there or set paths.log_dir to a larger disk"),
+        open("/dev/full", "wb") as fh,
+    ):
+        fh.write(payload)
     err = caught.value
     assert isinstance(err, PneumoError) and err.errno == errno.ENOSPC
     assert isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.ENOSPC
@@ -32,7 +34,7 @@ def test_a_real_enospc_becomes_one_line_naming_path_and_size(tmp_path: Path) -> 
 
 def test_other_os_errors_pass_through(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError), disk_full(tmp_path / "x", 1, "free space"):
-        open(tmp_path / "missing" / "x", "rb")
+        (tmp_path / "missing" / "x").read_bytes()
 
 
 def test_atomic_writes_replace_whole_files_and_leave_no_temp(tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def test_layer_of_a_lightning_module_resolves_through_net() -> None:
 
 
 def test_bad_settings_fail_clearly() -> None:
-    with pytest.raises(GradCamError, match="'features.denseblock9' is not a submodule.*features"):
+    with pytest.raises(GradCamError, match=r"'features\.denseblock9' is not a submodule.*features"):
         GradCam(_net(), layer="features.denseblock9")
     with pytest.raises(GradCamError, match=r"\(did you mean 'features\.denseblock\d'\?\)$"):
         GradCam(_net(), layer="features.denseblock9")

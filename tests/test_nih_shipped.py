@@ -69,7 +69,7 @@ def test_a_location_given_on_the_command_line_wins(compose_train) -> None:
     )
     assert cfg.data.labels_url == "gs://mine/labels.csv" and cfg.data.split_lists.test == "/x/test.txt"
     assert cfg.data.split_lists.train_val == str(nih.HERE / "train_val_list.txt")
-    with pytest.raises(Exception, match="no shipped NIH file 'Data_Entry.csv'.*shipped: BBox_List_2017"):
+    with pytest.raises(Exception, match=r"no shipped NIH file 'Data_Entry\.csv'.*shipped: BBox_List_2017"):
         OmegaConf.to_container(OmegaConf.create({"x": "${nih:Data_Entry.csv}"}), resolve=True)
 
 

@@ -74,7 +74,7 @@ def test_automatic_weights_from_train_counts() -> None:
     assert pos_weight[NIH_PNEUMONIA_COLUMN].item() == pytest.approx(35 / 5)
     assert pos_weight[0].item() == pytest.approx(20 / 20)
     assert pos_weight[1].item() == 1.0  # no positive: nothing to weigh
-    with pytest.raises(PneumoError, match="model.class_weights=null"):
+    with pytest.raises(PneumoError, match=r"model\.class_weights=null"):
         TASKS["binary"].auto_weights(None)
 
 

@@ -47,7 +47,7 @@ class GradCamOverlayCallback(L.Callback):
         ncols: tiles per row of the grid.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one argument per key of conf/callbacks/gradcam_overlay.yaml
         self,
         every_n_epochs: int = 2,
         num_positives: int = 4,
@@ -139,7 +139,7 @@ class GradCamOverlayCallback(L.Callback):
                     raw = scaled_to(raw, source, tuple(shape))
                 out.append(raw)
             return out
-        except Exception as err:  # boxes are a nicety here; never stop training for them
+        except Exception as err:  # noqa: BLE001 - boxes are a nicety here; never stop training for them
             log.warning("GradCamOverlayCallback: boxes from %s not drawn (%s)", bbox_url, err)
             return empty
 

@@ -96,7 +96,7 @@ class NIHDataModule(L.LightningDataModule):
         dicom_voi: grey levels of DICOM images: ``auto``, ``window`` or ``full-range`` (``pneumo.images.dicom``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - until its arguments are grouped in settings objects (issue 21)
         self,
         images_url: str,
         labels_url: str,
@@ -434,5 +434,5 @@ class NIHDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def teardown(self, stage: str | None = None) -> None:
-        if self._store is not None and self._store._state_pid == os.getpid():
+        if self._store is not None and self._store._state_pid == os.getpid():  # noqa: SLF001 - issue 21
             self._store.close()

@@ -112,7 +112,7 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
     location = absolute_location(str(inputs))
     try:
         fs, path = _fs(location, storage_options)
-    except Exception as err:  # noqa: BLE001 - unknown protocol, bad options: name the location
+    except Exception as err:  # unknown protocol, bad options: name the location
         raise translate_error(location, err, "inputs") from err
     refs, skipped = Retries.from_io(io_for(storage_options)).run(
         location, lambda timeout: _resolve(fs, path, timeout, inputs), key="inputs"

@@ -97,7 +97,7 @@ def is_transient(err: BaseException) -> bool:
     if code is not None:
         return code in TRANSIENT_HTTP_CODES
     kind = f"{type(err).__module__}.{type(err).__name__}"
-    if kind.startswith("aiohttp.") or kind.startswith("requests.exceptions.") or kind.startswith("urllib3."):
+    if kind.startswith(("aiohttp.", "requests.exceptions.", "urllib3.")):
         return "ClientResponseError" not in kind  # responses carry a code (handled above)
     if isinstance(err, OSError):
         text = str(err)
@@ -206,7 +206,7 @@ class Retries:
                 return attempt(timeout)
             except PneumoError:
                 raise
-            except Exception as err:  # noqa: BLE001 - classified below
+            except Exception as err:  # classified below
                 if not is_transient(err):
                     raise translate_error(url, err, key) from err
                 last = err
@@ -258,7 +258,7 @@ def read_bytes(
     retries = Retries.from_io(io)
     try:
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    except Exception as err:  # noqa: BLE001 - unknown protocol, bad options: name the URL
+    except Exception as err:  # unknown protocol, bad options: name the URL
         raise translate_error(redact_url(url), err, key) from err
     return retries.run(url, lambda timeout: call_fs(fs, "cat_file", path, timeout), key)
 

@@ -125,7 +125,7 @@ class PneumoniaClassifier(L.LightningModule):
         temperature: ``"fit"`` (fitted on validation by NLL every validation epoch) or a fixed number > 0.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one argument per key of conf/model/*.yaml (Hydra instantiates it)
         self,
         net: Mapping,
         optimizer: Mapping | Callable,

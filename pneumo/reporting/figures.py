@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pneumo.io.files import atomic_write_bytes
+from pneumo.nih.findings import PNEUMONIA
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.metrics import (
     CALIBRATION_BINS,
@@ -178,7 +179,7 @@ def findings_roc_figure(frame: pd.DataFrame) -> Figure | None:
 
 
 def report_figures(
-    frame: pd.DataFrame, threshold: float, bins: int = CALIBRATION_BINS, target: str = "Pneumonia"
+    frame: pd.DataFrame, threshold: float, bins: int = CALIBRATION_BINS, target: str = PNEUMONIA
 ) -> dict[str, Figure]:
     """The four report figures of the ``probability``/``label`` columns (plus ``roc_findings`` if multi-label)."""
     y = frame["label"].to_numpy().astype(np.float64)

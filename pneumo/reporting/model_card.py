@@ -137,7 +137,7 @@ def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
     if OmegaConf.is_config(cfg):
         try:
             config = OmegaConf.to_container(cfg, resolve=True)
-        except Exception:  # outside a Hydra job ${hydra:...} cannot resolve: record the config as written
+        except Exception:  # noqa: BLE001 - outside a Hydra job ${hydra:...} cannot resolve: record it as written
             config = OmegaConf.to_container(cfg, resolve=False)
     else:
         config = dict(cfg)
@@ -146,7 +146,7 @@ def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
         "model": {
             "task": str(getattr(model, "hparams", {}).get("task", "binary")),
             "net": (getattr(model, "hparams", {}) or {}).get("net", {}).get("_target_"),
-        },  # fmt: skip
+        },
         "data": data,
         "initial_weights": initial_weights(model),
         "seed": config.get("seed"),

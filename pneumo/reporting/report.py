@@ -29,6 +29,7 @@ import pandas as pd
 from pneumo.errors import ConfigError
 from pneumo.io.files import atomic_write_text
 from pneumo.nih.adjudicated import REFERENCE_TEXT, match_reference
+from pneumo.nih.findings import PNEUMONIA
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, ClusterBootstrap, Interval
 from pneumo.stats.metrics import (
@@ -441,7 +442,6 @@ def build_report(
     split: str = "test",
     split_counts: Mapping | None = None,
     checkpoint: str | None = None,
-    target: str = "Pneumonia",
     temperature: Mapping | None = None,
 ) -> dict:
     """Build the report of a prediction table.
@@ -455,7 +455,6 @@ def build_report(
         split: name of the evaluated split (for messages).
         split_counts: ``{"images", "patients"}`` of the whole split, to flag a partial evaluation.
         checkpoint: the evaluated checkpoint, recorded in the report.
-        target: name of the binary target.
         temperature: the temperature behind ``probability`` (``value``, ``fitted_on``...); with a ``logit``
             column the report adds calibration before (temperature 1) and after scaling.
     """
@@ -475,7 +474,7 @@ def build_report(
         messages.append(f"operating point: {op_entry['note']}")
     report: dict[str, Any] = {
         "task": "multilabel" if finding_columns(frame) else "binary",
-        "target": target,
+        "target": PNEUMONIA,  # the binary target of both tasks (``pneumo.models.tasks``)
         "split": split,
         "checkpoint": checkpoint,
         "counts": section["counts"],

@@ -22,6 +22,7 @@ Command line::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -30,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Side of NIH's PNGs, the coordinate space of ``BBox_List_2017.csv``.
 NIH_SIDE = 1024
+#: How a look-alike set is drawn unless told: 64-px images (NIH's full size in rows, not in pixels), seed 0.
+LIKE_INDEX = SyntheticConfig(n=1, size=64)
 #: Rows rendered per task of a worker process.
 CHUNK = 500
 
@@ -57,9 +61,10 @@ def _draw_chunk(root: str, cfg: SyntheticConfig, rows: list[_Row]) -> int:
     """In a worker: render and write ``rows``; return how many were written."""
     fs, _ = fsspec.core.url_to_fs(root)
     batch = {}
-    for name, patient, follow_up, labels, box in rows:
+    for name, patient, follow_up, labels, nih_box in rows:
         rng = np.random.default_rng([cfg.seed, patient, follow_up, 1])
         anatomy = random_anatomy(np.random.default_rng([cfg.seed, patient]))  # one per patient
+        box = nih_box
         if PNEUMONIA in labels and box is None:  # labelled but not boxed by NIH: a lung field at random
             box = opacity_box(rng, anatomy)
         batch[f"{root}/images/{name}"] = encode_png(
@@ -90,11 +95,10 @@ def write_like_index(
     index_csv: str | None = None,
     bbox_csv: str | None = None,
     split_lists: Sequence[str] | None = None,
-    size: int = 64,
-    seed: int = 0,
-    noise: float = SyntheticConfig.noise,
+    cfg: SyntheticConfig = LIKE_INDEX,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    **overrides: Any,
 ) -> dict:
     """Write one synthetic image per row of ``index_csv`` to ``out`` in NIH's layout; return the manifest.
 
@@ -105,9 +109,9 @@ def write_like_index(
             ``index_csv`` is also the default, else none (every opacity then placed at random).
         split_lists: ``(train_val, test)`` lists copied (restricted to the index) next to the images;
             default: NIH's official lists shipped with pneumo.
-        size: image side, pixels.
-        seed: seed of everything random (anatomy, opacity texture, unboxed opacity positions).
-        noise: film grain, grey levels.
+        cfg: how to draw: ``size`` (image side, pixels), ``seed`` (of everything random: anatomy, opacity
+            texture, unboxed opacity positions) and ``noise`` (film grain, grey levels); the demo set's other
+            fields do not apply. Keyword ``overrides`` replace single fields (``size=48, seed=1``).
         workers: rendering processes (default: the CPUs available; 0 renders in this process).
         on_progress: called in this process with the number of images written so far, after each chunk.
     """
@@ -115,20 +119,20 @@ def write_like_index(
         index_csv = location("Data_Entry_2017_v2020.csv.gz")
         bbox_csv = bbox_csv or location("BBox_List_2017.csv.gz")
     lists = split_lists or (location("train_val_list.txt"), location("test_list.txt"))
-    cfg = SyntheticConfig(n=1, size=size, seed=seed, noise=noise)
+    cfg = dataclasses.replace(cfg, **overrides)
     index = NIHLabelIndex.from_csv(index_csv)
     boxes = BoxList.from_csv(bbox_csv) if bbox_csv else None
     rows = _rows(index, boxes)
     fs, root, root_url = _open_output(out)
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    log.info("drawing %d images (%d px) like %s in %d process(es)", len(rows), size, index_csv, workers)
+    log.info("drawing %d images (%d px) like %s in %d process(es)", len(rows), cfg.size, index_csv, workers)
     seconds = _draw_all(root_url, cfg, rows, workers, on_progress)
-    box_lines, split = _write_tables(fs, root, index, rows, size, lists)
+    box_lines, split = _write_tables(fs, root, index, rows, cfg.size, lists)
     manifest = {
         "config": {
-            "size": size,
-            "seed": seed,
-            "noise": noise,
+            "size": cfg.size,
+            "seed": cfg.seed,
+            "noise": cfg.noise,
             "like_index": str(index_csv),
             "bbox": bbox_csv,
         },

@@ -118,11 +118,7 @@ class _Handler(RequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             bucket=_bucket_of(url.path),
         )
-        with em._lock:
-            em.requests.append(rec)
-        if em.latency_s > 0:
-            time.sleep(em.latency_s)
-        refusal = em._refusal(rec)
+        refusal = em.admit(rec)
         if refusal is None:
             return True
         status, message = refusal
@@ -137,7 +133,7 @@ class _Handler(RequestHandler):
         self.close_connection = True
         return False
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
 
 
@@ -274,6 +270,15 @@ class GCSEmulator:
         with self._lock:
             self.failures.append(rule)
         return rule
+
+    def admit(self, rec: RecordedRequest) -> tuple[int, str] | None:
+        """Record a request the server received (after ``latency_s``); the ``(status, message)`` that refuses
+        it (an injected failure, a fault, Requester Pays without a project), or ``None`` to serve it."""
+        with self._lock:
+            self.requests.append(rec)
+        if self.latency_s > 0:
+            time.sleep(self.latency_s)
+        return self._refusal(rec)
 
     def _refusal(self, rec: RecordedRequest) -> tuple[int, str] | None:
         with self._lock:
