@@ -102,7 +102,7 @@ class GradCamOverlayCallback(L.Callback):
         }
 
     @staticmethod
-    def _val_dataset(trainer: L.Trainer):
+    def _val_dataset(trainer: L.Trainer) -> Any:
         datamodule = getattr(trainer, "datamodule", None)
         datasets = getattr(datamodule, "datasets", None)
         if isinstance(datasets, dict) and "val" in datasets:
@@ -112,7 +112,7 @@ class GradCamOverlayCallback(L.Callback):
         return getattr(loader, "dataset", None)
 
     @staticmethod
-    def _labels(dataset) -> np.ndarray:
+    def _labels(dataset: Any) -> np.ndarray:
         index = getattr(dataset, "index", None)
         if index is not None and hasattr(index, "pneumonia"):
             return np.asarray(index.pneumonia, dtype=np.int64)
@@ -124,7 +124,7 @@ class GradCamOverlayCallback(L.Callback):
         empty = [np.zeros((0, 4)) for _ in names]
         datamodule = getattr(trainer, "datamodule", None)
         bbox_url = (getattr(datamodule, "hparams", None) or {}).get("bbox_url")
-        if not bbox_url:
+        if datamodule is None or not bbox_url:
             return empty
         try:
             table = load_boxes(bbox_url, datamodule.storage.options_for(bbox_url), datamodule.storage.io)
@@ -136,7 +136,7 @@ class GradCamOverlayCallback(L.Callback):
                 raw = table.for_image(name)
                 if len(raw):
                     source = image_shape(store.read(name), name)  # header only (PNG or DICOM)
-                    raw = scaled_to(raw, source, tuple(shape))
+                    raw = scaled_to(raw, source, (shape[0], shape[1]))
                 out.append(raw)
             return out
         except Exception as err:  # noqa: BLE001 - boxes are a nicety here; never stop training for them

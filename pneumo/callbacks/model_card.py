@@ -22,4 +22,7 @@ class ModelCardCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and getattr(pl_module, "model_card", None) is None:
-            pl_module.model_card = card_fields(self.cfg, trainer.datamodule, pl_module)
+            # A plain attribute; torch types Module.__setattr__'s value as Tensor | Module only.
+            pl_module.model_card = card_fields(  # type: ignore[assignment]
+                self.cfg, getattr(trainer, "datamodule", None), pl_module
+            )

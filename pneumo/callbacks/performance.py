@@ -43,7 +43,8 @@ def tune_module(
         True
     """
     if channels_last:
-        module.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (documented), but torch's overloads of it omit the keyword.
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if compile:
         target = getattr(module, "net", module)  # the network, so the LightningModule's hooks stay eager
         target.compile(**dict(compile_options or {}))

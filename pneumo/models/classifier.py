@@ -37,13 +37,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torchmetrics import Metric
 
 from pneumo.config import choice_error, to_plain
 from pneumo.errors import ConfigError
@@ -124,6 +125,12 @@ class PneumoniaClassifier(L.LightningModule):
         operating_point: rule choosing ``threshold`` on validation (``eval.threshold`` in the config).
         temperature: ``"fit"`` (fitted on validation by NLL every validation epoch) or a fixed number > 0.
     """
+
+    # The buffers of _init_calibration (nn.Module types a registered name only as ``Tensor | Module``).
+    class_weights: torch.Tensor
+    threshold: torch.Tensor
+    temperature: torch.Tensor
+    thresholds: torch.Tensor
 
     def __init__(  # noqa: PLR0913 - one argument per key of conf/model/*.yaml (Hydra instantiates it)
         self,
@@ -219,7 +226,8 @@ class PneumoniaClassifier(L.LightningModule):
         # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
         # A fixed rule holds from the start (a run without validation tests at it); the others start at 0.5.
         fixed = self.operating_point_rule.kind == "fixed"
-        initial = float(self.operating_point_rule.target) if fixed else 0.5
+        target = self.operating_point_rule.target  # set for every fixed rule
+        initial = float(target) if fixed and target is not None else 0.5
         self.register_buffer("threshold", torch.tensor(initial))
         # Divides every logit before the softmax / sigmoid; 1 until fitted (model.temperature=fit).
         self.register_buffer(
@@ -283,7 +291,7 @@ class PneumoniaClassifier(L.LightningModule):
         return {**net, "in_channels": source.in_channels}, source.input_norm
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> PneumoniaClassifier:  # type: ignore[override]
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> PneumoniaClassifier:
         """Lightning's ``load_from_checkpoint``, without reading ``pretrained`` again: the checkpoint holds
         the weights (and its saved ``net`` and ``input_norm`` the shapes and the preprocessing)."""
         kwargs.setdefault("pretrained", None)
@@ -317,7 +325,7 @@ class PneumoniaClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        if self.hparams.class_weights == "auto" and stage == "fit":
+        if self.hparams["class_weights"] == "auto" and stage == "fit":
             self.class_weights.copy_(self.task.auto_weights(getattr(self.trainer, "datamodule", None)))
 
     # ------------------------------------------------------------------ steps
@@ -336,7 +344,8 @@ class PneumoniaClassifier(L.LightningModule):
                     pneumonia_column(self.probabilities(logits.detach())),
                     pneumonia_column(target),
                 )
-                for name, metric in self.train_metrics.items():
+                metrics = cast("Mapping[str, Metric]", self.train_metrics)  # task.train_metrics()
+                for name, metric in metrics.items():
                     metric.update(probs, labels)
                     self.log(f"train/{name}", metric, on_step=False, on_epoch=True, batch_size=n)
         else:
@@ -521,7 +530,7 @@ class PneumoniaClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": make_sched(optimizer=optimizer),
-                "monitor": self.hparams.monitor,
+                "monitor": self.hparams["monitor"],
                 "interval": "epoch",
             },
         }

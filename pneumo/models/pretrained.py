@@ -196,7 +196,9 @@ class PretrainedWeights:
             raise PretrainedWeightsError(
                 f"model.pretrained={source} holds a {type(blob).__name__}, not a state dict"
             )
-        hparams = blob.get("hyper_parameters") if isinstance(blob.get("hyper_parameters"), Mapping) else {}
+        hparams = blob.get("hyper_parameters")
+        if not isinstance(hparams, Mapping):
+            hparams = {}
         state = next(
             (blob[k] for k in ("state_dict", "model_state_dict") if isinstance(blob.get(k), Mapping)), blob
         )
@@ -315,6 +317,10 @@ class InputNormalization(nn.Module):
         tensor([0.0000, 0.1295, 0.3511])
     """
 
+    # Buffers (nn.Module types a registered name only as ``Tensor | Module``).
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, name: str) -> None:
         super().__init__()
         mean, std = look_up_option(name, INPUT_NORMS)
@@ -335,6 +341,7 @@ class InputNormalization(nn.Module):
 
 def input_adapter(input_norm: str | None) -> nn.Module:
     """``InputNormalization(input_norm)``, or ``nn.Identity()`` for ``None`` (grey in [0, 1] as is)."""
-    if choice(input_norm, "model.input_norm", (*sorted(INPUT_NORMS), None)) is None:
+    name = choice(input_norm, "model.input_norm", (*sorted(INPUT_NORMS), None))
+    if name is None:
         return nn.Identity()
-    return InputNormalization(input_norm)
+    return InputNormalization(name)

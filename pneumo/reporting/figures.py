@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumo.io.files import atomic_write_bytes
@@ -39,12 +40,12 @@ from pneumo.stats.metrics import (
 FIGURE_NAMES = ("roc", "pr", "reliability", "confusion_matrix")
 
 
-def _figure(size: tuple[float, float] = (4.6, 4.2)) -> tuple[Figure, object]:
+def _figure(size: tuple[float, float] = (4.6, 4.2)) -> tuple[Figure, Axes]:
     fig = Figure(figsize=size, dpi=110, layout="constrained")
     return fig, fig.add_subplot()
 
 
-def _undefined(ax: object, text: str) -> None:
+def _undefined(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
 
 

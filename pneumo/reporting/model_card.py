@@ -20,7 +20,7 @@ import importlib.metadata
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -134,11 +134,12 @@ def initial_weights(model: Any) -> dict:
 
 def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
     """Everything the card records before training (see the module docstring); plain data."""
-    if OmegaConf.is_config(cfg):
+    config: dict[str, Any]
+    if OmegaConf.is_config(cfg):  # the run's DictConfig: its container is a dict
         try:
-            config = OmegaConf.to_container(cfg, resolve=True)
+            config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
         except Exception:  # noqa: BLE001 - outside a Hydra job ${hydra:...} cannot resolve: record it as written
-            config = OmegaConf.to_container(cfg, resolve=False)
+            config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))
     else:
         config = dict(cfg)
     data = data_fields(datamodule) if getattr(datamodule, "split", None) is not None else None

@@ -196,9 +196,9 @@ def read_predictions(
         )
     known = pd.Index(index.table["image"]).get_indexer(images)
     if (known < 0).any():
-        first = int(np.flatnonzero(known < 0)[0])
+        unknown = int(np.flatnonzero(known < 0)[0])
         raise PredictionsFileError(
-            f"{path}, line {first + 2}: image {images.iloc[first]} is not in the label index {index.source} "
+            f"{path}, line {unknown + 2}: image {images.iloc[unknown]} is not in the label index {index.source} "
             f"({int((known < 0).sum())} such image(s)); pass labels_url=DATA_ENTRY_CSV that lists them"
         )
     order = np.argsort(images.to_numpy(), kind="mergesort")  # sorted by name, as a training run writes it

@@ -350,7 +350,7 @@ def _findings_table(frame: pd.DataFrame, resampling: _Resampling) -> tuple[list[
             ranked[f] = RankedScores.of(y, frame[f"p_{f}"].to_numpy())
     boot = resampling.bootstrap()  # one set of resamples for every finding and their mean
     dists = boot.distributions(lambda w: {f: ranking_metrics(r, w)["auroc"] for f, r in ranked.items()})
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in present:
         y = frame[f"y_{f}"].to_numpy()
         if f in ranked:

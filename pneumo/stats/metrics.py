@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
@@ -103,12 +105,21 @@ class RankedScores:
         return tp, fp
 
 
+# Without weights the metrics are floats; with weights, floats for 1-D and (B,) arrays for 2-D weights.
+@overload
+def auroc(y: np.ndarray, scores: np.ndarray, weights: None = None) -> float: ...
+@overload
+def auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray | float: ...
 def auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
     """Area under the ROC curve; ``NaN`` without positives or negatives. ``(B,)`` for 2-D weights."""
     out = ranking_metrics(RankedScores.of(y, scores), weights)["auroc"]
     return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
 
 
+@overload
+def average_precision(y: np.ndarray, scores: np.ndarray, weights: None = None) -> float: ...
+@overload
+def average_precision(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray | float: ...
 def average_precision(
     y: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None
 ) -> np.ndarray | float:
@@ -159,9 +170,17 @@ def pr_points(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return _safe_div(tp, tp[-1] if len(tp) else 0.0), _safe_div(tp, tp + fp), ranked.thresholds
 
 
+@overload
+def confusion_counts(
+    y: np.ndarray, scores: np.ndarray, threshold: float, weights: None = None
+) -> dict[str, float]: ...
+@overload
+def confusion_counts(
+    y: np.ndarray, scores: np.ndarray, threshold: float, weights: np.ndarray
+) -> dict[str, np.ndarray] | dict[str, float]: ...
 def confusion_counts(
     y: np.ndarray, scores: np.ndarray, threshold: float, weights: np.ndarray | None = None
-) -> dict[str, np.ndarray | float]:
+) -> dict[str, np.ndarray] | dict[str, float]:
     """``tn, fp, fn, tp`` with an image positive when ``score >= threshold`` (``(B,)`` for 2-D weights)."""
     y = np.asarray(y, dtype=np.float64)
     pred = (np.asarray(scores, dtype=np.float64) >= threshold).astype(np.float64)
@@ -175,7 +194,7 @@ def confusion_counts(
     return counts
 
 
-def rates(counts: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
+def rates(counts: Mapping[str, np.ndarray | float]) -> dict[str, np.ndarray]:
     """Sensitivity, specificity, PPV, NPV, F1 and accuracy from confusion counts (``NaN`` where 0/0)."""
     tn, fp, fn, tp = (np.asarray(counts[k], dtype=np.float64) for k in ("tn", "fp", "fn", "tp"))
     return {

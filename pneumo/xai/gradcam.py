@@ -48,8 +48,9 @@ def pneumonia_output(model: nn.Module) -> int:
 
 def pneumonia_probability(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
     """``(B,)`` pneumonia probability from logits: softmax (binary) or sigmoid (multi-label)."""
-    if hasattr(model, "probabilities"):  # a classifier: its temperature applies
-        return pneumonia_column(model.probabilities(logits))
+    probabilities = getattr(model, "probabilities", None)
+    if probabilities is not None:  # a classifier: its temperature applies
+        return pneumonia_column(probabilities(logits))
     return task_of(model).pneumonia_probability(logits)
 
 
@@ -82,7 +83,9 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
         if isinstance(root, nn.Module):
             with contextlib.suppress(AttributeError):
                 return root.get_submodule(layer)
-    net = model.net if isinstance(getattr(model, "net", None), nn.Module) else model
+    net = getattr(model, "net", None)
+    if not isinstance(net, nn.Module):
+        net = model
     names = [n for n, _ in net.named_modules() if n]
     top = sorted({n.rsplit(".", 1)[0] for n in names if n.count(".") <= 1})
     raise GradCamError(
