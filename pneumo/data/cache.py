@@ -44,7 +44,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -573,7 +573,8 @@ class CachedSource:
             item = self.size * self.size
             start = (row * item) // mmap.PAGESIZE * mmap.PAGESIZE
             end = -(-((row + 1) * item) // mmap.PAGESIZE) * mmap.PAGESIZE
-            pixels._mmap.madvise(  # noqa: SLF001 - numpy's memmap exposes its mmap (madvise) only there
+            # numpy's memmap exposes its mmap (madvise) only as the private, untyped _mmap.
+            pixels._mmap.madvise(  # type: ignore[attr-defined]  # noqa: SLF001
                 mmap.MADV_DONTNEED, start, min(end, self.count * item) - start
             )
         return out
@@ -605,10 +606,12 @@ def _init_worker(store: ImageStore, size: int, dicom_voi: str) -> None:
     _worker_decoder = PixelDecoder(store, size, dicom_voi)
 
 
-def _decode_chunk(names: list[str]) -> list[tuple[int, object]]:
+def _decode_chunk(names: list[str]) -> list[tuple[int, np.ndarray | BaseException]]:
     """In a worker process: fetch and decode ``names`` (concurrently), results by position in ``names``."""
-    out: list[tuple[int, object]] = []
-    for j, result in _worker_decoder.store.map_unordered(names, _worker_decoder):
+    decoder = _worker_decoder
+    assert decoder is not None  # set by _init_worker, the pool's initializer
+    out: list[tuple[int, np.ndarray | BaseException]] = []
+    for j, result in decoder.store.map_unordered(names, decoder):
         if isinstance(result, BaseException):
             try:
                 pickle.dumps(result)
@@ -621,7 +624,7 @@ def _decode_chunk(names: list[str]) -> list[tuple[int, object]]:
 
 def _results_from_processes(
     store: ImageStore, names: list[str], size: int, workers: int, dicom_voi: str = "auto"
-) -> Iterator[tuple[int, object]]:
+) -> Generator[tuple[int, np.ndarray | BaseException], None, None]:
     """``(position, pixels or exception)`` for ``names``, decoded in ``workers`` processes (chunks in flight)."""
     chunk = max(8, 2 * store.concurrency)
     starts = list(range(0, len(names), chunk))

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -66,9 +67,10 @@ def shard_sampler(
             dataloader.dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
     if isinstance(sampler, SequentialSampler | DistributedSampler):
-        if 0 < len(dataloader.dataset) < num_replicas:
+        dataset = cast(Sized, dataloader.dataset)  # these samplers draw from a sized (map-style) dataset
+        if 0 < len(dataset) < num_replicas:
             raise ConfigError(
-                f"a split of {len(dataloader.dataset)} images cannot be shared by {num_replicas} ranks "
+                f"a split of {len(dataset)} images cannot be shared by {num_replicas} ranks "
                 "(a rank would get none); use fewer devices"
             )
         return UnrepeatedDistributedSampler(
@@ -91,6 +93,7 @@ class ShardedDDPStrategy(DDPStrategy):
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
+        assert self.cluster_environment is not None  # as in DDPStrategy._configure_launcher
         spawns = not self.cluster_environment.creates_processes_externally and self.num_processes > 1
         if spawns and _in_hydra_multirun():
             # Lightning would start the other ranks by re-running this command line: a whole new sweep.

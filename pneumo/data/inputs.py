@@ -89,11 +89,11 @@ def io_for(storage_options: StorageOptions) -> dict | None:
     return dict(storage_options.io) if isinstance(storage_options, StorageSettings) else None
 
 
-def _fs(location: str, storage_options: StorageOptions):
+def _fs(location: str, storage_options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(location, **options_for(location, storage_options))
 
 
-def _full(fs, path: str) -> str:
+def _full(fs: fsspec.AbstractFileSystem, path: str) -> str:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
@@ -125,7 +125,7 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
     return refs, skipped
 
 
-def _is_file(fs, entry: Mapping) -> bool:
+def _is_file(fs: fsspec.AbstractFileSystem, entry: Mapping) -> bool:
     """A listed file; a symbolic link counts when it points to a file (fsspec lists links as ``other``)."""
     if entry["type"] == "file":
         return True

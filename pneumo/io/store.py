@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -238,7 +238,7 @@ class ImageStore:
     # ------------------------------------------------------------------ many reads
     def map_unordered(
         self, names: Sequence[str], work: Callable[[str, bytes], T]
-    ) -> Iterator[tuple[int, T | BaseException]]:
+    ) -> Generator[tuple[int, T | BaseException], None, None]:
         """Fetch ``names`` with ``concurrency`` requests in flight; yield ``(position, result)`` as they finish.
 
         ``work(name, data)`` runs in the fetching thread (decode and resize there, in parallel). A failure of
