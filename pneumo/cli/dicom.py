@@ -50,17 +50,18 @@ def _describe_files(files: list[str], pngs: list[str], voi: str) -> int:
             worst = max(worst, 1)
         if pngs and facts["decoded"]:
             reference = decode_grayscale(read(pngs[i]), pngs[i])
-            same_shape = reference.shape == pixels.shape
-            diff = np.abs(reference.astype(int) - pixels.astype(int)) if same_shape else None
-            facts["vs_png"] = (
-                {
+            if reference.shape == pixels.shape:
+                diff = np.abs(reference.astype(int) - pixels.astype(int))
+                facts["vs_png"] = {
                     "png": pngs[i],
                     "max_grey_difference": int(diff.max()),
                     "mean": round(float(diff.mean()), 3),
                 }
-                if same_shape
-                else {"png": pngs[i], "shape_differs": [list(reference.shape), list(pixels.shape)]}
-            )
+            else:
+                facts["vs_png"] = {
+                    "png": pngs[i],
+                    "shape_differs": [list(reference.shape), list(pixels.shape)],
+                }
         print_json(facts)
     return worst
 

@@ -154,8 +154,9 @@ class EvaluateSettings:
     storage: StorageSettings | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.eval, EvalSettings):
-            self.eval = EvalSettings.from_config(to_plain(self.eval))
+        given: Any = self.eval  # a Hydra config hands a mapping here
+        if not isinstance(given, EvalSettings):
+            self.eval = EvalSettings.from_config(to_plain(given))
         ThresholdRule.parse(self.eval.threshold)  # a bad rule fails here, before any file is read
         self.predictions, self.out_dir = str(self.predictions), str(self.out_dir)
         self.recalibrate, self.choose_on_evaluated = bool(self.recalibrate), bool(self.choose_on_evaluated)

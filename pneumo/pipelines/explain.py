@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +86,7 @@ class ExplainResult:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def _by_stem(names) -> dict[str, str]:
+def _by_stem(names: Iterable[object]) -> dict[str, str]:
     """Index names by their stem, so that ``x.dcm`` (the bucket's ``dicom/`` copy) finds the labels of ``x.png``."""
     return {os.path.splitext(str(name))[0]: str(name) for name in names}
 
@@ -535,6 +535,7 @@ def _write_one(
     boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
     caption = f"{ref.name}\n{caption_text(probability, predicted, ref.label)}"
     display = item.display  # the source pixels at their own width, capped at overlay.max_size
+    assert display is not None  # the session's Preprocessor keeps a display copy (display_size is set)
     shown = display.shape
     save_png(
         render_overlay(

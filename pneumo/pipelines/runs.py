@@ -50,7 +50,7 @@ class Run:
     @property
     def image_size(self) -> int:
         """Side of the network input, pixels (the run's ``data.image_size``)."""
-        return int(self.datamodule.hparams.image_size)
+        return int(self.datamodule.hparams["image_size"])
 
     def image_location(self, name: str) -> str:
         """URL or path of one image of the run's data set."""

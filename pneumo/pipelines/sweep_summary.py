@@ -35,7 +35,7 @@ import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -177,7 +177,7 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _base_record(config: DictConfig) -> dict[str, Any]:
-        overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
+        overrides = cast("list[str]", OmegaConf.to_container(config.hydra.overrides.task))  # a ListConfig
         return {
             "job": str(config.hydra.job.num),
             "status": "",

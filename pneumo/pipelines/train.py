@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo.callbacks.model_card import ModelCardCallback
@@ -36,7 +37,7 @@ def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
         if spec is None:
             continue
         if not isinstance(spec, DictConfig) or "_target_" not in spec:
-            raise ConfigError(f"{kind}.{name} must be a config with a _target_, got {spec!r}")
+            raise ConfigError(f"{kind}.{name!s} must be a config with a _target_, got {spec!r}")
         log.info("instantiating %s <%s>", kind, spec._target_)
         objects.append(hydra.utils.instantiate(spec))
     return objects
@@ -133,8 +134,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     output_dir = cfg.paths.get("output_dir")
     log.info("outputs in %s", output_dir)
-    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-        log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
+    best = _best_checkpoint(trainer)
+    if best:
+        log.info("best checkpoint: %s", best)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "report": report}
     return metrics, objects
 
@@ -152,10 +154,11 @@ def build_model_and_data(cfg: DictConfig) -> tuple[L.LightningModule, L.Lightnin
         log.info("instantiating model <%s>", cfg.model._target_)
         model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     image_size = getattr(datamodule, "hparams", {}).get("image_size")
-    if image_size is not None and hasattr(model, "net"):
+    net = getattr(model, "net", None)
+    if image_size is not None and isinstance(net, torch.nn.Module):
         # a pretrained RGB network gets the grey image replicated to its channels (model.input_norm)
         channels = int((getattr(model, "hparams", {}).get("net") or {}).get("in_channels", 1))
-        check_network_input(model.net, image_size, in_channels=channels)
+        check_network_input(net, image_size, in_channels=channels)
     return model, datamodule
 
 
@@ -200,6 +203,12 @@ def run_fit(
     metrics.update(trainer.callback_metrics)
 
 
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    """The best checkpoint its ``ModelCheckpoint`` saved (``""``: no checkpoint callback, or none saved)."""
+    callback = trainer.checkpoint_callback
+    return callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
+
+
 def run_test(
     cfg: DictConfig,
     trainer: L.Trainer,
@@ -212,7 +221,7 @@ def run_test(
     ``ckpt_path`` first (``eval.threshold`` chooses the operating point there), then test it. Returns the
     tested checkpoint."""
     if cfg.get("train"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = _best_checkpoint(trainer)
         ckpt = best or None
         if not best:
             log.warning(
@@ -239,9 +248,12 @@ def write_card(
     ckpt: str | None,
 ) -> None:
     """``model_card.md`` of the run, and the test results recorded in the checkpoint this run trained."""
-    if getattr(model, "model_card", None) is None and getattr(datamodule, "split", None) is not None:
-        model.model_card = card_fields(cfg, datamodule, model)  # a checkpoint from before model cards
-    if getattr(model, "model_card", None) is not None:
-        log.info("model card: %s", write_model_card(model.model_card, report, cfg.paths.output_dir))
+    card = getattr(model, "model_card", None)
+    if card is None and getattr(datamodule, "split", None) is not None:
+        card = card_fields(cfg, datamodule, model)  # a checkpoint from before model cards
+        # A plain attribute; torch types Module.__setattr__'s value as Tensor | Module only.
+        model.model_card = card  # type: ignore[assignment]
+    if card is not None:
+        log.info("model card: %s", write_model_card(card, report, cfg.paths.output_dir))
     if report is not None and cfg.get("train") and ckpt:  # the checkpoint this run wrote and tested
         record_test_results(ckpt, report)
