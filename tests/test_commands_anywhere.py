@@ -38,3 +38,42 @@ def test_a_benchmark_runs_from_any_directory(tmp_path: Path) -> None:
                    cwd=tmp_path, timeout=300, env={"PYTHONPATH": ""})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "whole report (binary, 20 resamples" in proc.stdout
+
+
+#: Top-level modules of the dev, sweeps and dicom extras: the emulator command must not need them.
+NOT_IN_CORE_OR_EMULATOR = ("pytest", "_pytest", "sklearn", "optuna", "pylibjpeg")
+
+_SERVE_WITH_EXTRAS_BLOCKED = """
+import importlib.abc, os, sys, threading, traceback
+blocked = set(sys.argv[1].split(","))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"{name} is blocked: not in pneumo's core or emulator extra", name=name)
+
+sys.meta_path.insert(0, Block())
+from pneumo.testing import gcs_emulator
+port = int(sys.argv[2])
+args = ["--port", str(port), "--bucket", "demo", "--n", "12", "--size", "32"]
+
+def serve():  # it serves until killed: returning or raising is a failure
+    try:
+        gcs_emulator.main(args)
+    except BaseException:
+        traceback.print_exc()
+    os._exit(3)
+
+threading.Thread(target=serve, daemon=True).start()
+served = gcs_emulator.wait_until_served(port, "demo", timeout_s=120)
+print("loaded:", sorted(m for m in blocked if m in sys.modules), flush=True)
+os._exit(served)
+"""
+
+
+def test_the_emulator_command_needs_only_the_core_and_emulator_packages(tmp_path: Path) -> None:
+    proc = run_cli(["-c", _SERVE_WITH_EXTRAS_BLOCKED, ",".join(NOT_IN_CORE_OR_EMULATOR), str(closed_port())],
+                   cwd=tmp_path, timeout=180, env={"PYTHONPATH": ""})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "serving gs://demo (12 images under png/)" in proc.stdout
+    assert "loaded: []" in proc.stdout

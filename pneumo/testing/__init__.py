@@ -1,1 +1,3 @@
-"""Tools for trying pneumo offline: ``python -m pneumo.testing.gcs_emulator`` (needs the ``dev`` extra)."""
+"""Tools for trying pneumo offline: ``python -m pneumo.testing.gcs_emulator``, a GCS emulator serving a demo set
+in NIH's layout (needs only the ``emulator`` extra: ``pip install "pneumo[emulator]"``; the ``dev`` extra
+includes it)."""

@@ -1,8 +1,8 @@
 """A Google Cloud Storage emulator on 127.0.0.1 for tests, benchmarks and trying the GCS path offline.
 
-It serves the real ``gcp-storage-emulator`` (``pip install "pneumo[dev]"``): its request handler and its
-in-memory storage, behind a socket server of ours that fixes what makes the bare emulator unfit for
-concurrency and fault tests:
+It serves the real ``gcp-storage-emulator`` (``pip install "pneumo[emulator]"``; nothing of the ``dev``
+extra is needed): its request handler and its in-memory storage, behind a socket server of ours that fixes
+what makes the bare emulator unfit for concurrency and fault tests:
 
 - a listen backlog of 1024 (the emulator's ``HTTPServer`` keeps 5, and concurrent reads stall for seconds);
 - optionally one thread per request plus a fixed delay per request, modelling cloud latency (the emulator
