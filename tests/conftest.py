@@ -37,6 +37,30 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a classifier trained for 2 batches on the tiny demo set (64 px), via train.py's code;
+    trained once per session (explain, the Python API)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from pneumo.pipelines.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny_overrides(demo_root, out), "test=false", "logger=none"])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "run")
+        cfg.callbacks.gradcam_overlay = None
+        cfg.callbacks.lr_monitor = None  # logger=none: nothing to monitor into
+        cfg.callbacks.early_stopping = None
+    train(cfg)
+    return out / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pneumo's wheel, built once per session from a copy of the checkout (``tests.helpers.build_wheel``)."""
     from tests.helpers import build_wheel

@@ -1,4 +1,4 @@
-"""explain.py: a tiny checkpoint trained in a fixture, explained from a folder, a list and the test split."""
+"""explain.py: a tiny checkpoint (the ``tiny_ckpt`` fixture) explained from a folder, a list and the test split."""
 
 from __future__ import annotations
 
@@ -21,30 +21,7 @@ from pneumo.nih.index import NIHLabelIndex
 from pneumo.pipelines.explain import ExplainSettings, explain_images
 from pneumo.pipelines.runs import load_run
 from pneumo.testing.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
-from tests.helpers import CONF, ROOT, run_cli, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint of a classifier trained for 2 batches on the tiny demo set (64 px), via train.py's code."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from pneumo.pipelines.train import train
-
-    out = tmp_path_factory.mktemp("explain_train")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[*tiny_overrides(demo_root, out), "test=false", "logger=none"])
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.gradcam_overlay = None
-        cfg.callbacks.lr_monitor = None  # logger=none: nothing to monitor into
-        cfg.callbacks.early_stopping = None
-    train(cfg)
-    return out / "run" / "checkpoints" / "last.ckpt"
+from tests.helpers import ROOT, run_cli
 
 
 def _rows(path: Path) -> list[dict]:

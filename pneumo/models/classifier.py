@@ -363,6 +363,35 @@ class PneumoniaClassifier(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """``Trainer.predict``: the scores of one batch, as test scores them.
+
+        ``batch`` is a data-module batch (a mapping with ``image`` and ``image_id``), an image tensor
+        ``(B, 1, H, W)`` in [0, 1], or a tuple/list whose first element is that tensor. Returns
+        ``probability`` ``(B,)`` (pneumonia, at the model's temperature), ``logit`` ``(B,)`` (the raw pneumonia
+        logit), ``predicted_label`` ``(B,)`` (``probability >= threshold``), ``image_id`` (the batch's image
+        names, or ``None``) and, for multi-label models, ``findings`` ``(B, 14)`` (every finding's probability).
+
+        Example:
+            >>> rows = L.Trainer(logger=False).predict(model, dataloaders=dm.test_dataloader())  # doctest: +SKIP
+        """
+        if isinstance(batch, Mapping):
+            images, ids = batch["image"], batch.get("image_id")
+        else:
+            images, ids = (batch[0] if isinstance(batch, (tuple, list)) else batch), None
+        logits = self(images)
+        probabilities = self.probabilities(logits)
+        probability = pneumonia_column(probabilities)
+        out = {
+            "image_id": None if ids is None else list(ids),
+            "probability": probability,
+            "logit": self.pneumonia_logit(logits),
+            "predicted_label": (probability >= self.threshold.to(probability.device)).long(),
+        }
+        if self.task.findings:
+            out["findings"] = probabilities
+        return out
+
     # ------------------------------------------------------------------ epoch ends
     def on_validation_epoch_start(self) -> None:
         self._outputs["val"] = []

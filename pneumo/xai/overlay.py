@@ -65,7 +65,7 @@ def _to_unit(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_map(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float ``(H, W)`` array to ``size`` = (height, width)."""
     if arr.shape == size:
         return arr
@@ -87,7 +87,7 @@ def blend(
     gray = _to_unit(image)
     heat = np.clip(_to_unit(heatmap), 0.0, 1.0)
     if heat.shape != gray.shape:
-        heat = _resize(heat, gray.shape)
+        heat = resize_map(heat, gray.shape)
     colour = matplotlib.colormaps[cmap](heat)[..., :3]
     weight = alpha * (0.35 + 0.65 * heat)[..., None]
     rgb = (1.0 - weight) * gray[..., None] + weight * colour
@@ -112,7 +112,7 @@ def render_overlay(
     h0, w0 = gray.shape
     scale = size / w0
     shape = (int(round(h0 * scale)), size)
-    picture = Image.fromarray(blend(_resize(gray, shape), _resize(heat, shape), alpha=alpha, cmap=cmap))
+    picture = Image.fromarray(blend(resize_map(gray, shape), resize_map(heat, shape), alpha=alpha, cmap=cmap))
     draw = ImageDraw.Draw(picture)
     width = max(2, size // 256)
     for drawn, colour in ((predicted_boxes, PREDICTED_BOX_COLOR), (boxes, BOX_COLOR)):
