@@ -5,13 +5,17 @@ pneumo`` alone loads no torch). The same work as the commands: ``predict`` score
 writes them into ``predictions.csv``, ``explain`` computes its Grad-CAM heatmaps, ``evaluate_predictions``
 writes and returns the report of ``pneumo-evaluate``.
 
+``evaluate_predictions`` needs labelled images: NIH's image names (their labels ship with pneumo) or
+``labels_url=`` a ``Data_Entry`` CSV naming them; and an operating point: a number (``eval={"threshold":
+0.5}``) or a rule chosen on ``val_predictions=`` (the default rule, Youden's J, needs them).
+
 Example:
     >>> from pneumo import load_run, predict, explain, evaluate_predictions
     >>> run = load_run("logs/train/runs/<timestamp>/checkpoints/last.ckpt")  # doctest: +SKIP
     >>> table = predict(run, ["chest.png"])  # image, probability, logit, predicted_label... # doctest: +SKIP
     >>> maps = explain(run, ["chest.png"])  # maps[0].heatmap: (H, W) in [0, 1]  # doctest: +SKIP
     >>> table.to_csv("predictions.csv", index=False)  # doctest: +SKIP
-    >>> report = evaluate_predictions("predictions.csv")  # report["metrics"]["auroc"]  # doctest: +SKIP
+    >>> report = evaluate_predictions("predictions.csv", eval={"threshold": 0.5})  # doctest: +SKIP
 """
 
 from __future__ import annotations

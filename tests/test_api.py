@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -23,14 +24,27 @@ from pneumo.pipelines.evaluate import EvaluateSettings, evaluate_files
 from pneumo.pipelines.explain import ExplainSettings, explain_images
 
 
-def _demo_images(demo_root: Path, folder: Path, n: int) -> list[Path]:
-    """The first ``n`` demo images (by name), copied into ``folder``."""
-    folder.mkdir()
+@dataclass
+class Explained:
+    """Five demo images in a folder and what ``explain_images`` wrote for them."""
+
+    paths: list[Path]
+    out: Path
+    written: pd.DataFrame  # predictions.csv, by image
+
+
+@pytest.fixture(scope="module")
+def explained(tiny_ckpt: Path, demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Explained:
+    """The explain pipeline's outputs for the first five demo images (by name), run once for this module."""
+    root = tmp_path_factory.mktemp("api")
+    (root / "images").mkdir()
     paths = []
-    for source in sorted((demo_root / "images").iterdir())[:n]:
-        shutil.copy(source, folder / source.name)
-        paths.append(folder / source.name)
-    return paths
+    for source in sorted((demo_root / "images").iterdir())[:5]:
+        shutil.copy(source, root / "images" / source.name)
+        paths.append(root / "images" / source.name)
+    explain_images(ExplainSettings(ckpt_path=str(tiny_ckpt), out_dir=str(root / "out"),
+                                   inputs=str(root / "images"), progress=False))  # fmt: skip
+    return Explained(paths, root / "out", pd.read_csv(root / "out" / "predictions.csv").set_index("image"))
 
 
 def test_import_pneumo_loads_no_torch_and_the_api_loads_on_first_use() -> None:
@@ -52,12 +66,9 @@ def test_import_pneumo_loads_no_torch_and_the_api_loads_on_first_use() -> None:
 
 
 def test_predict_gives_explain_predictions_for_paths_a_folder_and_arrays(
-    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
+    tiny_ckpt: Path, explained: Explained, tmp_path: Path
 ) -> None:
-    paths = _demo_images(demo_root, tmp_path / "images", 5)
-    explain_images(ExplainSettings(ckpt_path=str(tiny_ckpt), out_dir=str(tmp_path / "out"),
-                                   inputs=str(tmp_path / "images"), progress=False))  # fmt: skip
-    written = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("image")
+    paths, written = explained.paths, explained.written
 
     run = pneumo.load_run(str(tiny_ckpt))
     table = pneumo.predict(run, [str(p) for p in paths], batch_size=2)
@@ -68,7 +79,7 @@ def test_predict_gives_explain_predictions_for_paths_a_folder_and_arrays(
     for column in ("probability", "logit", "predicted_label", "threshold", "temperature"):
         np.testing.assert_allclose(table[column], written.loc[table["image"], column], rtol=1e-5, atol=1e-6)
 
-    folder = pneumo.predict(run, str(tmp_path / "images"))  # one path: an image, a folder or a list
+    folder = pneumo.predict(run, str(paths[0].parent))  # one path: an image, a folder or a list
     np.testing.assert_allclose(folder["probability"], table["probability"], rtol=1e-6)
     pixels = [np.asarray(Image.open(p)) for p in paths]
     arrays = pneumo.predict(run, [*pixels[:3], np.stack([pixels[3]] * 3, axis=-1), paths[4]])
@@ -80,13 +91,8 @@ def test_predict_gives_explain_predictions_for_paths_a_folder_and_arrays(
         pneumo.predict(run, [str(tmp_path / "nowhere.png")])
 
 
-def test_explain_gives_explain_heatmaps_at_the_input_size(
-    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
-) -> None:
-    paths = _demo_images(demo_root, tmp_path / "images", 3)
-    explain_images(ExplainSettings(ckpt_path=str(tiny_ckpt), out_dir=str(tmp_path / "out"),
-                                   inputs=str(tmp_path / "images"), progress=False))  # fmt: skip
-    written = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("image")
+def test_explain_gives_explain_heatmaps_at_the_input_size(tiny_ckpt: Path, explained: Explained) -> None:
+    paths, written = explained.paths[:3], explained.written
 
     run = pneumo.load_run(str(tiny_ckpt))
     maps = pneumo.explain(run, [str(p) for p in paths])
@@ -94,7 +100,7 @@ def test_explain_gives_explain_heatmaps_at_the_input_size(
     for m, path in zip(maps, paths):
         # demo images are the network's size (64 px): the map is explain's heatmaps/<stem>.npy itself
         np.testing.assert_allclose(
-            m.heatmap, np.load(tmp_path / "out" / "heatmaps" / f"{path.stem}.npy"), atol=1e-6
+            m.heatmap, np.load(explained.out / "heatmaps" / f"{path.stem}.npy"), atol=1e-6
         )
         assert m.probability == pytest.approx(written.loc[m.image, "probability"], rel=1e-5)
         assert m.predicted_label == written.loc[m.image, "predicted_label"]
