@@ -17,7 +17,7 @@ Arguments after the options are Hydra overrides of ``conf/train.yaml``, as for `
     python benchmarks/gpu_throughput.py experiment=nih_densenet121_224 data=demo \\
         data.synthetic.root=data/nih_demo_256 data.synthetic.n=3000 data.synthetic.size=256
     # CPU-sized run (CI)
-    python benchmarks/gpu_throughput.py --warmup 1 --steps 3 trainer.accelerator=cpu data.batch_size=8
+    python benchmarks/gpu_throughput.py --warmup 1 --steps 3 trainer.accelerator=cpu data.loader.batch_size=8
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def model_only(cfg: DictConfig, device: torch.device, warmup: int, steps: int) -
     model.to(device).train()
     opt = model.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
-    size, batch = int(cfg.data.image_size), int(cfg.data.batch_size)
+    size, batch = int(cfg.data.images.size), int(cfg.data.loader.batch_size)
     x = torch.rand(batch, 1, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,), device=device)
     precision = str(cfg.trainer.get("precision", "32-true"))
@@ -158,9 +158,9 @@ def end_to_end(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, str, in
     source = type(datamodule.datasets["train"].source).__name__
     if timer.images == 0 or timer.seconds <= 0:
         raise SystemExit(
-            f"the train split gave fewer than {warmup + steps} batches; lower --warmup/--steps or data.batch_size"
+            f"the train split gave fewer than {warmup + steps} batches; lower --warmup/--steps or data.loader.batch_size"
         )
-    return timer.images / timer.seconds, source, timer.images // int(cfg.data.batch_size)
+    return timer.images / timer.seconds, source, timer.images // int(cfg.data.loader.batch_size)
 
 
 def sync(device: torch.device) -> None:
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
         if matmul:  # as PerformanceTuning sets it for the end-to-end run: the same for both
             torch.set_float32_matmul_precision(matmul)
         print(
-            f"device: {device_name(accelerator)} | torch {torch.__version__} | image {cfg.data.image_size} px | "
-            f"batch {cfg.data.batch_size} | precision {cfg.trainer.get('precision')} | "
+            f"device: {device_name(accelerator)} | torch {torch.__version__} | image {cfg.data.images.size} px | "
+            f"batch {cfg.data.loader.batch_size} | precision {cfg.trainer.get('precision')} | "
             f"channels_last {settings['channels_last']} | compile {settings['compile']} | "
-            f"workers {cfg.data.num_workers} | pin_memory {cfg.data.pin_memory}",
+            f"workers {cfg.data.loader.num_workers} | pin_memory {cfg.data.loader.pin_memory}",
             flush=True,
         )
         # model-only before and after the end-to-end run: their spread shows how steady the machine was

@@ -6,9 +6,9 @@ requests concurrently, each after a modelled latency (``--latency-ms``, default 
 
 (a) seed-style: one google-cloud-storage blob download per ``__getitem__``, PIL decode, MONAI
     ScaleIntensity / Resize / EnsureType on the full image, ``num_workers=0`` (one request at a time);
-(b) pneumo streaming (``data.cache=false``): ``NIHImageDataset`` + ``StreamingSource``, each batch fetched
+(b) pneumo streaming (``data.cache.enabled=false``): ``NIHImageDataset`` + ``StreamingSource``, each batch fetched
     with ``--concurrency`` requests in flight, in ``--workers`` DataLoader worker processes;
-(c) pneumo cache build (``prepare_data``, the first epoch with ``data.cache=true``), decoding in
+(c) pneumo cache build (``prepare_data``, the first epoch with ``data.cache.enabled=true``), decoding in
     ``--workers`` processes with ``--concurrency`` requests in flight each, then
 (d) pneumo from cache: an epoch from the memory-mapped uint8 cache, ``num_workers=0``;
 (e) MONAI's ``PersistentDataset`` in place of (c)+(d) (one ``torch.save`` file per image), for comparison.
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # incl. warm-up
         print("streaming:", results["streaming"], flush=True)
 
-        # (c) pneumo cache build = the first epoch with data.cache=true
+        # (c) pneumo cache build = the first epoch with data.cache.enabled=true
         build_store = ImageStore.from_settings(storage, f"gs://{BUCKET}/png")
         cache = ImageCache(tmp / "cache", build_store.root, names, 224)
         t, c, w = time.perf_counter(), time.process_time(), children_cpu_seconds()

@@ -9,8 +9,8 @@ pointing at the synthetic set):
     index      NIHLabelIndex.from_csv of the shipped Data_Entry_2017_v2020.csv.gz
     split      make_splits with the official lists (validation carved by patient)
     cache      NIHDataModule.prepare_data: every image fetched, decoded, resized into the uint8 cache
-               (data.num_workers decode processes)
-    train      a fixed number of optimizer steps from the cache (data.num_workers loader processes)
+               (data.loader.num_workers decode processes)
+    train      a fixed number of optimizer steps from the cache (data.loader.num_workers loader processes)
     test       inference over the whole official test split (25,596 images)
     report     the evaluation report with 1,000 patient resamples
     explain    ``python explain.py`` on NIH's boxed test images (Grad-CAM, localization on the pneumonia boxes)
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/nih_like64", help="the synthetic set (written if absent)")
     parser.add_argument("--size", type=int, default=64, help="side of the synthetic PNGs")
-    parser.add_argument("--image-size", type=int, default=32, help="network input side (data.image_size)")
+    parser.add_argument("--image-size", type=int, default=32, help="network input side (data.images.size)")
     parser.add_argument(
-        "--workers", type=int, default=4, help="data.num_workers (decode and loader processes)"
+        "--workers", type=int, default=4, help="data.loader.num_workers (decode and loader processes)"
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="training steps")
@@ -317,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         "data=nih",
         f"data.images_url={out / 'images'}",
         f"data.bbox_url={out / 'BBox_List_2017.csv'}",
-        f"data.image_size={args.image_size}",
-        f"data.batch_size={args.batch_size}",
-        f"data.num_workers={args.workers}",
-        f"data.cache_dir={work / 'cache'}",
+        f"data.images.size={args.image_size}",
+        f"data.loader.batch_size={args.batch_size}",
+        f"data.loader.num_workers={args.workers}",
+        f"data.cache.dir={work / 'cache'}",
         "data.storage.requester_pays=false",
-        "data.progress=false",
+        "data.cache.progress=false",
         f"eval.bootstrap.resamples={args.resamples}",
         "seed=0",
         *NETS[args.net],
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     with stages.stage("cache", n_all) as row:
         from pneumo.data.cache import ImageCache
 
-        cache = ImageCache(dm.cache_dir, dm.images_url, list(full.images), args.image_size)
+        cache = ImageCache(dm.cache_settings.dir, dm.images_url, list(full.images), args.image_size)
         memory.cached_at, memory.watch = {}, (cache.status_path, n_all)
         dm.prepare_data()
         memory.watch = None

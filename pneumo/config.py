@@ -37,16 +37,16 @@ def checked_number(
     ``ConfigError`` naming ``key``, the value and the valid range.
 
     Example:
-        >>> checked_number("16", "data.batch_size", int, 1)
+        >>> checked_number("16", "data.loader.batch_size", int, 1)
         16
-        >>> checked_number("abc", "data.batch_size", int, 1)
+        >>> checked_number("abc", "data.loader.batch_size", int, 1)
         Traceback (most recent call last):
         ...
-        pneumo.errors.ConfigError: data.batch_size='abc': must be a whole number >= 1
-        >>> checked_number(1.0, "data.val_fraction", float, 0, 1, low_open=True, high_open=True)
+        pneumo.errors.ConfigError: data.loader.batch_size='abc': must be a whole number >= 1
+        >>> checked_number(1.0, "data.split.val_fraction", float, 0, 1, low_open=True, high_open=True)
         Traceback (most recent call last):
         ...
-        pneumo.errors.ConfigError: data.val_fraction=1.0: must be a number > 0 and < 1
+        pneumo.errors.ConfigError: data.split.val_fraction=1.0: must be a number > 0 and < 1
     """
     bounds = []
     if low is not None:
@@ -110,12 +110,12 @@ def choice(
     valid choices and the closest one (``choice_error``): the one validator of every option that takes a name.
 
     Example:
-        >>> choice("skip", "data.on_missing", ("error", "skip"))
+        >>> choice("skip", "data.images.on_missing", ("error", "skip"))
         'skip'
-        >>> choice("skp", "data.on_missing", ("error", "skip"))
+        >>> choice("skp", "data.images.on_missing", ("error", "skip"))
         Traceback (most recent call last):
         ...
-        pneumo.errors.ConfigError: data.on_missing='skp': choose one of 'error', 'skip' (did you mean 'skip'?)
+        pneumo.errors.ConfigError: data.images.on_missing='skp': choose one of 'error', 'skip' (did you mean 'skip'?)
         >>> choice("fast", "callbacks.performance.matmul_precision", ("highest", "high", "medium", None))
         Traceback (most recent call last):
         ...

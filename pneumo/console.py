@@ -7,8 +7,8 @@ only; any other exception is a bug and keeps its traceback.
 Example:
     >>> from pneumo.errors import ConfigError
     >>> with user_errors():  # doctest: +SKIP
-    ...     raise ConfigError("data.batch_size=0: must be a whole number >= 1")
-    error: data.batch_size=0: must be a whole number >= 1
+    ...     raise ConfigError("data.loader.batch_size=0: must be a whole number >= 1")
+    error: data.loader.batch_size=0: must be a whole number >= 1
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def user_error_in(err: BaseException) -> PneumoError | None:
         >>> from pneumo.errors import ConfigError
         >>> try:
         ...     try:
-        ...         raise ConfigError("data.batch_size=0: must be >= 1")
+        ...         raise ConfigError("data.loader.batch_size=0: must be >= 1")
         ...     except ConfigError as inner:
         ...         raise RuntimeError("Error in call to target 'NIHDataModule'") from inner
         ... except RuntimeError as outer:
         ...     str(user_error_in(outer))
-        'data.batch_size=0: must be >= 1'
+        'data.loader.batch_size=0: must be >= 1'
         >>> user_error_in(KeyError("a bug")) is None
         True
     """
@@ -74,8 +74,8 @@ def one_line(err: BaseException) -> str:
     """The message of ``err`` on one line (inner newlines and runs of spaces collapsed).
 
     Example:
-        >>> one_line(ValueError("bad value" + chr(10) + "  of data.image_size"))
-        'bad value of data.image_size'
+        >>> one_line(ValueError("bad value" + chr(10) + "  of data.images.size"))
+        'bad value of data.images.size'
     """
     return " ".join(str(err).split()) or type(err).__name__
 

@@ -33,21 +33,31 @@ def tiny_overrides(data_root: Path, out: Path) -> list[str]:
         f"data.synthetic.root={data_root}",
         f"data.synthetic.n={TINY_DEMO['n']}",
         f"data.synthetic.size={TINY_DEMO['size']}",
-        "data.image_size=64",
-        "data.batch_size=16",
-        "data.num_workers=0",
+        "data.images.size=64",
+        "data.loader.batch_size=16",
+        "data.loader.num_workers=0",
         f"paths.log_dir={out}",
         f"paths.data_dir={out}/data",
         *TINY_TRAINER,
     ]
 
 
+#: The settings groups of every test data module: 48 px, batches of 8, no workers, no progress bar.
+TINY_GROUPS = {
+    "images": {"size": 48},
+    "loader": {"batch_size": 8, "num_workers": 0},
+    "split": {"val_fraction": 0.2},
+    "cache": {"progress": False},
+}
+
+
 def _tiny_datamodule(locations: dict, overrides: dict):
-    """An ``NIHDataModule`` at test size (48 px, batches of 8, no workers) over ``locations``, with overrides."""
+    """An ``NIHDataModule`` at test size (``TINY_GROUPS``) over ``locations``; ``overrides`` replace locations
+    and keys of the groups (``images={"suffix": ".dcm"}`` keeps the size of ``TINY_GROUPS``)."""
     from pneumo.data.datamodule import NIHDataModule
 
-    args = {"image_size": 48, "batch_size": 8, "num_workers": 0, "val_fraction": 0.2, "progress": False}
-    return NIHDataModule(**{**locations, **args, **overrides})
+    groups = {name: {**values, **(overrides.get(name) or {})} for name, values in TINY_GROUPS.items()}
+    return NIHDataModule(**{**locations, **overrides, **groups})
 
 
 def demo_datamodule(demo_root: Path, **overrides):

@@ -40,21 +40,26 @@ FAST_IO = {
 }
 
 
-def local_dm(demo_root: Path, cache_dir: Path | None, **kw) -> NIHDataModule:
-    return demo_datamodule(
-        demo_root,
-        batch_size=16,
-        cache=cache_dir is not None,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        **kw,
-    )
+def _groups(cache_dir: Path | None, batch_size: int = 16, **images: object) -> dict:
+    """Batches of ``batch_size``, the cache in ``cache_dir`` (``None``: streaming), ``images`` settings."""
+    cache = {"enabled": cache_dir is not None, "dir": str(cache_dir) if cache_dir else None}
+    return {"loader": {"batch_size": batch_size}, "cache": cache, "images": images}
 
 
-def gs_dm(em, bucket: str, cache_dir: Path | None, **kw) -> NIHDataModule:
-    cache = {"cache": cache_dir is not None, "cache_dir": str(cache_dir) if cache_dir else None}
-    return emulator_datamodule(
-        em, bucket, **{"batch_size": 16, "storage": {**FAST_IO, "concurrency": 8}, **cache, **kw}
-    )
+def local_dm(demo_root: Path, cache_dir: Path | None, **images: object) -> NIHDataModule:
+    return demo_datamodule(demo_root, **_groups(cache_dir, **images))
+
+
+def gs_dm(
+    em,
+    bucket: str,
+    cache_dir: Path | None,
+    storage: dict | None = None,
+    batch_size: int = 16,
+    **images: object,
+) -> NIHDataModule:
+    storage = storage or {**FAST_IO, "concurrency": 8}
+    return emulator_datamodule(em, bucket, storage=storage, **_groups(cache_dir, batch_size, **images))
 
 
 def expected_pixels(path: Path, size: int) -> np.ndarray:
@@ -103,11 +108,11 @@ def test_an_epoch_from_cache_needs_no_network_and_no_png(
 
 
 def test_a_new_image_size_makes_a_new_cache_and_keeps_the_old(demo_root: Path, tmp_path: Path) -> None:
-    first = local_dm(demo_root, tmp_path / "cache", image_size=48)
+    first = local_dm(demo_root, tmp_path / "cache", size=48)
     first.prepare_data()
     old_dir = first._image_cache(first._read_index()).dir
     before = digest(old_dir)
-    second = local_dm(demo_root, tmp_path / "cache", image_size=32)
+    second = local_dm(demo_root, tmp_path / "cache", size=32)
     second.prepare_data()
     second.setup("fit")
     new_dir = second.image_cache.dir
@@ -115,7 +120,7 @@ def test_a_new_image_size_makes_a_new_cache_and_keeps_the_old(demo_root: Path, t
     assert digest(old_dir) == before  # not a byte (nor a timestamp) changed
     assert second.image_cache.open().shape[1:] == (32, 32)
     # the same inputs find the same cache again (nothing is fetched)
-    again = local_dm(demo_root, tmp_path / "cache", image_size=48)
+    again = local_dm(demo_root, tmp_path / "cache", size=48)
     again.prepare_data()
     assert digest(old_dir) == before
 
@@ -301,7 +306,7 @@ def test_missing_and_bad_objects_skipped_and_counted(
     # a later run with policy "error" refuses the skipped images by name
     strict = gs_dm(gcs_emulator, bucket, tmp_path / "cache")
     with pytest.raises(
-        FileNotFoundError, match=f"1 image.*missing.*{chosen['missing']}.*data.on_missing=error"
+        FileNotFoundError, match=f"1 image.*missing.*{chosen['missing']}.*data.images.on_missing=error"
     ):
         strict.setup("fit")
 

@@ -11,13 +11,16 @@ import pytest
 from tests.helpers import ROOT, run_cli, tiny_overrides
 
 BAD_VALUES = [
-    ("data.batch_size=0", "data.batch_size=0"),
-    ("data.batch_size=abc", "data.batch_size='abc'"),
-    ("data.image_size=7", "data.image_size=7 is too small"),
+    ("data.loader.batch_size=0", "data.loader.batch_size=0"),
+    ("data.loader.batch_size=abc", "data.loader.batch_size='abc'"),
+    ("data.images.size=7", "data.images.size=7 is too small"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
     ("model.class_weights=[1,2,3]", "model.class_weights"),
     # every option that takes a name: one format (pneumo.config.choice), with the closest name
-    ("data.on_missing=skp", "data.on_missing='skp': choose one of 'error', 'skip' (did you mean 'skip'?)"),
+    (
+        "data.images.on_missing=skp",
+        "data.images.on_missing='skp': choose one of 'error', 'skip' (did you mean 'skip'?)",
+    ),
     ("model.task=multilable", "model.task='multilable': choose one of 'binary', 'multilabel' (did you mean"),
 ]
 
@@ -47,8 +50,8 @@ def test_a_bad_value_stops_before_any_data_work_with_one_line(
 def test_a_batch_of_only_skipped_images_in_a_loader_worker_is_one_line(
     demo_root: Path, tmp_path: Path
 ) -> None:
-    """Streamed (`data.cache=false`) from a folder holding one of the images (enough for the early check that
-    the folder is the right one), the others skipped (`data.on_missing=skip`): a batch with none of them stops
+    """Streamed (`data.cache.enabled=false`) from a folder holding one of the images (enough for the early check that
+    the folder is the right one), the others skipped (`data.images.on_missing=skip`): a batch with none of them stops
     the run, and the loader worker's error reaches the user as one line, not a worker traceback."""
     empty = tmp_path / "one_image"
     empty.mkdir()
@@ -58,9 +61,9 @@ def test_a_batch_of_only_skipped_images_in_a_loader_worker_is_one_line(
             "train.py",
             *tiny_overrides(demo_root, tmp_path),
             f"data.images_url={empty}",
-            "data.cache=false",
-            "data.on_missing=skip",
-            "data.num_workers=1",
+            "data.cache.enabled=false",
+            "data.images.on_missing=skip",
+            "data.loader.num_workers=1",
             "logger=none",
         ],
         cwd=ROOT,

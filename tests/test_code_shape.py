@@ -6,19 +6,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import ROOT
 
 MAX_LINES = 80
-#: Files being split by another change of issue 21; their test is expected to fail until it lands.
-PENDING = ("pneumo/data/datamodule.py", "pneumo/pipelines/")
 
 
-def pneumo_files(pending: bool) -> list[Path]:
-    """The modules of ``pneumo/`` in ``PENDING`` (``pending=True``) or not."""
-    paths = sorted((ROOT / "pneumo").rglob("*.py"))
-    return [p for p in paths if p.relative_to(ROOT).as_posix().startswith(PENDING) == pending]
+def pneumo_files() -> list[Path]:
+    """Every module of ``pneumo/``."""
+    return sorted((ROOT / "pneumo").rglob("*.py"))
 
 
 def long_functions(paths: list[Path], base: Path = ROOT) -> list[str]:
@@ -36,12 +31,7 @@ def long_functions(paths: list[Path], base: Path = ROOT) -> list[str]:
 
 
 def test_no_function_is_longer_than_80_lines() -> None:
-    assert long_functions(pneumo_files(pending=False)) == []
-
-
-@pytest.mark.xfail(strict=False, reason="NIHDataModule.__init__ (94 lines) is being split (issue 21, setA)")
-def test_no_function_is_longer_than_80_lines_in_the_data_module_and_pipelines() -> None:
-    assert long_functions(pneumo_files(pending=True)) == []
+    assert long_functions(pneumo_files()) == []
 
 
 def test_the_walk_finds_a_long_method_and_passes_one_of_80_lines(tmp_path: Path) -> None:

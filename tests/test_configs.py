@@ -46,7 +46,7 @@ def test_option_composes_and_resolves(compose_train, override: str) -> None:
 def test_cpu_options_instantiate(compose_train, override: str, tmp_path: Path) -> None:
     cfg = compose_train([override, "trainer.accelerator=cpu"])
     dm = hydra.utils.instantiate(cfg.data)
-    assert dm.hparams.image_size == cfg.data.image_size
+    assert dm.hparams.images["size"] == dm.image_settings.size == cfg.data.images.size
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     assert sum(p.numel() for p in model.parameters()) > 6_000_000  # DenseNet121 with a 2-class head
     for spec in (cfg.get("callbacks") or {}).values():
@@ -72,11 +72,11 @@ def test_run_dir_layout(compose_train) -> None:
 
 def test_cfg_job_prints_the_composed_config() -> None:
     proc = run_cli(
-        ["train.py", "--cfg", "job", "data.image_size=96", "model.optimizer.lr=3e-4"], cwd=ROOT, timeout=120
+        ["train.py", "--cfg", "job", "data.images.size=96", "model.optimizer.lr=3e-4"], cwd=ROOT, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
-    assert cfg.data.image_size == 96 and cfg.model.optimizer.lr == 3e-4
+    assert cfg.data.images.size == 96 and cfg.model.optimizer.lr == 3e-4
     assert cfg.model.net._target_ == "monai.networks.nets.DenseNet121"
 
 
@@ -87,7 +87,7 @@ def test_chexnet_recipe(compose_train) -> None:
     assert (model.task, model.net.out_channels, model.pretrained, model.class_weights) == (
         "multilabel", 14, "imagenet", None,
     )  # fmt: skip
-    assert (cfg.data.image_size, cfg.data.batch_size) == (224, 16)
+    assert (cfg.data.images.size, cfg.data.loader.batch_size) == (224, 16)
     assert model.optimizer._target_ == "torch.optim.Adam" and model.optimizer.lr == 1e-3
     assert list(model.optimizer.betas) == [0.9, 0.999]
     sched = model.scheduler
@@ -105,6 +105,6 @@ def test_nih_pneumonia_recipe(compose_train) -> None:
     assert (model.task, model.net.out_channels, model.pretrained, model.class_weights) == (
         "binary", 2, "imagenet", "auto",
     )  # fmt: skip
-    assert cfg.data.image_size == 224 and model.optimizer.lr == 1e-4
+    assert cfg.data.images.size == 224 and model.optimizer.lr == 1e-4
     assert model.scheduler.mode == cfg.callbacks.early_stopping.mode == "min"
     assert model.monitor == cfg.callbacks.early_stopping.monitor == cfg.optimized_metric == "val/loss"

@@ -80,7 +80,9 @@ def make_dm(demo_root: Path, **kw) -> NIHDataModule:
 def test_items_shapes_dtypes_ranges(demo_root: Path) -> None:
     dm = make_dm(
         demo_root,
-        augment={"enabled": True, "prob": 1.0, "rotate_degrees": 5, "scale": 0.05, "translate": 0.03},
+        images={
+            "augment": {"enabled": True, "prob": 1.0, "rotate_degrees": 5, "scale": 0.05, "translate": 0.03}
+        },
     )
     dm.setup("fit")
     sizes = {k: len(v) for k, v in dm.datasets.items()}
@@ -100,7 +102,7 @@ def test_items_shapes_dtypes_ranges(demo_root: Path) -> None:
 
 
 def test_eval_items_are_deterministic_and_match_the_file(demo_root: Path) -> None:
-    dm = make_dm(demo_root, image_size=64)
+    dm = make_dm(demo_root, images={"size": 64})
     dm.setup("test")
     item = dm.datasets["test"][3]
     again = dm.datasets["test"][3]

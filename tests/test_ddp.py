@@ -87,14 +87,14 @@ def test_ddp_two_cpu_processes(demo_root: Path, tmp_path: Path, compose_train) -
     # A patient split with odd val (9) and test (21) sizes; batch 5 gives the ranks 3 and 2 test batches.
     data = [
         "data.split_lists=null",
-        "data.test_fraction=0.25",
-        "data.split_seed=0",
-        "data.batch_size=5",
+        "data.split.test_fraction=0.25",
+        "data.split.seed=0",
+        "data.loader.batch_size=5",
     ]
     base = [
         o
         for o in tiny_overrides(demo_root, tmp_path)
-        if not o.startswith(("+trainer.limit_", "data.batch_size"))
+        if not o.startswith(("+trainer.limit_", "data.loader.batch_size"))
     ] + data
     probe = tmp_path / "shards"
     proc = run_cli(

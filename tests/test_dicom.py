@@ -226,8 +226,11 @@ def test_describe_command(png: tuple[str, np.ndarray], demo_root: Path, tmp_path
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"dicom_voi": "lung"}, "data.dicom_voi='lung': choose one of 'auto', 'window', 'full-range'"),
-        ({"image_suffix": "dcm"}, "data.image_suffix='dcm': give a file ending such as .dcm, or null"),
+        (
+            {"images": {"dicom_voi": "lung"}},
+            "data.images.dicom_voi='lung': choose one of 'auto', 'window', 'full-range'",
+        ),
+        ({"images": {"suffix": "dcm"}}, "data.images.suffix='dcm': give a file ending such as .dcm, or null"),
     ],
 )
 def test_dicom_settings_are_checked_before_any_read(demo_root: Path, setting: dict, message: str) -> None:
@@ -241,12 +244,16 @@ def test_header_only_shape(png: tuple[str, np.ndarray]) -> None:
     assert image_shape(dicom_bytes(pixels), "a.dcm") == (5, 7)
 
 
+#: Images named x.png in the index, read from the objects x.dcm.
+DCM = {"suffix": ".dcm"}
+
+
 def test_cache_from_dicom_equals_cache_from_png_byte_for_byte(
     demo_root: Path, dicom_root: Path, tmp_path: Path
 ) -> None:
-    """The demo as DICOM (index names .png, objects .dcm, data.image_suffix=.dcm) caches the PNGs' bytes."""
-    from_png = demo_datamodule(demo_root, cache=True, cache_dir=str(tmp_path / "c"))
-    from_dicom = demo_datamodule(dicom_root, cache=True, cache_dir=str(tmp_path / "c"), image_suffix=".dcm")
+    """The demo as DICOM (index names .png, objects .dcm, data.images.suffix=.dcm) caches the PNGs' bytes."""
+    from_png = demo_datamodule(demo_root, cache={"enabled": True, "dir": str(tmp_path / "c")})
+    from_dicom = demo_datamodule(dicom_root, cache={"enabled": True, "dir": str(tmp_path / "c")}, images=DCM)
     assert not list((dicom_root / "images").glob("*.png"))
     for dm in (from_png, from_dicom):
         dm.prepare_data()
@@ -256,7 +263,7 @@ def test_cache_from_dicom_equals_cache_from_png_byte_for_byte(
     assert a.pixels_path.read_bytes() == b.pixels_path.read_bytes()
     assert json.loads(b.manifest_path.read_text())["cached"] == TINY_DEMO["n"]
     # streaming reads the same .dcm objects and gives the same pixels
-    streamed = demo_datamodule(dicom_root, image_suffix=".dcm")
+    streamed = demo_datamodule(dicom_root, images=DCM)
     streamed.setup("fit")
     item = streamed.datasets["val"][0]
     cached = from_dicom.datasets["val"][0]
@@ -266,7 +273,7 @@ def test_cache_from_dicom_equals_cache_from_png_byte_for_byte(
     original = first.read_bytes()
     try:
         first.write_bytes(dicom_bytes(np.full((64, 64), 7, np.uint8)))
-        rebuilt = demo_datamodule(dicom_root, cache=True, cache_dir=str(tmp_path / "c"), image_suffix=".dcm")
+        rebuilt = demo_datamodule(dicom_root, cache={"enabled": True, "dir": str(tmp_path / "c")}, images=DCM)
         rebuilt.prepare_data()
         rebuilt.setup("fit")
         assert rebuilt.image_cache.manifest()["last_build"]["stale"] == 1
@@ -288,7 +295,7 @@ def test_no_patient_data_leaves_the_files(dicom_root: Path, demo_root: Path, tmp
     args = [
         *tiny_overrides(dicom_root, out),
         "data.synthetic.format=dicom",
-        "data.image_suffix=.dcm",
+        "data.images.suffix=.dcm",
         "callbacks.gradcam_overlay.every_n_epochs=1",
         "eval.bootstrap.resamples=50",
     ]

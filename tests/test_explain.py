@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from pneumo.data.settings import GROUPS, MOVED
 from pneumo.io.checkpoints import CheckpointError
 from pneumo.nih.boxes import BoxList
 from pneumo.nih.index import NIHLabelIndex
@@ -39,8 +40,8 @@ def _reference_probabilities(ckpt: Path, names: list[str]) -> dict[str, float]:
 
     ds = NIHImageDataset(
         index,
-        StreamingSource(dm.store, index.images, dhp["image_size"]),
-        build_tensor_transforms(dhp["image_size"]),
+        StreamingSource(dm.store, index.images, dm.image_settings.size),
+        build_tensor_transforms(dm.image_settings.size),
     )
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
     return dict(zip(index.images.tolist(), model.predict_proba(x).tolist()))
@@ -105,6 +106,37 @@ def test_predicted_label_uses_the_checkpoints_threshold(
         assert row["true_label"] in ("0", "1", 0, 1)
 
 
+def test_a_checkpoint_with_the_flat_data_layout_is_rebuilt_the_same(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """Checkpoints from before the settings groups (issue 21) hold every data setting flat in
+    datamodule_hyper_parameters (image_size, batch_size, cache, cache_dir, ...): load_run (explain.py,
+    train.py train=false) rebuilds the same data module from them, and explain gives the same predictions."""
+    blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    grouped = blob["datamodule_hyper_parameters"]
+    flat = {k: v for k, v in grouped.items() if k not in GROUPS}
+    for old, new in MOVED.items():
+        group, key = new.split(".")
+        if old != "progress":  # never saved in the flat layout
+            flat[old] = grouped[group][key]
+    assert isinstance(flat["cache"], bool) and "image_size" in flat and "images" not in flat
+    blob["datamodule_hyper_parameters"] = flat
+    old = tmp_path / "flat.ckpt"
+    torch.save(blob, old)
+    was, now = load_run(str(old)).datamodule, load_run(str(tiny_ckpt)).datamodule
+    for settings in ("split_settings", "image_settings", "loader_settings", "cache_settings"):
+        assert getattr(was, settings) == getattr(now, settings), settings
+    assert was.hparams == now.hparams  # saved again in the grouped layout
+    assert was.split_images("val") == now.split_images("val")
+    rows = [
+        explain_images(
+            ExplainSettings(str(ckpt), str(tmp_path / name), split="val", progress=False)
+        ).predictions
+        for ckpt, name in ((old, "old"), (tiny_ckpt, "new"))
+    ]
+    assert [(r["image"], r["probability"]) for r in rows[0]] == [
+        (r["image"], r["probability"]) for r in rows[1]
+    ]
+
+
 def test_test_split_scores_localization(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = explain_images(ExplainSettings(str(tiny_ckpt), str(out), split="test", progress=False))
@@ -150,6 +182,9 @@ def test_incompatible_checkpoints_fail_with_one_clear_line(tiny_ckpt: Path, tmp_
     blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
     blob["hyper_parameters"]["net"]["out_channels"] = 3
     torch.save(blob, tmp_path / "shape.ckpt")
+    blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    del blob["datamodule_hyper_parameters"]["images"]
+    torch.save(blob, tmp_path / "no_data.ckpt")
     torch.save(
         {"hyper_parameters": {"net": {}}, "state_dict": {}, "evil": Path("/")}, tmp_path / "pickled.ckpt"
     )
@@ -158,6 +193,7 @@ def test_incompatible_checkpoints_fail_with_one_clear_line(tiny_ckpt: Path, tmp_
         "text.ckpt": "is not a PyTorch checkpoint",
         "shape.ckpt": "does not fit the classifier|cannot be rebuilt",
         "pickled.ckpt": "cannot be loaded safely",
+        "no_data.ckpt": r"lacks datamodule_hyper_parameters\.images\.size \(not written by train\.py\)",
     }
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=message) as err:

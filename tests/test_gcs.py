@@ -23,12 +23,18 @@ from tests.helpers import (
 FAKE_TOKEN = "ya29.FAKE-planted-token-0123456789abcdef"
 
 
+def _sized(kw: dict) -> dict:
+    """64 px and batches of 16 unless ``kw``'s groups say otherwise."""
+    images, loader = kw.get("images") or {}, kw.get("loader") or {}
+    return {**kw, "images": {"size": 64, **images}, "loader": {"batch_size": 16, **loader}}
+
+
 def local_dm(demo_root: Path, **kw) -> NIHDataModule:
-    return demo_datamodule(demo_root, **{"image_size": 64, "batch_size": 16, **kw})
+    return demo_datamodule(demo_root, **_sized(kw))
 
 
 def gs_dm(em, bucket: str, **kw) -> NIHDataModule:
-    return emulator_datamodule(em, bucket, **{"image_size": 64, "batch_size": 16, **kw})
+    return emulator_datamodule(em, bucket, **_sized(kw))
 
 
 def assert_same_eval_batches(a: NIHDataModule, b: NIHDataModule) -> int:
@@ -46,7 +52,12 @@ def assert_same_eval_batches(a: NIHDataModule, b: NIHDataModule) -> int:
 def test_every_request_to_the_requester_pays_bucket_bills_the_project(
     gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
 ) -> None:
-    dm = gs_dm(gcs_emulator, nih_bucket, cache=True, cache_dir=str(tmp_path / "cache"), num_workers=2)
+    dm = gs_dm(
+        gcs_emulator,
+        nih_bucket,
+        cache={"enabled": True, "dir": str(tmp_path / "cache")},
+        loader={"num_workers": 2},
+    )
     dm.prepare_data()  # decoded in 2 worker processes
     dm.setup("fit")
     assert dm.image_cache.manifest()["cached"] == 80
@@ -69,7 +80,7 @@ def test_the_label_file_is_downloaded_once_for_prepare_data_and_setup(
     gcs_emulator, nih_bucket: str, tmp_path: Path
 ) -> None:
     before = len(gcs_emulator.requests_for(nih_bucket))
-    dm = gs_dm(gcs_emulator, nih_bucket, cache=True, cache_dir=str(tmp_path / "cache"))
+    dm = gs_dm(gcs_emulator, nih_bucket, cache={"enabled": True, "dir": str(tmp_path / "cache")})
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")
@@ -81,7 +92,9 @@ def test_the_label_file_is_downloaded_once_for_prepare_data_and_setup(
 def test_streaming_with_workers_feeds_the_tensors_of_a_local_folder(
     gcs_emulator, nih_bucket: str, demo_root: Path
 ) -> None:
-    remote = gs_dm(gcs_emulator, nih_bucket, num_workers=2)  # forked workers re-connect to the store
+    remote = gs_dm(
+        gcs_emulator, nih_bucket, loader={"num_workers": 2}
+    )  # forked workers re-connect to the store
     remote.setup("fit")
     local = local_dm(demo_root)
     local.setup("fit")
@@ -112,11 +125,11 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
             f"data.split_lists.train_val={urls['split_lists']['train_val']}",
             f"data.split_lists.test={urls['split_lists']['test']}",
             f"data.bbox_url=gs://{nih_bucket}/BBox_List_2017.csv",
-            f"data.cache_dir={cache_dir}",
-            "data.image_size=64",
-            "data.batch_size=16",
-            "data.num_workers=0",
-            "data.val_fraction=0.2",
+            f"data.cache.dir={cache_dir}",
+            "data.images.size=64",
+            "data.loader.batch_size=16",
+            "data.loader.num_workers=0",
+            "data.split.val_fraction=0.2",
             f"paths.log_dir={tmp_path}/logs",
             *TINY_TRAINER,
         ],
@@ -137,7 +150,7 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
 
     # the tensors it fed (from the cache it built) equal those of the same images in a local folder
     gcs_emulator.requests.clear()
-    cached = gs_dm(gcs_emulator, nih_bucket, cache=True, cache_dir=str(cache_dir))
+    cached = gs_dm(gcs_emulator, nih_bucket, cache={"enabled": True, "dir": str(cache_dir)})
     cached.setup("fit")
     local = local_dm(demo_root)
     local.setup("fit")

@@ -19,8 +19,8 @@ def test_recipe_config(compose_train) -> None:
     assert (
         cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu" and cfg.trainer.benchmark
     )
-    assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.num_workers) == (224, 128, 12)
-    assert cfg.data.pin_memory is True
+    assert (cfg.data.images.size, cfg.data.loader.batch_size, cfg.data.loader.num_workers) == (224, 128, 12)
+    assert cfg.data.loader.pin_memory is True
     perf = hydra.utils.instantiate(cfg.callbacks.performance)
     assert isinstance(perf, PerformanceTuning) and perf.channels_last and not perf.compile
     # the rest of the default callbacks stay
@@ -69,13 +69,13 @@ def test_throughput_benchmark_cpu_sized(demo_root: Path, tmp_path: Path) -> None
             "experiment=nih_densenet121_224",
             "data=demo",
             "trainer.accelerator=cpu",
-            "data.image_size=64",
-            "data.num_workers=0",
-            "data.pin_memory=false",
+            "data.images.size=64",
+            "data.loader.num_workers=0",
+            "data.loader.pin_memory=false",
             f"data.synthetic.root={demo_root}",
             "data.synthetic.n=80",
             "data.synthetic.size=64",
-            "data.batch_size=8",
+            "data.loader.batch_size=8",
             f"paths.log_dir={tmp_path}/logs",
             f"paths.data_dir={tmp_path}/data",
         ]

@@ -101,7 +101,7 @@ def test_a_changed_shipped_file_is_a_one_line_error_where_it_is_read(
         images_url=str(corrupted_package),  # a local folder: nothing to probe or bill
         labels_url=nih.location("Data_Entry_2017_v2020.csv.gz"),
         split_lists={"train_val": nih.location("train_val_list.txt"), "test": nih.location("test_list.txt")},
-        cache=False,
+        cache={"enabled": False},
     )
     with pytest.raises(nih.ShippedFileError, match="sha256"):
         dm.setup("fit")
@@ -119,7 +119,7 @@ def test_data_nih_trains_from_an_emulator_bucket_holding_only_images(gcs_emulato
     """`data=nih data.images_url=gs://...` and no label/list override: labels, split and boxes are pneumo's.
 
     The bucket holds the first 400 images of NIH's index, drawn synthetic (`--like-index`); the other 111,720
-    are missing and skipped (`data.on_missing=skip`, streamed: no cache build over all of them). Lightning's
+    are missing and skipped (`data.images.on_missing=skip`, streamed: no cache build over all of them). Lightning's
     `overfit_batches` trains on the first sorted batch instead of a random one, which lies among them."""
     first = tmp_path / "first_rows.csv"
     with gzip.open(nih.HERE / "Data_Entry_2017_v2020.csv.gz", "rt") as fh:
@@ -138,11 +138,11 @@ def test_data_nih_trains_from_an_emulator_bucket_holding_only_images(gcs_emulato
             "train.py",
             "data=nih",
             f"data.images_url=gs://{bucket}/png",
-            "data.cache=false",
-            "data.on_missing=skip",
-            "data.image_size=48",
-            "data.batch_size=16",
-            "data.num_workers=0",
+            "data.cache.enabled=false",
+            "data.images.on_missing=skip",
+            "data.images.size=48",
+            "data.loader.batch_size=16",
+            "data.loader.num_workers=0",
             "seed=42",
             f"paths.log_dir={tmp_path}/logs",
             "trainer.accelerator=cpu",
@@ -202,7 +202,7 @@ def test_shipped_files_of_another_install_are_read_from_this_one(tmp_path: Path)
         labels_url=f"{other}/Data_Entry_2017_v2020.csv.gz",
         split_lists={"train_val": f"{other}/train_val_list.txt", "test": f"{other}/test_list.txt"},
         bbox_url=f"file://{other}/BBox_List_2017.csv.gz",
-        cache=False,
+        cache={"enabled": False},
     )
     assert dm.labels_url == str(nih.HERE / "Data_Entry_2017_v2020.csv.gz")
     assert dm.split_lists == {k: str(nih.HERE / f"{k}_list.txt") for k in ("train_val", "test")}

@@ -62,7 +62,7 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
             for o in tiny_overrides(demo_root, tmp_path)
             if not o.startswith(("+trainer.limit_", "data.batch"))
         ],
-        "data.batch_size=4",
+        "data.loader.batch_size=4",
         f"trainer.max_epochs={epochs}",
         f"+trainer.limit_train_batches={batches}",
         "+trainer.num_sanity_val_steps=0",

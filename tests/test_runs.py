@@ -34,7 +34,7 @@ def test_explain_split_is_the_reports_split_when_images_were_skipped(
         (data / "images" / name).unlink()
     overrides = [
         *tiny_overrides(data, tmp_path),
-        "data.on_missing=skip",
+        "data.images.on_missing=skip",
         "logger=none",
         "trainer.max_epochs=1",
     ]

@@ -165,8 +165,7 @@ def test_an_unreachable_endpoint_stops_the_data_module_at_its_one_probe(
     dm = NIHDataModule(
         **nih_urls(nih_bucket),
         storage={"token": "anon", "options": {"endpoint_url": f"http://127.0.0.1:{port}"}},
-        cache=True,
-        cache_dir="unused",
+        cache={"enabled": True, "dir": "unused"},
     )
     with pytest.raises(StorageUnreachableError) as err:
         dm.prepare_data()  # not 300 s of retries of the label file: the probe answers first

@@ -22,7 +22,7 @@ def quick(demo_root: Path, out: Path) -> list[str]:
     keep = [o for o in tiny_overrides(demo_root, out) if not o.startswith(("+trainer.limit_", "data.batch"))]
     return [
         *keep,
-        "data.batch_size=4",
+        "data.loader.batch_size=4",
         "+trainer.limit_train_batches=1",
         "+trainer.num_sanity_val_steps=0",
         "test=false",
@@ -97,8 +97,8 @@ def test_failed_job_is_reported_and_parallel_jobs_stay_apart(demo_root: Path, tm
 @pytest.mark.slow
 def test_optuna_three_trials(demo_root: Path, tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    # data.image_size stays out of the overrides: a command-line value would fix it, not search it
-    overrides = [o for o in quick(demo_root, tmp_path) if not o.startswith("data.image_size=")]
+    # data.images.size stays out of the overrides: a command-line value would fix it, not search it
+    overrides = [o for o in quick(demo_root, tmp_path) if not o.startswith("data.images.size=")]
     proc = run_cli(["train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *overrides], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = the_sweep(tmp_path)
@@ -110,14 +110,14 @@ def test_optuna_three_trials(demo_root: Path, tmp_path: Path) -> None:
         "model.optimizer.lr",
         "model.optimizer.weight_decay",
         "model.class_weights",
-        "data.image_size",
+        "data.images.size",
     }
     for job in range(3):
         cfg = yaml.safe_load((sweep / str(job) / ".hydra" / "config.yaml").read_text())
         assert 1e-5 <= cfg["model"]["optimizer"]["lr"] <= 1e-3
         assert cfg["model"]["optimizer"]["weight_decay"] in (0.0, 1e-5, 1e-4, 1e-3)
         assert cfg["model"]["class_weights"] in ("auto", [1.0, 1.0], [1.0, 3.0])
-        assert cfg["data"]["image_size"] in (64, 96, 128)
+        assert cfg["data"]["images"]["size"] in (64, 96, 128)
         assert not math.isnan(table["metric"][job])
 
 

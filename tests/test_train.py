@@ -95,7 +95,7 @@ def test_train_cli_end_to_end(demo_root: Path, tmp_path: Path) -> None:
     assert all(v > 0 for v in scalars["train/loss"])
     # checkpoints load without unpickling code, and carry the preprocessing to rebuild the data
     blob = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert blob["datamodule_hyper_parameters"]["image_size"] == 64
+    assert blob["datamodule_hyper_parameters"]["images"]["size"] == 64
     assert blob["hyper_parameters"]["net"]["_target_"] == "monai.networks.nets.DenseNet121"
     assert "test/auroc" in proc.stderr + proc.stdout
     train_log = (run / "train.log").read_text()

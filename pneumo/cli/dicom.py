@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("files", nargs="+", help="DICOM files (paths or fsspec URLs)")
     parser.add_argument("--png", nargs="*", default=[], help="PNGs of the same images, in the same order")
-    parser.add_argument("--voi", default="auto", choices=VOI_MODES, help="data.dicom_voi to decode with")
+    parser.add_argument(
+        "--voi", default="auto", choices=VOI_MODES, help="data.images.dicom_voi to decode with"
+    )
     args = parser.parse_args(argv)
     if args.png and len(args.png) != len(args.files):
         parser.error(f"--png names {len(args.png)} file(s) for {len(args.files)} DICOM file(s)")

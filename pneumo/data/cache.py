@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.config import choice
+from pneumo.data.settings import check_policy
 from pneumo.errors import PneumoError
 from pneumo.images.decode import BadImageError
 from pneumo.images.preprocess import Preprocessor
@@ -68,10 +68,9 @@ FORMAT_VERSION = 3
 IDENTITY_BYTES = 16
 TODO, CACHED, MISSING, BAD = 0, 1, 2, 3
 STATUS_NAMES = {TODO: "not done", CACHED: "cached", MISSING: "missing", BAD: "bad image"}
-POLICIES = ("error", "skip")
 
 
-_DISK_FULL_FIX = "free space there or set data.cache_dir to a disk with room for the whole cache"
+_DISK_FULL_FIX = "free space there or set data.cache.dir to a disk with room for the whole cache"
 
 
 class CacheError(PneumoError, RuntimeError):
@@ -105,14 +104,9 @@ def cache_fingerprint(
     return digest.hexdigest()
 
 
-def check_policy(value: str, key: str) -> str:
-    """``value`` if it is one of ``POLICIES`` (``error``, ``skip``), else ``pneumo.config.choice``'s error."""
-    return choice(value, key, POLICIES)
-
-
 @dataclass(frozen=True)
 class _FetchOptions:
-    """How ``ImageCache.build`` treats what it fetches: the ``data.on_missing`` / ``data.on_bad_image``
+    """How ``ImageCache.build`` treats what it fetches: the ``data.images.on_missing`` / ``data.images.on_bad_image``
     policies, the progress display and how often finished entries are committed."""
 
     on_missing: str
@@ -156,12 +150,12 @@ class ImageCache:
     """A resumable, memory-mapped uint8 cache of the images of a label index.
 
     Args:
-        cache_dir: parent folder of caches (``data.cache_dir``); each fingerprint gets a sub-folder.
+        cache_dir: parent folder of caches (``data.cache.dir``); each fingerprint gets a sub-folder.
         images_url: root the images are read from (part of the fingerprint).
         names: image names in array order (the label index's ``Image Index`` column).
-        image_size: side of the stored images (``data.image_size``).
-        image_suffix: the suffix of the objects' names (``data.image_suffix``), part of the fingerprint.
-        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.images.dicom``).
+        image_size: side of the stored images (``data.images.size``).
+        image_suffix: the suffix of the objects' names (``data.images.suffix``), part of the fingerprint.
+        dicom_voi: grey levels of DICOM images (``data.images.dicom_voi``, see ``pneumo.images.dicom``).
     """
 
     def __init__(
@@ -202,7 +196,7 @@ class ImageCache:
 
     def identities_of(self, listed: dict[str, str], suffix: str | None = None) -> np.ndarray:
         """``(count, IDENTITY_BYTES)`` hashes of the listed identity of each image's object (named with
-        ``suffix``, ``data.image_suffix``; absent: the hash of ``""``)."""
+        ``suffix``, ``data.images.suffix``; absent: the hash of ``""``)."""
         out = np.empty((len(self), IDENTITY_BYTES), np.uint8)
         for i, name in enumerate(self.names):
             identity = listed.get(object_name(name, suffix), "")
@@ -327,8 +321,8 @@ class ImageCache:
             StoreUnavailableError, AccessDeniedError: whatever the policy (the build can resume later).
         """
         options = _FetchOptions(
-            check_policy(on_missing, "data.on_missing"),
-            check_policy(on_bad_image, "data.on_bad_image"),
+            check_policy(on_missing, "data.images.on_missing"),
+            check_policy(on_bad_image, "data.images.on_bad_image"),
             progress,
             commit_every_s,
         )
@@ -484,7 +478,7 @@ class ImageCache:
                 f"({counts['missing']} missing, {counts['bad image']} bad): is data.images_url right? "
                 f"(delete {self.dir} to try again)"
             )
-        for kind, key in (("missing", "data.on_missing"), ("bad image", "data.on_bad_image")):
+        for kind, key in (("missing", "data.images.on_missing"), ("bad image", "data.images.on_bad_image")):
             if counts[kind]:
                 log.warning(
                     "%d of %d images skipped as %s (%s=skip), first: %s",

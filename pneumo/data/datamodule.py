@@ -1,20 +1,22 @@
 """``NIHDataModule``: NIH ChestX-ray14 (or the synthetic demo in the same layout) as Lightning data loaders.
 
 The demo set and the real data take the same code path; only the URLs differ (``conf/data/demo.yaml``,
-``conf/data/nih.yaml``). With ``cache=True`` (the default in both configs) ``prepare_data`` fetches, decodes
-and resizes every indexed image once into a memory-mapped uint8 cache (``pneumo.data.cache``) and the loaders
-read only that; with ``cache=False`` every item is streamed from the image store (fetched concurrently per
-batch, in DataLoader workers).
+``conf/data/nih.yaml``). Its settings come in four groups (``pneumo.data.settings``: ``split``, ``images``,
+``loader``, ``cache``) beside the flat locations. With ``cache.enabled`` (the default in both configs)
+``prepare_data`` fetches, decodes and resizes every indexed image once into a memory-mapped uint8 cache
+(``pneumo.data.cache``) and the loaders read only that; otherwise every item is streamed from the image store
+(fetched concurrently per batch, in DataLoader workers).
 
 Example:
     >>> dm = NIHDataModule(images_url="data/nih_demo/images", labels_url="data/nih_demo/Data_Entry_2017.csv",
-    ...                    image_size=64, cache=True, cache_dir="data/cache")  # doctest: +SKIP
+    ...                    images={"size": 64}, cache={"enabled": True, "dir": "data/cache"})  # doctest: +SKIP
     >>> dm.prepare_data(); dm.setup("fit"); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,10 +27,17 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from pneumo.config import to_plain
-from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache, check_policy
+from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache
 from pneumo.data.dataset import NIHImageDataset, StreamingSource
+from pneumo.data.settings import (
+    CacheSettings,
+    ImageSettings,
+    LoaderSettings,
+    SplitSettings,
+    as_config,
+    group_settings,
+)
 from pneumo.errors import ConfigError, PneumoError
-from pneumo.images.dicom import check_voi
 from pneumo.images.preprocess import build_tensor_transforms
 from pneumo.io.reading import translate_error
 from pneumo.io.storage import StorageSettings, redact_url
@@ -69,80 +78,48 @@ class NIHDataModule(L.LightningDataModule):
 
     Args:
         images_url: folder or fsspec URL holding the images named by ``Image Index`` (``gs://bucket/png``),
-            PNG, JPEG or DICOM (``gs://bucket/dicom`` with ``image_suffix=".dcm"``).
+            PNG, JPEG or DICOM (``gs://bucket/dicom`` with ``images.suffix=".dcm"``).
         labels_url: NIH ``Data_Entry_2017*.csv`` (path or URL, plain or ``.gz``).
         split_lists: ``{"train_val": URL, "test": URL}`` (NIH's official lists) or ``None`` for a seeded
             patient-grouped split.
         bbox_url: ``BBox_List_2017.csv`` (for Grad-CAM localization), optional.
         synthetic: parameters of ``pneumo.synthetic.demo`` plus ``root``: generate the demo set there
             once (in ``prepare_data``); ``None`` for real data.
-        image_size: side of the square network input, pixels.
-        views: keep only these view positions (``["PA"]``), ``None`` = all.
-        val_fraction: share of train_val patients held out for validation.
-        test_fraction: share of patients held out for test when ``split_lists`` is ``None``.
-        split_seed: seed of the patient sampling.
-        batch_size, num_workers, pin_memory: ``DataLoader`` settings; the cache build decodes in
-            ``num_workers`` processes too (0 = threads of the main process).
-        augment: train-time augmentation (see ``build_tensor_transforms``), ``None`` for none.
         storage: billing project, Requester Pays, credentials, fsspec options and I/O limits of every read
             (``StorageSettings`` or its config mapping, ``data.storage``); saved without credentials.
-        cache: build and read the local uint8 cache (``True``) or stream every item (``False``).
-        cache_dir: parent folder of caches (required with ``cache=True``).
-        on_missing: ``error`` (stop, naming the object) or ``skip`` (leave it out, count it) for missing objects.
-        on_bad_image: the same for objects that are not a usable image (truncated, empty, not an image, ...).
-        progress: show the cache build's progress bar on a terminal (log lines otherwise).
-        image_suffix: read image ``x.png`` of the index from the object ``x<image_suffix>`` (``.dcm`` for the
-            bucket's ``dicom/`` copy or a demo set written as DICOM); ``None`` = the index's names.
-        dicom_voi: grey levels of DICOM images: ``auto``, ``window`` or ``full-range`` (``pneumo.images.dicom``).
+        split: the patient split (``SplitSettings`` or its mapping: views, fractions, seed).
+        images: image size, object suffix, DICOM grey levels, augmentation, missing/bad image policies
+            (``ImageSettings`` or its mapping).
+        loader: ``DataLoader`` batch size, workers, pinned memory (``LoaderSettings`` or its mapping).
+        cache: the local uint8 image cache (``CacheSettings`` or its mapping: enabled, dir, progress).
     """
 
-    def __init__(  # noqa: PLR0913 - until its arguments are grouped in settings objects (issue 21)
+    def __init__(  # noqa: PLR0913 - one argument per key of conf/data/*.yaml: 6 locations, 4 settings groups
         self,
         images_url: str,
         labels_url: str,
         split_lists: Mapping[str, str] | None = None,
         bbox_url: str | None = None,
         synthetic: Mapping | None = None,
-        image_size: int = 224,
-        views: Sequence[str] | None = None,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        split_seed: int = 0,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        pin_memory: bool = False,
-        augment: Mapping | None = None,
         storage: StorageSettings | Mapping | None = None,
-        cache: bool = False,
-        cache_dir: str | None = None,
-        on_missing: str = "error",
-        on_bad_image: str = "error",
-        progress: bool = True,
-        image_suffix: str | None = None,
-        dicom_voi: str = "auto",
+        split: SplitSettings | Mapping | None = None,
+        images: ImageSettings | Mapping | None = None,
+        loader: LoaderSettings | Mapping | None = None,
+        cache: CacheSettings | Mapping | None = None,
     ) -> None:
         super().__init__()
-        split_lists, synthetic, views, augment = map(to_plain, (split_lists, synthetic, views, augment))
-        if split_lists is not None and set(split_lists) != {"train_val", "test"}:
-            raise ConfigError(
-                f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}"
-            )
-        if cache and not cache_dir:
-            raise ConfigError("data.cache=true needs data.cache_dir (a local folder for the image cache)")
-        check_policy(on_missing, "data.on_missing")
-        check_policy(on_bad_image, "data.on_bad_image")
-        check_voi(dicom_voi, "data.dicom_voi")
-        if image_suffix and not (str(image_suffix).startswith(".") and len(str(image_suffix)) > 1):
-            raise ConfigError(f"data.image_suffix={image_suffix!r}: give a file ending such as .dcm, or null")
-        self.images_url = absolute_location(images_url)
-        # relocated: a checkpoint from another install names its own copy of the shipped NIH files
-        self.labels_url = absolute_location(relocated(labels_url))
-        self.split_lists = (
-            {k: absolute_location(relocated(v)) for k, v in split_lists.items()} if split_lists else None
+        groups = group_settings(
+            {"split_lists": to_plain(split_lists), "split": split, "images": images, "loader": loader,
+             "cache": cache}
+        )  # fmt: skip
+        self.split_settings: SplitSettings = groups["split"]
+        self.image_settings: ImageSettings = groups["images"]
+        self.loader_settings: LoaderSettings = groups["loader"]
+        cache_dir = groups["cache"].dir
+        self.cache_settings: CacheSettings = dataclasses.replace(
+            groups["cache"], dir=absolute_location(cache_dir) if cache_dir else None
         )
-        self.bbox_url = absolute_location(relocated(bbox_url)) if bbox_url else None
-        self.synthetic = dict(synthetic, root=absolute_location(synthetic["root"])) if synthetic else None
-        self.cache_dir = absolute_location(cache_dir) if cache_dir else None
+        self._set_locations(images_url, labels_url, to_plain(split_lists), bbox_url, to_plain(synthetic))
         self.storage = StorageSettings.from_config(storage)
         if (
             self.storage.requester_pays
@@ -153,35 +130,8 @@ class NIHDataModule(L.LightningDataModule):
                 "data.storage.requester_pays is true but data.storage.project is not set (nor "
                 "GOOGLE_CLOUD_PROJECT): reads bill the project of your credentials, and fail if they have none"
             )
-        # Saved in checkpoints so explain/eval rebuild the same preprocessing; credentials stay out.
-        self.save_hyperparameters(
-            {
-                "images_url": redact_url(self.images_url),
-                "labels_url": redact_url(self.labels_url),
-                "split_lists": {k: redact_url(v) for k, v in self.split_lists.items()}
-                if self.split_lists
-                else None,
-                "bbox_url": redact_url(self.bbox_url) if self.bbox_url else None,
-                "synthetic": self.synthetic,
-                "image_size": image_size,
-                "views": views,
-                "val_fraction": val_fraction,
-                "test_fraction": test_fraction,
-                "split_seed": split_seed,
-                "batch_size": batch_size,
-                "num_workers": num_workers,
-                "pin_memory": pin_memory,
-                "augment": augment,
-                "storage": self.storage.to_config(),
-                "cache": bool(cache),
-                "cache_dir": self.cache_dir,
-                "on_missing": on_missing,
-                "on_bad_image": on_bad_image,
-                "image_suffix": image_suffix or None,
-                "dicom_voi": dicom_voi,
-            }
-        )
-        self.progress = progress
+        # Saved in checkpoints so explain/eval rebuild the same data and preprocessing; credentials stay out.
+        self.save_hyperparameters(self.saved_settings())
         self.index: NIHLabelIndex | None = None
         self.split: PatientSplit | None = None
         self.image_cache: ImageCache | None = None
@@ -191,13 +141,53 @@ class NIHDataModule(L.LightningDataModule):
         self.datasets: dict[str, NIHImageDataset] = {}
         self._store: ImageStore | None = None
 
+    def _set_locations(
+        self,
+        images_url: str,
+        labels_url: str,
+        split_lists: Mapping[str, str] | None,
+        bbox_url: str | None,
+        synthetic: Mapping | None,
+    ) -> None:
+        """The data's locations as absolute paths or URLs (``relocated``: a checkpoint from another install
+        names its own copy of the shipped NIH files)."""
+        if split_lists is not None and set(split_lists) != {"train_val", "test"}:
+            raise ConfigError(
+                f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}"
+            )
+        self.images_url = absolute_location(images_url)
+        self.labels_url = absolute_location(relocated(labels_url))
+        self.split_lists = (
+            {k: absolute_location(relocated(v)) for k, v in split_lists.items()} if split_lists else None
+        )
+        self.bbox_url = absolute_location(relocated(bbox_url)) if bbox_url else None
+        self.synthetic = dict(synthetic, root=absolute_location(synthetic["root"])) if synthetic else None
+
+    def saved_settings(self) -> dict[str, Any]:
+        """The arguments that rebuild this data module (``NIHDataModule(**saved)``), URLs redacted and
+        storage without credentials: its hyperparameters, saved in every checkpoint."""
+        return {
+            "images_url": redact_url(self.images_url),
+            "labels_url": redact_url(self.labels_url),
+            "split_lists": {k: redact_url(v) for k, v in self.split_lists.items()}
+            if self.split_lists
+            else None,
+            "bbox_url": redact_url(self.bbox_url) if self.bbox_url else None,
+            "synthetic": self.synthetic,
+            "storage": self.storage.to_config(),
+            "split": as_config(self.split_settings),
+            "images": as_config(self.image_settings),
+            "loader": as_config(self.loader_settings),
+            "cache": as_config(self.cache_settings),
+        }
+
     # ------------------------------------------------------------------ storage
     @property
     def store(self) -> ImageStore:
         """The image store of ``images_url`` (one per data module; re-connects itself in worker processes)."""
         if self._store is None:
             self._store = ImageStore.from_settings(
-                self.storage, self.images_url, suffix=self.hparams.image_suffix
+                self.storage, self.images_url, suffix=self.image_settings.suffix
             )
         return self._store
 
@@ -211,7 +201,7 @@ class NIHDataModule(L.LightningDataModule):
         if self.synthetic:
             params = {k: v for k, v in self.synthetic.items() if k != "root"}
             ensure_synthetic_dataset(self.synthetic["root"], **params)
-        if self.hparams.cache:
+        if self.cache_settings.enabled:
             self._build_cache(self._image_cache(self._read_index()))
 
     def planned_split(self) -> PatientSplit:
@@ -223,15 +213,15 @@ class NIHDataModule(L.LightningDataModule):
             self.index,
             train_val_list=self._read_list(lists["train_val"]) if lists else None,
             test_list=self._read_list(lists["test"]) if lists else None,
-            val_fraction=self.hparams.val_fraction,
-            test_fraction=self.hparams.test_fraction,
-            seed=self.hparams.split_seed,
+            val_fraction=self.split_settings.val_fraction,
+            test_fraction=self.split_settings.test_fraction,
+            seed=self.split_settings.seed,
         )
 
     def split_images(self, split: str) -> list[str]:
         """The images of ``split`` (``train``/``val``/``test``) as the run used them, without reading an
         image: after ``setup`` its split; else the planned split less the images the run skipped
-        (``data.on_missing``/``on_bad_image=skip``), as recorded in its checkpoint or in a complete cache.
+        (``data.images.on_missing``/``on_bad_image=skip``), as recorded in its checkpoint or in a complete cache.
         """
         if split not in SPLITS:
             raise ConfigError(f"split={split!r}: choose one of {list(SPLITS)}")
@@ -240,7 +230,7 @@ class NIHDataModule(L.LightningDataModule):
         planned = self.planned_split().as_dict()[split]
         if self.recorded_skipped is not None:
             left_out = {x for names in self.recorded_skipped.values() for x in names}
-        elif self.hparams.cache and (cache := self._image_cache(self.index)).is_complete():
+        elif self.cache_settings.enabled and (cache := self._image_cache(self.index)).is_complete():
             names = np.asarray(cache.names, dtype=object)
             left_out = set(names[np.isin(cache.status(), (MISSING, BAD))].tolist())
         else:
@@ -260,7 +250,7 @@ class NIHDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.split is None:
             split = self.planned_split()
-            if self.hparams.cache:
+            if self.cache_settings.enabled:
                 cache = self._image_cache(self.index)
                 if not cache.is_complete():
                     log.info(
@@ -290,7 +280,7 @@ class NIHDataModule(L.LightningDataModule):
         sub = self.index.subset(self.split.as_dict()[split])
         use_aug = (split == "train") if augment is None else augment
         transform = build_tensor_transforms(
-            self.hparams.image_size, self.hparams.augment if use_aug else None
+            self.image_settings.size, self.image_settings.augment if use_aug else None
         )
         if self.image_cache is not None:
             source = self.image_cache.source(list(sub.images))
@@ -298,22 +288,22 @@ class NIHDataModule(L.LightningDataModule):
             source = StreamingSource(
                 self.store,
                 sub.images,
-                self.hparams.image_size,
-                on_missing=self.hparams.on_missing,
-                on_bad_image=self.hparams.on_bad_image,
-                dicom_voi=self.hparams.dicom_voi,
+                self.image_settings.size,
+                on_missing=self.image_settings.on_missing,
+                on_bad_image=self.image_settings.on_bad_image,
+                dicom_voi=self.image_settings.dicom_voi,
             )
         return NIHImageDataset(sub, source, transform)
 
     # ------------------------------------------------------------------ cache
     def _image_cache(self, index: NIHLabelIndex) -> ImageCache:
         return ImageCache(
-            self.cache_dir,
+            self.cache_settings.dir,
             self.images_url,
             list(index.images),
-            self.hparams.image_size,
-            image_suffix=self.hparams.image_suffix,
-            dicom_voi=self.hparams.dicom_voi,
+            self.image_settings.size,
+            image_suffix=self.image_settings.suffix,
+            dicom_voi=self.image_settings.dicom_voi,
         )
 
     def _build_cache(self, cache: ImageCache) -> dict:
@@ -321,10 +311,10 @@ class NIHDataModule(L.LightningDataModule):
             self._check_images_present(index_names=cache.names)
         return cache.build(
             self.store,
-            on_missing=self.hparams.on_missing,
-            on_bad_image=self.hparams.on_bad_image,
-            progress=self.progress,
-            workers=self.hparams.num_workers,
+            on_missing=self.image_settings.on_missing,
+            on_bad_image=self.image_settings.on_bad_image,
+            progress=self.cache_settings.progress,
+            workers=self.loader_settings.num_workers,
         )
 
     def _drop_unusable(self, split: PatientSplit, status: np.ndarray) -> PatientSplit:
@@ -333,10 +323,10 @@ class NIHDataModule(L.LightningDataModule):
         for code, kind, key in ((MISSING, "missing", "on_missing"), (BAD, "bad image", "on_bad_image")):
             bad = names[status == code].tolist()
             self.skipped[kind] = bad
-            if bad and self.hparams[key] == "error":
+            if bad and getattr(self.image_settings, key) == "error":
                 raise DataRootError(
                     f"{len(bad)} image(s) of the cache {self.image_cache.dir} are {kind} (e.g. {bad[:5]}), which "
-                    f"an earlier run skipped; data.{key}=error: fix the source or set data.{key}=skip"
+                    f"an earlier run skipped; data.images.{key}=error: fix the source or set data.images.{key}=skip"
                 )
         usable = set(names[status == CACHED].tolist())
         kept = {
@@ -345,7 +335,7 @@ class NIHDataModule(L.LightningDataModule):
         dropped = sum(len(v) for v in split.as_dict().values()) - sum(len(v) for v in kept.values())
         if dropped:
             log.warning(
-                "%d image(s) left out of the splits as missing or bad (data.on_missing/on_bad_image=skip)",
+                "%d image(s) left out of the splits as missing or bad (data.images.on_missing/on_bad_image=skip)",
                 dropped,
             )
             for name, part in kept.items():
@@ -370,7 +360,7 @@ class NIHDataModule(L.LightningDataModule):
             )
         with _explained(self.labels_url):
             self.index = NIHLabelIndex.from_csv(
-                self.labels_url, options, views=self.hparams.views, io=self.storage.io
+                self.labels_url, options, views=self.split_settings.views, io=self.storage.io
             )
         return self.index
 
@@ -414,13 +404,13 @@ class NIHDataModule(L.LightningDataModule):
         return findings.sum(axis=0), len(findings)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
+        workers = self.loader_settings.num_workers
         return DataLoader(
             self.datasets[split],
-            batch_size=self.hparams.batch_size,
+            batch_size=self.loader_settings.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
+            pin_memory=self.loader_settings.pin_memory,
             persistent_workers=workers > 0,
         )
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pneumo.data.cache import PixelDecoder, check_policy
+from pneumo.data.cache import PixelDecoder
+from pneumo.data.settings import check_policy
 from pneumo.errors import PneumoError
 from pneumo.images.decode import BadImageError
 from pneumo.io.reading import ObjectNotFoundError
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class SkippedBatchError(PneumoError, RuntimeError):
-    """Every image of a batch was skipped (``data.on_missing``/``on_bad_image=skip``): the images are not
+    """Every image of a batch was skipped (``data.images.on_missing``/``on_bad_image=skip``): the images are not
     where ``data.images_url`` says, most likely."""
 
     def __init__(self, message: str) -> None:
@@ -52,7 +53,7 @@ class StreamingSource:
         image_size: side of the resized image.
         on_missing: ``error`` or ``skip`` for objects that do not exist.
         on_bad_image: ``error`` or ``skip`` for objects that are not a usable image.
-        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.images.dicom``).
+        dicom_voi: grey levels of DICOM images (``data.images.dicom_voi``, see ``pneumo.images.dicom``).
     """
 
     def __init__(
@@ -66,8 +67,8 @@ class StreamingSource:
     ) -> None:
         self.store, self.names = store, names
         self.decode = PixelDecoder(store, image_size, dicom_voi)
-        self.on_missing = check_policy(on_missing, "data.on_missing")
-        self.on_bad_image = check_policy(on_bad_image, "data.on_bad_image")
+        self.on_missing = check_policy(on_missing, "data.images.on_missing")
+        self.on_bad_image = check_policy(on_bad_image, "data.images.on_bad_image")
         self.skipped: list[str] = []
 
     def __len__(self) -> int:

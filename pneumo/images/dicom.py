@@ -6,7 +6,7 @@ overlay callback all read DICOM through this one step. The grey levels follow th
 
 1. Modality LUT: ``RescaleSlope``/``RescaleIntercept`` (or a Modality LUT Sequence), pydicom's
    ``apply_modality_lut``;
-2. VOI: chosen by ``voi`` (``data.dicom_voi``, ``explain.py dicom_voi=``):
+2. VOI: chosen by ``voi`` (``data.images.dicom_voi``, ``explain.py dicom_voi=``):
 
    - ``auto``: the file's VOI LUT Sequence, else its Window Center/Width (the first one), else the full range;
    - ``window``: the file's Window Center/Width (a VOI LUT Sequence is ignored); a file without one is a bad
@@ -20,7 +20,7 @@ Only the tags of the pixel pipeline are parsed (``PIXEL_TAGS``): patient name, I
 every other header value are never read, so they cannot reach a log, a message or an output. Multi-frame,
 colour, pixel-less files and compressed transfer syntaxes without an installed decoder raise
 ``BadImageError`` naming the file (and ``pip install "pneumo[dicom]"`` where that is the fix), for the
-``data.on_bad_image`` policy.
+``data.images.on_bad_image`` policy.
 
 Example:
     >>> import numpy as np
@@ -51,7 +51,7 @@ from pydicom.uid import (
 from pneumo.config import choice
 from pneumo.images.limits import MAX_PIXELS, BadImageError
 
-#: Choices of ``data.dicom_voi`` (see the module docstring).
+#: Choices of ``data.images.dicom_voi`` (see the module docstring).
 VOI_MODES = ("auto", "window", "full-range")
 #: What installs the decoders of compressed transfer syntaxes (pylibjpeg and its plugins).
 DICOM_EXTRA = 'pip install "pneumo[dicom]"'
@@ -101,7 +101,7 @@ EXTRA_SYNTAXES = frozenset(
 )
 
 
-def check_voi(value: str, key: str = "data.dicom_voi") -> str:
+def check_voi(value: str, key: str = "data.images.dicom_voi") -> str:
     """``value`` if it is one of ``VOI_MODES``, else ``pneumo.config.choice``'s error naming ``key``.
 
     Example:
@@ -209,7 +209,7 @@ def _values_of_interest(
         return apply_windowing(values, ds), lo, hi
     if voi == "window":
         raise BadImageError(
-            f"{name}: DICOM file without Window Center/Width, which data.dicom_voi=window requires "
+            f"{name}: DICOM file without Window Center/Width, which data.images.dicom_voi=window requires "
             "(use auto or full-range)"
         )
     return values, lo, hi

@@ -64,7 +64,7 @@ def free_bytes(path: str | os.PathLike) -> int | None:
 
 def disk_full_error(path: str | os.PathLike, needed: int | None, fix: str) -> DiskFullError:
     """The one-line error of a write of ``needed`` bytes to ``path`` that found no space; ``fix`` says what
-    to do (e.g. ``"free space there or set data.cache_dir to a larger disk"``).
+    to do (e.g. ``"free space there or set data.cache.dir to a larger disk"``).
 
     Example:
         >>> str(disk_full_error("/data/x.ckpt", 3 * 1024**2, "free space"))  # doctest: +ELLIPSIS

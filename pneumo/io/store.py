@@ -41,7 +41,7 @@ def is_url(path: str) -> bool:
 
 def object_name(name: str, suffix: str | None = None) -> str:
     """The object holding the image ``name`` of a label index: ``name`` itself, or its stem + ``suffix``
-    (``data.image_suffix``: the bucket's ``dicom/`` copy names NIH's ``x.png`` as ``x.dcm``).
+    (``data.images.suffix``: the bucket's ``dicom/`` copy names NIH's ``x.png`` as ``x.dcm``).
 
     Example:
         >>> object_name("00000001_000.png", ".dcm"), object_name("00000001_000.png")
@@ -76,7 +76,7 @@ class ImageStore:
         concurrency: requests in flight in ``map_unordered`` / ``map_ordered``.
         request_timeout_s, retry_deadline_s, retry_backoff_s, retry_backoff_max_s: how each object's read is
             retried (``pneumo.io.reading.Retries``).
-        suffix: objects are named by the image name's stem + ``suffix`` (``data.image_suffix``, e.g.
+        suffix: objects are named by the image name's stem + ``suffix`` (``data.images.suffix``, e.g.
             ``.dcm``); ``None`` = by the image name itself.
 
     Example:
@@ -126,7 +126,7 @@ class ImageStore:
     @classmethod
     def from_settings(cls, settings: StorageSettings, root: str, suffix: str | None = None) -> ImageStore:
         """An ``ImageStore`` reading ``root`` with ``settings``' options and I/O limits (``suffix``: objects
-        named by the image name's stem + ``suffix``, ``data.image_suffix``)."""
+        named by the image name's stem + ``suffix``, ``data.images.suffix``)."""
         return cls(root, settings.options_for(root), suffix=suffix, **settings.io)
 
     # ------------------------------------------------------------------ process-local state

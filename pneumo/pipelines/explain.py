@@ -386,7 +386,7 @@ def open_session(settings: ExplainSettings, out: Path) -> _Session:
         run=run,
         options=run.storage,
         dicom_voi=check_voi(
-            saved.get("dicom_voi", "auto") if settings.dicom_voi is None else settings.dicom_voi
+            run.datamodule.image_settings.dicom_voi if settings.dicom_voi is None else settings.dicom_voi
         ),
         labels_url=saved.get("labels_url") if settings.labels_url is None else settings.labels_url,
         bbox_url=saved.get("bbox_url") if settings.bbox_url is None else settings.bbox_url,
@@ -399,7 +399,7 @@ def image_refs(session: _Session) -> list[ImageRef]:
     settings, run = session.settings, session.run
     skipped: list[str] = []
     if settings.split is not None:
-        # The split as the run used it: the same images left out as missing or bad (data.on_missing=skip).
+        # The split as the run used it: the same images left out as missing or bad (data.images.on_missing=skip).
         refs = [
             ImageRef(name, run.image_location(name)) for name in run.datamodule.split_images(settings.split)
         ]

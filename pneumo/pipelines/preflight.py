@@ -1,27 +1,29 @@
 """Checks of a ``train.py`` run that need no data, done before the first image is fetched.
 
-A typo such as ``data.batch_size=0`` or ``data.image_size=7`` must not cost the hours of building the image
+A typo such as ``data.loader.batch_size=0`` or ``data.images.size=7`` must not cost the hours of building the image
 cache of 112,120 NIH images before it shows. ``train`` calls ``check_train_config`` on the composed config
 before anything is instantiated, and ``check_network_input`` on the model before ``fit``: each bad value
 stops the run with one ``ConfigError`` line naming the key and the fix.
 
 Example:
     >>> from omegaconf import OmegaConf
-    >>> check_train_config(OmegaConf.create({"train": True, "data": {"batch_size": 0}}))
+    >>> check_train_config(OmegaConf.create({"train": True, "data": {"loader": {"batch_size": 0}}}))
     Traceback (most recent call last):
     ...
-    pneumo.errors.ConfigError: data.batch_size=0: must be a whole number >= 1
+    pneumo.errors.ConfigError: data.loader.batch_size=0: must be a whole number >= 1
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from pneumo.config import checked_number
+from pneumo.data.settings import MOVED, group_settings
 from pneumo.errors import ConfigError
 from pneumo.io.store import is_url
 
@@ -60,36 +62,8 @@ def check_train_config(cfg: DictConfig) -> None:
         ConfigError: the first bad value (one line: key, value, what is valid).
     """
     data, trainer = cfg.get("data"), cfg.get("trainer")
-    _check_numbers(data, "data", {
-        "image_size": (int, 1, None, False, False),
-        "batch_size": (int, 1, None, False, False),
-        "num_workers": (int, 0, None, False, False),
-        "val_fraction": (float, 0, 1, True, True),
-        "test_fraction": (float, 0, 1, False, True),
-    })  # fmt: skip
     if data is not None:
-        if data.get("split_lists") is None and data.get("val_fraction") is not None:
-            total = float(data.val_fraction) + float(data.get("test_fraction") or 0)
-            if total >= 1:
-                raise ConfigError(
-                    f"data.val_fraction + data.test_fraction = {total:g} leaves no train patient: keep the sum < 1"
-                )
-        _check_numbers(data.get("synthetic"), "data.synthetic", {
-            "n": (int, 10, None, False, False),
-            "size": (int, 8, None, False, False),
-            "pneumonia_fraction": (float, 0, 1, True, True),
-        })  # fmt: skip
-        augment = data.get("augment")
-        if augment is not None and augment.get("enabled", True):
-            _check_numbers(augment, "data.augment", {
-                "prob": (float, 0, 1, False, False),
-                "rotate_degrees": (float, 0, 180, False, False),
-                "scale": (float, 0, 1, False, True),
-                "translate": (float, 0, 1, False, True),
-                "noise_std": (float, 0, None, False, False),
-            })  # fmt: skip
-        if data.get("cache"):
-            _check_parent_writable(data.get("cache_dir"), "data.cache_dir")
+        _check_data(data)
     _check_numbers(trainer, "trainer", {
         "max_epochs": (int, -1, None, False, False),
         "min_epochs": (int, 0, None, False, False),
@@ -111,6 +85,64 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_parent_writable(cfg.get("paths", {}).get("log_dir"), "paths.log_dir")
 
 
+def check_moved_keys(data: Any) -> None:
+    """A data config that still uses a key of the flat layout (before the settings groups of issue 21, e.g.
+    from an old experiment file or ``+data.batch_size=8``) is a ``ConfigError`` saying where it went.
+
+    Example:
+        >>> check_moved_keys({"batch_size": 8})
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: data.batch_size moved to data.loader.batch_size: write data.loader.batch_size=8
+    """
+    for key, value in (data or {}).items():
+        if key in MOVED and not (key == "cache" and isinstance(value, Mapping)):
+            raise ConfigError(
+                f"data.{key} moved to data.{MOVED[key]}: write data.{MOVED[key]}={_override_value(value)}"
+            )
+
+
+def check_overrides(args: Sequence[str]) -> None:
+    """Command-line overrides of a key of the flat data layout (``data.batch_size=8``) are a
+    ``ConfigError`` saying where the key went, before Hydra refuses them with a longer message.
+
+    Example:
+        >>> check_overrides(["data.loader.batch_size=8", "trainer.max_epochs=1"])
+        >>> check_overrides(["data.image_size=64,96"])
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: data.image_size moved to data.images.size: write data.images.size=64,96
+    """
+    for arg in args:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
+            continue
+        key, _, value = arg.lstrip("+~").partition("=")
+        parts = key.split(".")
+        if len(parts) == 2 and parts[0] == "data" and parts[1] in MOVED and not value.startswith("{"):
+            new = f"data.{MOVED[parts[1]]}"
+            raise ConfigError(f"{key} moved to {new}: write {new}={value or '...'}")
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def _check_data(data: DictConfig) -> None:
+    """The data settings groups built and checked (``pneumo.data.settings``), the synthetic set's numbers,
+    and a writable cache folder."""
+    check_moved_keys(data)
+    groups = group_settings(data)
+    _check_numbers(data.get("synthetic"), "data.synthetic", {
+        "n": (int, 10, None, False, False),
+        "size": (int, 8, None, False, False),
+        "pneumonia_fraction": (float, 0, 1, True, True),
+    })  # fmt: skip
+    if groups["cache"].enabled:
+        _check_parent_writable(groups["cache"].dir, "data.cache.dir")
+
+
 def _check_trains_something(trainer: DictConfig) -> None:
     """``train=true`` with settings under which Lightning would train no batch is a mistake, not a run."""
     evaluate = "to evaluate a checkpoint without training use train=false ckpt_path=CKPT"
@@ -129,7 +161,7 @@ def _check_trains_something(trainer: DictConfig) -> None:
 
 
 def check_network_input(
-    net: nn.Module, image_size: int, in_channels: int = 1, key: str = "data.image_size"
+    net: nn.Module, image_size: int, in_channels: int = 1, key: str = "data.images.size"
 ) -> None:
     """Run ``net`` once on a blank ``in_channels x image_size x image_size`` image (no gradients, eval
     mode, then its mode restored): a size the network cannot take (MONAI's DenseNet121 halves the side
@@ -141,7 +173,7 @@ def check_network_input(
         >>> check_network_input(DenseNet121(spatial_dims=2, in_channels=1, out_channels=2), 7)
         Traceback (most recent call last):
         ...
-        pneumo.errors.ConfigError: data.image_size=7 is too small for the network model.net (monai DenseNet121): it needs at least 29 px
+        pneumo.errors.ConfigError: data.images.size=7 is too small for the network model.net (monai DenseNet121): it needs at least 29 px
     """
     size = int(image_size)
     if _takes(net, size, in_channels):

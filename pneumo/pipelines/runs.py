@@ -5,7 +5,7 @@ hyperparameters (URLs, split settings, image size, cache and skip policies, stor
 credentials) and the data module's state (the images it left out as missing or bad). ``load_run`` gives back
 
 - the model (eval mode, its operating point as saved, or re-chosen by another rule),
-- its data module, not set up: the same split, the same skipped images (``data.on_missing=skip``) and the
+- its data module, not set up: the same split, the same skipped images (``data.images.on_missing=skip``) and the
   same preprocessing as the run, and
 - its storage settings (the saved ones, with what this command overrides: credentials, emulator options).
 
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from pneumo.data.datamodule import NIHDataModule
+from pneumo.data.settings import GROUPS, RUNTIME_KEYS, grouped, is_flat
 from pneumo.io.checkpoints import CheckpointError, read_checkpoint
 from pneumo.io.storage import StorageSettings
 from pneumo.io.store import absolute_location, object_name
@@ -34,8 +35,9 @@ from pneumo.models.classifier import PneumoniaClassifier
 
 log = logging.getLogger(__name__)
 
-#: Data-module settings a command may change without changing the data (how, not what, is read).
-RUNTIME_DATA_KEYS = ("batch_size", "num_workers", "pin_memory", "progress", "cache_dir")
+#: Data-module settings a command may change without changing the data (how, not what, is read):
+#: ``group.key`` of ``pneumo.data.settings``.
+RUNTIME_DATA_KEYS = RUNTIME_KEYS
 
 
 @dataclass
@@ -49,12 +51,12 @@ class Run:
 
     @property
     def image_size(self) -> int:
-        """Side of the network input, pixels (the run's ``data.image_size``)."""
-        return int(self.datamodule.hparams["image_size"])
+        """Side of the network input, pixels (the run's ``data.images.size``)."""
+        return int(self.datamodule.image_settings.size)
 
     def image_location(self, name: str) -> str:
         """URL or path of one image of the run's data set."""
-        suffix = self.datamodule.hparams.get("image_suffix")
+        suffix = self.datamodule.image_settings.suffix
         return f"{str(self.datamodule.images_url).rstrip('/')}/{object_name(name, suffix)}"
 
 
@@ -71,8 +73,8 @@ def load_run(
         ckpt_path: a ``.ckpt`` written by ``train.py`` (path or URL).
         storage: ``StorageSettings`` keys that replace the checkpoint's (``None`` values keep the saved
             ones): credentials and endpoints of this machine, never saved.
-        data: data-module settings of this command; only ``RUNTIME_DATA_KEYS`` are taken (the others
-            would change the data and are the checkpoint's).
+        data: data-module settings of this command (``data``, grouped); only ``RUNTIME_DATA_KEYS`` are
+            taken (the others would change the data and are the checkpoint's).
         operating_point: a rule that replaces the saved one (``eval.threshold``); validation re-applies it.
         map_location: device of the weights.
 
@@ -89,9 +91,11 @@ def load_run(
         raise CheckpointError(
             f"ckpt_path={ckpt_path} is not a pneumo classifier checkpoint (no hyper_parameters.net/state_dict)"
         )
-    if not isinstance(dhp, Mapping) or "image_size" not in dhp:
+    # Checkpoints from before the settings groups (issue 21) saved every data setting flat.
+    dhp = grouped(dhp) if isinstance(dhp, Mapping) and is_flat(dhp) else dhp
+    if not isinstance(dhp, Mapping) or not (dhp.get("images") or {}).get("size"):
         raise CheckpointError(
-            f"ckpt_path={ckpt_path} lacks datamodule_hyper_parameters.image_size (not written by train.py)"
+            f"ckpt_path={ckpt_path} lacks datamodule_hyper_parameters.images.size (not written by train.py)"
         )
     # Checkpoints from before data.storage saved project / requester_pays at the top level.
     saved = dict(dhp.get("storage") or {k: dhp[k] for k in ("project", "requester_pays") if k in dhp})
@@ -140,5 +144,35 @@ def _rebuild_model(
 
 def _rebuild_datamodule(dhp: Mapping, settings: StorageSettings, data: Mapping | None) -> NIHDataModule:
     args = {k: v for k, v in dict(dhp).items() if k not in ("project", "requester_pays", "storage", "io")}
-    runtime = {k: v for k, v in dict(data or {}).items() if k in RUNTIME_DATA_KEYS and v is not None}
-    return NIHDataModule(**{**args, **runtime}, storage=settings)
+    return NIHDataModule(**with_runtime(args, data), storage=settings)
+
+
+def with_runtime(saved: Mapping, data: Mapping | None) -> dict[str, Any]:
+    """The saved (grouped) data-module arguments with this command's ``RUNTIME_DATA_KEYS`` (those not
+    ``None``) in place of the saved ones.
+
+    Example:
+        >>> with_runtime({"loader": {"batch_size": 32, "num_workers": 4}, "images": {"size": 64}},
+        ...              {"loader": {"batch_size": 8}, "images": {"size": 224}})
+        {'loader': {'batch_size': 8, 'num_workers': 4}, 'images': {'size': 64}}
+    """
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in dict(saved).items()}
+    given = grouped(data) if data and is_flat(data) else dict(data or {})
+    for path in RUNTIME_DATA_KEYS:
+        group, key = path.split(".")
+        value = (given.get(group) or {}).get(key) if isinstance(given.get(group), Mapping) else None
+        if value is not None:
+            out.setdefault(group, {})[key] = value
+    return out
+
+
+def setting_paths(data: Mapping) -> dict[str, Any]:
+    """A data config or saved hyperparameters as ``{"images.size": 64, "images_url": ..., ...}``: the
+    settings groups' keys as ``group.key``, every other key as it is (for comparing two of them)."""
+    out: dict[str, Any] = {}
+    for key, value in dict(data).items():
+        if key in GROUPS and isinstance(value, Mapping):
+            out.update({f"{key}.{name}": v for name, v in value.items()})
+        else:
+            out[key] = value
+    return out

@@ -22,7 +22,7 @@ from pneumo.config import to_plain
 from pneumo.errors import ConfigError
 from pneumo.io.storage import redact_secrets
 from pneumo.pipelines.preflight import check_network_input, check_train_config
-from pneumo.pipelines.runs import RUNTIME_DATA_KEYS, Run, load_run
+from pneumo.pipelines.runs import RUNTIME_DATA_KEYS, Run, load_run, setting_paths
 from pneumo.reporting.model_card import card_fields, record_test_results, write_model_card
 from pneumo.reporting.outputs import write_evaluation
 from pneumo.reporting.report import EvalSettings
@@ -88,9 +88,9 @@ def load_run_of(cfg: DictConfig) -> Run:
     data = dict(to_plain(cfg.get("data")) or {})
     log.info("rebuilding the run of %s (model, data module, storage settings)", path)
     run = load_run(path, storage=data.get("storage"), data=data, operating_point=rule)
-    saved = dict(run.datamodule.hparams)
+    saved, given = setting_paths(run.datamodule.hparams), setting_paths(data)
     differing = sorted(
-        k for k, v in data.items()
+        k for k, v in given.items()
         if k in saved and k not in RUNTIME_DATA_KEYS and k != "storage" and v != saved[k]
     )  # fmt: skip
     if differing:
@@ -153,7 +153,8 @@ def build_model_and_data(cfg: DictConfig) -> tuple[L.LightningModule, L.Lightnin
         datamodule = hydra.utils.instantiate(cfg.data)
         log.info("instantiating model <%s>", cfg.model._target_)
         model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    image_size = getattr(datamodule, "hparams", {}).get("image_size")
+    image_settings = getattr(datamodule, "image_settings", None)
+    image_size = getattr(image_settings, "size", None)
     net = getattr(model, "net", None)
     if image_size is not None and isinstance(net, torch.nn.Module):
         # a pretrained RGB network gets the grey image replicated to its channels (model.input_norm)

@@ -69,7 +69,7 @@ def data_fields(datamodule: Any) -> dict:
     hp = datamodule.hparams
     lists = dict(hp.get("split_lists") or {})
     raw_lists = dict(getattr(datamodule, "split_lists", None) or {})
-    index, split = datamodule.index, datamodule.split
+    index, split, split_settings = datamodule.index, datamodule.split, datamodule.split_settings
     parts = split.as_dict()
     split.check_disjoint(index)  # raises if a patient is in two splits: never a card that claims otherwise
     counts = {}
@@ -95,10 +95,10 @@ def data_fields(datamodule: Any) -> dict:
         "split_rule": (
             "official lists (patient-disjoint), validation carved from train_val by patient"
             if raw_lists
-            else f"random patient split (val {hp['val_fraction']}, test {hp['test_fraction']})"
+            else f"random patient split (val {split_settings.val_fraction}, test {split_settings.test_fraction})"
         )
-        + f", split seed {hp['split_seed']}",
-        "views": hp.get("views"),
+        + f", split seed {split_settings.seed}",
+        "views": split_settings.views,
         "images": {
             "indexed": len(index),
             "used": used,

@@ -15,7 +15,7 @@ in (some visible: cardiomegaly, effusion, nodule, mass; the rest label-only) so 
 Unlike NIH (boxes only on test images) every opacity gets a box, so validation overlays can show them too.
 With ``format="dicom"`` (``--format dicom``) each image is written as a DICOM file instead,
 ``OUT/images/00000001_000.dcm`` (8-bit MONOCHROME2, the same pixels), while the CSVs keep NIH's ``.png``
-names, as in Google's bucket (``png/`` and ``dicom/``): train on it with ``data.image_suffix=.dcm``. Its
+names, as in Google's bucket (``png/`` and ``dicom/``): train on it with ``data.images.suffix=.dcm``. Its
 headers carry planted identifiers (``planted_identifiers``: patient name and ID, birth date, study date,
 institution, referring physician), all starting with ``PLANTED``, to check that none leaves the file.
 Output is deterministic per seed and may go to any fsspec URL (a local folder, ``gs://``, ``memory://``).

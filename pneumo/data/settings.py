@@ -1,0 +1,237 @@
+"""The settings groups of ``NIHDataModule`` (``conf/data/*.yaml``), each checked once when it is made.
+
+The locations stay flat at ``data.`` (``images_url``, ``labels_url``, ``split_lists``, ``bbox_url``,
+``synthetic``, ``storage``: what users override most); the rest is grouped by what it decides:
+
+- ``data.split`` (``SplitSettings``): which images go where: ``views``, ``val_fraction``, ``test_fraction``,
+  ``seed``;
+- ``data.images`` (``ImageSettings``): how one image is read and turned into the network input: ``size``,
+  ``suffix``, ``dicom_voi``, ``augment``, and what a missing or unusable one does (``on_missing``,
+  ``on_bad_image``: with or without the cache);
+- ``data.loader`` (``LoaderSettings``): ``batch_size``, ``num_workers``, ``pin_memory``;
+- ``data.cache`` (``CacheSettings``): the local uint8 image cache: ``enabled``, ``dir``, ``progress``.
+
+``MOVED`` maps every key of the flat layout (before issue 21) to its new place: ``grouped`` rebuilds a
+checkpoint saved with the flat layout, and a run given an old key is told where it went.
+
+Example:
+    >>> LoaderSettings(batch_size=8).num_workers
+    4
+    >>> grouped({"images_url": "x", "image_size": 64, "batch_size": 8, "cache": True, "cache_dir": "c"})
+    {'images_url': 'x', 'images': {'size': 64}, 'loader': {'batch_size': 8}, 'cache': {'enabled': True, 'dir': 'c'}}
+    >>> SplitSettings(val_fraction=1.5)
+    Traceback (most recent call last):
+    ...
+    pneumo.errors.ConfigError: data.split.val_fraction=1.5: must be a number > 0 and < 1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pneumo.config import checked_number, choice, settings_from, to_plain
+from pneumo.errors import ConfigError
+from pneumo.images.dicom import check_voi
+
+#: What a missing object or an unusable image does: stop naming it, or leave it out and count it.
+POLICIES = ("error", "skip")
+
+
+def check_policy(value: str, key: str) -> str:
+    """``value`` if it is one of ``POLICIES`` (``error``, ``skip``), else ``pneumo.config.choice``'s error."""
+    return choice(value, key, POLICIES)
+
+
+@dataclass
+class SplitSettings:
+    """``data.split``: the patient split.
+
+    Attributes:
+        views: keep only these view positions (``["PA"]``); ``None`` = all.
+        val_fraction: share of train_val patients held out for validation.
+        test_fraction: share of patients held out for test when ``data.split_lists`` is ``None``.
+        seed: seed of the patient sampling (``${seed}`` in the configs).
+    """
+
+    views: list[str] | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.views = [str(v) for v in to_plain(self.views)] if self.views is not None else None
+        key = "data.split."
+        self.val_fraction = float(checked_number(self.val_fraction, key + "val_fraction", float, 0, 1,
+                                                 low_open=True, high_open=True))  # fmt: skip
+        self.test_fraction = float(checked_number(self.test_fraction, key + "test_fraction", float, 0, 1,
+                                                  high_open=True))  # fmt: skip
+        self.seed = int(checked_number(self.seed, key + "seed", int))
+
+
+#: ``data.images.augment``'s numbers: ``key: (low, high, high_open)``.
+_AUGMENT_RANGES = {
+    "prob": (0, 1, False),
+    "rotate_degrees": (0, 180, False),
+    "scale": (0, 1, True),
+    "translate": (0, 1, True),
+    "noise_std": (0, None, False),
+}
+
+
+@dataclass
+class ImageSettings:
+    """``data.images``: one image, from the object to the network input.
+
+    Attributes:
+        size: side of the square network input, pixels.
+        suffix: read image ``x.png`` of the index from the object ``x<suffix>`` (``.dcm`` for the bucket's
+            ``dicom/`` copy or a demo set written as DICOM); ``None`` = the index's names.
+        dicom_voi: grey levels of DICOM images: ``auto``, ``window`` or ``full-range`` (``pneumo.images.dicom``).
+        augment: train-time augmentation (``enabled``, ``prob``, ``rotate_degrees``, ``scale``, ``translate``,
+            ``noise_std``; see ``build_tensor_transforms``), ``None`` for none.
+        on_missing: ``error`` (stop, naming the object) or ``skip`` (leave it out, count it) for missing objects.
+        on_bad_image: the same for objects that are not a usable image (truncated, empty, not an image, ...).
+    """
+
+    size: int = 224
+    suffix: str | None = None
+    dicom_voi: str = "auto"
+    augment: dict[str, Any] | None = None
+    on_missing: str = "error"
+    on_bad_image: str = "error"
+
+    def __post_init__(self) -> None:
+        self.size = int(checked_number(self.size, "data.images.size", int, 1))
+        suffix = self.suffix or None
+        if suffix is not None and not (str(suffix).startswith(".") and len(str(suffix)) > 1):
+            raise ConfigError(f"data.images.suffix={suffix!r}: give a file ending such as .dcm, or null")
+        self.suffix = None if suffix is None else str(suffix)
+        check_voi(self.dicom_voi, "data.images.dicom_voi")
+        check_policy(self.on_missing, "data.images.on_missing")
+        check_policy(self.on_bad_image, "data.images.on_bad_image")
+        self.augment = dict(to_plain(self.augment)) if self.augment is not None else None
+        if self.augment is not None and self.augment.get("enabled", True):
+            for name, (low, high, high_open) in _AUGMENT_RANGES.items():
+                if self.augment.get(name) is not None:
+                    checked_number(self.augment[name], f"data.images.augment.{name}", float, low, high,
+                                   high_open=high_open)  # fmt: skip
+
+
+@dataclass
+class LoaderSettings:
+    """``data.loader``: the ``DataLoader`` settings; the cache build decodes in ``num_workers`` processes
+    too (0 = threads of the main process)."""
+
+    batch_size: int = 32
+    num_workers: int = 4
+    pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        self.batch_size = int(checked_number(self.batch_size, "data.loader.batch_size", int, 1))
+        self.num_workers = int(checked_number(self.num_workers, "data.loader.num_workers", int, 0))
+        self.pin_memory = bool(self.pin_memory)
+
+
+@dataclass
+class CacheSettings:
+    """``data.cache``: decode and resize every indexed image once into a memory-mapped uint8 cache
+    (``enabled``) under ``dir``, or stream every item every epoch; ``progress``: the build's progress bar
+    (on a terminal; log lines otherwise)."""
+
+    enabled: bool = False
+    dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.enabled, self.progress = bool(self.enabled), bool(self.progress)
+        if self.enabled and not self.dir:
+            raise ConfigError(
+                "data.cache.enabled=true needs data.cache.dir (a local folder for the image cache)"
+            )
+
+
+#: The groups: ``NIHDataModule``'s argument (and ``data.<name>`` key) -> its settings class.
+GROUPS: dict[str, type] = {
+    "split": SplitSettings,
+    "images": ImageSettings,
+    "loader": LoaderSettings,
+    "cache": CacheSettings,
+}
+
+#: Every key of the flat ``data.`` layout (checkpoints and configs before issue 21) -> its place now.
+MOVED = {
+    "views": "split.views",
+    "val_fraction": "split.val_fraction",
+    "test_fraction": "split.test_fraction",
+    "split_seed": "split.seed",
+    "image_size": "images.size",
+    "image_suffix": "images.suffix",
+    "dicom_voi": "images.dicom_voi",
+    "augment": "images.augment",
+    "on_missing": "images.on_missing",
+    "on_bad_image": "images.on_bad_image",
+    "batch_size": "loader.batch_size",
+    "num_workers": "loader.num_workers",
+    "pin_memory": "loader.pin_memory",
+    "cache": "cache.enabled",
+    "cache_dir": "cache.dir",
+    "progress": "cache.progress",
+}
+
+#: Settings a command may change without changing the data (how, not what, is read): ``group.key``.
+RUNTIME_KEYS = (
+    "loader.batch_size",
+    "loader.num_workers",
+    "loader.pin_memory",
+    "cache.dir",
+    "cache.progress",
+)
+
+
+def is_flat(data: Mapping) -> bool:
+    """Whether ``data`` (a data config or a checkpoint's data-module hyperparameters) has the flat layout:
+    a key of ``MOVED`` at the top (``cache`` only as the old true/false)."""
+    return any(k in data and not (k == "cache" and isinstance(data[k], Mapping)) for k in MOVED)
+
+
+def grouped(data: Mapping) -> dict[str, Any]:
+    """``data`` in the grouped layout: each flat key of ``MOVED`` moved into its group (the groups' other
+    keys and every key already grouped kept as they are). Checkpoints written before the groups existed
+    are rebuilt through this."""
+    out: dict[str, Any] = {}
+    moved: dict[str, dict[str, Any]] = {}
+    for key, value in dict(data).items():
+        if key in MOVED and not (key == "cache" and isinstance(value, Mapping)):
+            group, name = MOVED[key].split(".")
+            moved.setdefault(group, {})[name] = value
+        else:
+            out[key] = value
+    for group, values in moved.items():
+        out[group] = {**dict(out.get(group) or {}), **values}
+    return out
+
+
+def group_settings(data: Mapping) -> dict[str, Any]:
+    """The four groups of a (grouped) data config, built and checked: ``{"split": SplitSettings, ...}``;
+    a group absent from ``data`` takes its defaults, a key that is not a setting is a ``ConfigError``
+    naming ``data.<group>.<key>``. The fractions must leave train patients when there are no split lists.
+    """
+    settings: dict[str, Any] = {
+        name: settings_from(cls, data.get(name), f"data.{name}") for name, cls in GROUPS.items()
+    }
+    split = settings["split"]
+    if data.get("split_lists") is None and split.val_fraction + split.test_fraction >= 1:
+        total = split.val_fraction + split.test_fraction
+        raise ConfigError(
+            f"data.split.val_fraction + data.split.test_fraction = {total:g} leaves no train patient: "
+            "keep the sum < 1"
+        )
+    return settings
+
+
+def as_config(settings: Any) -> dict[str, Any]:
+    """A settings group as a plain mapping (saved in checkpoints, read back by ``settings_from``)."""
+    return dataclasses.asdict(settings)
