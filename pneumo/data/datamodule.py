@@ -27,7 +27,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from pneumo.config import to_plain
-from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache
+from pneumo.data.cache import BAD, CACHED, MISSING, CachedSource, ImageCache
 from pneumo.data.dataset import NIHImageDataset, StreamingSource
 from pneumo.data.settings import (
     CacheSettings,
@@ -230,7 +230,7 @@ class NIHDataModule(L.LightningDataModule):
         planned = self.planned_split().as_dict()[split]
         if self.recorded_skipped is not None:
             left_out = {x for names in self.recorded_skipped.values() for x in names}
-        elif self.cache_settings.enabled and (cache := self._image_cache(self.index)).is_complete():
+        elif self.cache_settings.enabled and (cache := self._image_cache(self._read_index())).is_complete():
             names = np.asarray(cache.names, dtype=object)
             left_out = set(names[np.isin(cache.status(), (MISSING, BAD))].tolist())
         else:
@@ -249,21 +249,21 @@ class NIHDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is None:
-            split = self.planned_split()
+            split, index = self.planned_split(), self._read_index()
             if self.cache_settings.enabled:
-                cache = self._image_cache(self.index)
+                cache = self._image_cache(index)
                 if not cache.is_complete():
                     log.info(
                         "the image cache is not built yet (prepare_data was not called): building it now"
                     )
                     self._build_cache(cache)
                 self.image_cache = cache
-                split = self._drop_unusable(split, cache.status())
+                split = self._drop_unusable(split, cache)
             else:
                 self._check_images_present()
             self.split = split
-            for name, images in self.split.as_dict().items():
-                sub = self.index.subset(images)
+            for name, images in split.as_dict().items():
+                sub = index.subset(images)
                 log.info(
                     "%s split: %d images, %d patients, %d pneumonia",
                     name,
@@ -277,11 +277,13 @@ class NIHDataModule(L.LightningDataModule):
 
     def make_dataset(self, split: str, augment: bool | None = None) -> NIHImageDataset:
         """The dataset of one split; ``augment`` defaults to True for train only."""
-        sub = self.index.subset(self.split.as_dict()[split])
+        index, splits = self._set_up()
+        sub = index.subset(splits.as_dict()[split])
         use_aug = (split == "train") if augment is None else augment
         transform = build_tensor_transforms(
             self.image_settings.size, self.image_settings.augment if use_aug else None
         )
+        source: CachedSource | StreamingSource
         if self.image_cache is not None:
             source = self.image_cache.source(list(sub.images))
         else:
@@ -297,6 +299,7 @@ class NIHDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ cache
     def _image_cache(self, index: NIHLabelIndex) -> ImageCache:
+        assert self.cache_settings.dir is not None  # CacheSettings: enabled needs a dir
         return ImageCache(
             self.cache_settings.dir,
             self.images_url,
@@ -317,15 +320,16 @@ class NIHDataModule(L.LightningDataModule):
             workers=self.loader_settings.num_workers,
         )
 
-    def _drop_unusable(self, split: PatientSplit, status: np.ndarray) -> PatientSplit:
+    def _drop_unusable(self, split: PatientSplit, cache: ImageCache) -> PatientSplit:
         """Leave images the cache marked missing/bad out of the splits (policy ``skip``), or fail (``error``)."""
-        names = np.asarray(self.image_cache.names, dtype=object)
+        status = cache.status()
+        names = np.asarray(cache.names, dtype=object)
         for code, kind, key in ((MISSING, "missing", "on_missing"), (BAD, "bad image", "on_bad_image")):
             bad = names[status == code].tolist()
             self.skipped[kind] = bad
             if bad and getattr(self.image_settings, key) == "error":
                 raise DataRootError(
-                    f"{len(bad)} image(s) of the cache {self.image_cache.dir} are {kind} (e.g. {bad[:5]}), which "
+                    f"{len(bad)} image(s) of the cache {cache.dir} are {kind} (e.g. {bad[:5]}), which "
                     f"an earlier run skipped; data.images.{key}=error: fix the source or set data.images.{key}=skip"
                 )
         usable = set(names[status == CACHED].tolist())
@@ -371,7 +375,7 @@ class NIHDataModule(L.LightningDataModule):
     def _check_images_present(self, index_names: Sequence[str] | None = None) -> None:
         """Fail early when the image root is missing or holds none of a few indexed images."""
         store = self.store
-        names = index_names if index_names is not None else self.index.images
+        names = index_names if index_names is not None else self._read_index().images
         if store.protocol in ("file", "local") and not store.exists():
             raise DataRootError(f"image root {self.images_url} does not exist. {self._how_to_get_data()}")
         sample = [str(name) for name in names[:: max(1, len(names) // 3)][:3]]
@@ -389,18 +393,23 @@ class NIHDataModule(L.LightningDataModule):
         )
 
     # ------------------------------------------------------------------ loaders
-    def train_class_counts(self) -> np.ndarray:
-        """Images per class (negative, positive) in the train split, for class weighting."""
+    def _set_up(self) -> tuple[NIHLabelIndex, PatientSplit]:
+        """The label index and the split (``setup`` first when it has not run)."""
         if self.split is None:
             self.setup("fit")
-        y = self.index.subset(self.split.train).pneumonia
+        assert self.index is not None and self.split is not None
+        return self.index, self.split
+
+    def train_class_counts(self) -> np.ndarray:
+        """Images per class (negative, positive) in the train split, for class weighting."""
+        index, split = self._set_up()
+        y = index.subset(split.train).pneumonia
         return np.bincount(y, minlength=2)
 
     def train_finding_counts(self) -> tuple[np.ndarray, int]:
         """Train images with each of the 14 findings, and train images in all, for BCE ``pos_weight``."""
-        if self.split is None:
-            self.setup("fit")
-        findings = self.index.subset(self.split.train).findings
+        index, split = self._set_up()
+        findings = index.subset(split.train).findings
         return findings.sum(axis=0), len(findings)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
