@@ -24,12 +24,12 @@ pytestmark = pytest.mark.slow
 
 #: A run of seconds: the tiny demo set (written under ./data of the working directory), two batches a split.
 TINY_TRAIN = [
-    "data.image_size=64",
+    "data.images.size=64",
     "trainer.max_epochs=1",
     "data.synthetic.n=80",
     "data.synthetic.size=64",
-    "data.batch_size=16",
-    "data.num_workers=0",
+    "data.loader.batch_size=16",
+    "data.loader.num_workers=0",
     "trainer.accelerator=cpu",
     "+trainer.limit_train_batches=2",
     "+trainer.limit_val_batches=2",
