@@ -95,6 +95,16 @@ def test_threshold_is_chosen_on_validation_never_silently_on_the_evaluated_file(
         report["threshold"]["value"] == select_threshold(y_val, v["probability"].to_numpy(), "youden").value
     )
     assert report["threshold"]["chosen_on"].startswith("val_predictions")
+    # the record training saves in checkpoints (OperatingPoint), with the figures at the chosen threshold
+    from pneumo.stats.metrics import threshold_metrics
+    from pneumo.stats.threshold import OperatingPoint
+
+    at = threshold_metrics(y_val, v["probability"].to_numpy(), report["threshold"]["value"])
+    assert report["threshold"] == OperatingPoint.from_dict(report["threshold"]).to_dict()
+    assert report["threshold"]["val"] == {
+        "images": len(v), "positives": int(y_val.sum()), "sensitivity": at["sensitivity"],
+        "specificity": at["specificity"],
+    }  # fmt: skip
     assert not any("evaluated images themselves" in m for m in report["messages"])
     with pytest.raises(EvaluateError, match="in both predictions"):
         evaluate_files(

@@ -235,3 +235,24 @@ def test_without_patient_ids_every_message_names_images() -> None:
     assert report["metrics"]["auroc"]["note"] == "no interval: every positive image comes from one image"
     assert any("the bootstrap resamples images" in m for m in report["messages"])
     assert "patient" not in json.dumps(report["metrics"])
+
+
+def test_the_operating_point_record_of_an_older_checkpoint_reads_with_its_gaps_filled() -> None:
+    """Checkpoints from before some keys of the record existed: the report's entry names the rule and
+    assumes validation chose it; a record of a multi-label run keeps its per-finding thresholds."""
+    from pneumo.stats.threshold import OperatingPoint
+
+    old = OperatingPoint.from_dict({"rule": "youden", "value": 0.4}, chosen_on="val")
+    assert old == OperatingPoint(rule="youden", value=0.4, chosen_on="val")
+    assert OperatingPoint.from_dict(None, rule="fixed 0.5", value=0.5).to_dict() == {
+        "rule": "fixed 0.5", "value": 0.5, "chosen_on": None, "epoch": None, "val": None, "note": None,
+    }  # fmt: skip
+    multi = OperatingPoint.from_dict({"rule": "youden", "value": 0.3, "thresholds": {"Mass": 0.2}})
+    assert multi.to_dict()["thresholds"] == {"Mass": 0.2}
+    frame = pd.DataFrame(
+        {"image": ["a", "b"], "patient": ["1", "2"], "probability": [0.2, 0.7], "label": [0, 1]}
+    )
+    entry = build_report(frame, 0.4, EvalSettings(resamples=20), operating_point={"rule": "youden"})[
+        "threshold"
+    ]
+    assert (entry["rule"], entry["value"], entry["chosen_on"], entry["epoch"]) == ("youden", 0.4, "val", None)

@@ -97,6 +97,8 @@ def test_report_of_a_run_and_of_its_checkpoint(compose_train, demo_root: Path, t
     assert len(scalars["val/threshold"]) == 2
     assert blob["state_dict"]["threshold"].item() == pytest.approx(scalars["val/threshold"][epoch], abs=1e-6)
     assert blob["operating_point"]["epoch"] == epoch == report["threshold"]["epoch"]
+    # one record (OperatingPoint): the checkpoint's and the report's hold the same keys and figures
+    assert report["threshold"] == {k: v for k, v in blob["operating_point"].items() if k != "thresholds"}
     assert t == pytest.approx(blob["state_dict"]["threshold"].item(), abs=1e-7)
 
     # 5. One command evaluates the checkpoint and writes the same report.

@@ -53,7 +53,7 @@ from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, 
 from pneumo.models.tasks import pneumonia_column, task_named
 from pneumo.stats.metrics import average_precision, threshold_metrics
 from pneumo.stats.temperature import fit_temperature
-from pneumo.stats.threshold import DEFAULT_RULE, ThresholdRule, select_threshold
+from pneumo.stats.threshold import DEFAULT_RULE, OperatingPoint, ThresholdRule, select_threshold
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +225,9 @@ class PneumoniaClassifier(L.LightningModule):
         self.register_buffer("class_weights", weights)
         # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
         # A fixed rule holds from the start (a run without validation tests at it); the others start at 0.5.
-        fixed = self.operating_point_rule.kind == "fixed"
-        target = self.operating_point_rule.target  # set for every fixed rule
-        initial = float(target) if fixed and target is not None else 0.5
+        #: How ``threshold`` was chosen (rule, epoch, validation figures); saved in checkpoints.
+        self.operating_point: dict[str, Any] = OperatingPoint.initial(self.operating_point_rule).to_dict()
+        initial = float(self.operating_point["value"])
         self.register_buffer("threshold", torch.tensor(initial))
         # Divides every logit before the softmax / sigmoid; 1 until fitted (model.temperature=fit).
         self.register_buffer(
@@ -242,15 +242,6 @@ class PneumoniaClassifier(L.LightningModule):
         }
         if self.task.findings:  # one threshold per finding; ``threshold`` is the pneumonia one
             self.register_buffer("thresholds", torch.full((len(self.task.findings),), initial))
-        #: How ``threshold`` was chosen (rule, epoch, validation figures); saved in checkpoints.
-        self.operating_point: dict[str, Any] = {
-            "rule": str(self.operating_point_rule),
-            "value": initial,
-            "chosen_on": "fixed" if fixed else None,
-            "epoch": None,
-            "val": None,
-            "note": None if fixed else "not chosen on validation yet (initial 0.5)",
-        }
 
     @staticmethod
     def _weights_of(class_weights: Any, n_out: int) -> torch.Tensor:
@@ -480,25 +471,15 @@ class PneumoniaClassifier(L.LightningModule):
             log.warning("operating point: %s", note)
         elif note:
             log.warning("operating point: %s", note)
-        at = threshold_metrics(y, p, float(self.threshold))
         epoch = self.current_epoch if self.trainer.state.fn == "fit" else self.checkpoint_epoch
-        self.operating_point = {
-            "rule": str(rule),
-            "value": float(self.threshold),
-            "chosen_on": "fixed" if rule.kind == "fixed" else "val",
-            "epoch": epoch,
-            "val": {
-                "images": len(y),
-                "positives": int(np.sum(y)),
-                "sensitivity": None if np.isnan(at["sensitivity"]) else at["sensitivity"],
-                "specificity": None if np.isnan(at["specificity"]) else at["specificity"],
-            },
-            "note": note,
-        }
-        if self.task.findings:
-            self.operating_point["thresholds"] = dict(
-                zip(self.task.findings, map(float, self.thresholds.tolist()))
-            )
+        per_finding = (
+            dict(zip(self.task.findings, map(float, self.thresholds.tolist())))
+            if self.task.findings
+            else None
+        )
+        self.operating_point = OperatingPoint.chosen(
+            rule, y, p, float(self.threshold), "val", epoch=epoch, note=note, thresholds=per_finding
+        ).to_dict()
 
     def _log_split_metrics(self, stage: str, outputs: EvalOutputs) -> None:
         """Log AUROC/AUPRC and the metrics at the threshold, computed on the gathered predictions."""

@@ -35,9 +35,8 @@ from pneumo.nih.shipped import shipped_path
 from pneumo.reporting.outputs import write_outputs
 from pneumo.reporting.predictions import read_predictions
 from pneumo.reporting.report import EvalSettings, build_report
-from pneumo.stats.metrics import threshold_metrics
 from pneumo.stats.temperature import fit_temperature, logit_of, scaled_probability
-from pneumo.stats.threshold import ThresholdRule, select_threshold
+from pneumo.stats.threshold import OperatingPoint, ThresholdRule, select_threshold
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +77,11 @@ def _operating_point(
     frame: pd.DataFrame,
     choose_on_evaluated: bool,
     names: Mapping,
-) -> dict:
+) -> OperatingPoint:
+    """Where and how ``rule`` sets the threshold: fixed; on the validation predictions; on the evaluated
+    images only when asked (``choose_on_evaluated``, with a note that the figures are optimistic)."""
     if rule.kind == "fixed":
-        return {"rule": str(rule), "value": rule.target, "chosen_on": "fixed"}
+        return OperatingPoint.initial(rule)
     if val is not None:
         on, chosen_on, note = val, f"val_predictions ({names['val']})", None
     elif choose_on_evaluated:
@@ -99,19 +100,8 @@ def _operating_point(
     choice = select_threshold(y, p, rule)
     if choice.value is None:
         raise EvaluateError(f"eval.threshold={rule} cannot be chosen on {chosen_on}: {choice.note}")
-    at = threshold_metrics(y, p, choice.value)
-    return {
-        "rule": str(rule),
-        "value": choice.value,
-        "chosen_on": chosen_on,
-        "val": {
-            "images": len(y),
-            "positives": int(y.sum()),
-            "sensitivity": None if np.isnan(at["sensitivity"]) else at["sensitivity"],
-            "specificity": None if np.isnan(at["specificity"]) else at["specificity"],
-        },
-        "note": "; ".join(n for n in (note, choice.note) if n) or None,
-    }
+    notes = "; ".join(n for n in (note, choice.note) if n) or None
+    return OperatingPoint.chosen(rule, y, p, choice.value, chosen_on, note=notes)
 
 
 @dataclass
@@ -204,9 +194,9 @@ def evaluate_files(settings: EvaluateSettings) -> dict:
     op = _operating_point(rule, val, frame, settings.choose_on_evaluated, names)
     report = build_report(
         frame,
-        float(op["value"]),
+        op.value,
         settings.eval,
-        operating_point=op,
+        operating_point=op.to_dict(),
         split=settings.split,
         temperature=temperature,
     )

@@ -43,7 +43,7 @@ from pneumo.stats.metrics import (
 )
 from pneumo.stats.subgroups import subgroup_masks
 from pneumo.stats.temperature import probability_nll, scaled_probability
-from pneumo.stats.threshold import DEFAULT_RULE, ThresholdRule
+from pneumo.stats.threshold import DEFAULT_RULE, OperatingPoint, ThresholdRule
 
 #: Display names of the metrics, in report order.
 METRIC_NAMES = {
@@ -495,15 +495,9 @@ def build_report(
 
 def _operating_point_entry(threshold: float, settings: EvalSettings, operating_point: Mapping | None) -> dict:
     """The report's record of the threshold: its value and how it was chosen (rule, split, epoch, note)."""
-    op = dict(operating_point or {})
-    return {
-        "value": threshold,
-        "rule": op.get("rule", str(ThresholdRule.parse(settings.threshold))),
-        "chosen_on": op.get("chosen_on", "val"),
-        "epoch": op.get("epoch"),
-        "val": op.get("val"),
-        "note": op.get("note"),
-    }
+    rule = str(ThresholdRule.parse(settings.threshold))
+    op = OperatingPoint.from_dict(operating_point, rule=rule, value=threshold, chosen_on="val")
+    return replace(op, value=threshold, thresholds=None).to_dict()
 
 
 def _coverage_messages(n: int, split: str, split_counts: Mapping | None, unit: str) -> list[str]:

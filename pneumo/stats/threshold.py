@@ -23,13 +23,15 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pneumo.config import choice_error
 from pneumo.errors import ConfigError
-from pneumo.stats.metrics import RankedScores
+from pneumo.stats.metrics import RankedScores, threshold_metrics
 
 _TARGET = re.compile(r"^(sensitivity|specificity)@([0-9]*\.?[0-9]+)$")
 #: The named rules (``sensitivity@`` / ``specificity@`` take any target in (0, 1]) and the other form a rule takes.
@@ -144,3 +146,118 @@ def select_threshold(y: np.ndarray, probs: np.ndarray, rule: str | float | Thres
             )
         k = int(ok[-1])
     return ThresholdChoice(_between(ranked.thresholds, k), str(parsed))
+
+
+#: The threshold a data-driven rule starts from, before validation has chosen one.
+INITIAL_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How a threshold was set: the one record of it, saved in checkpoints (``operating_point``), written
+    into the report (``threshold``) and from there into the model card, by training and by the evaluate
+    command alike (``to_dict`` / ``from_dict``).
+
+    Attributes:
+        rule: the rule as text (``youden``, ``sensitivity@0.9``, ``fixed 0.5``).
+        value: the threshold (an image is positive when its probability is ``>= value``).
+        chosen_on: ``fixed``; ``val`` (training's validation split); where the evaluate command chose it
+            (``val_predictions (PATH)``...); ``None`` before validation chose one.
+        epoch: the epoch whose validation chose it (training); ``None`` otherwise.
+        val: ``images``, ``positives``, ``sensitivity``, ``specificity`` at ``value`` on the images it was
+            chosen on (``None`` where undefined or not chosen yet).
+        note: what qualifies the choice (a split without positives, chosen on the evaluated images...).
+        thresholds: multi-label models: the threshold of each finding (the same rule), by finding.
+
+    Example:
+        >>> y = np.array([0, 0, 0, 1, 1]); p = np.array([0.1, 0.2, 0.6, 0.5, 0.9])
+        >>> op = OperatingPoint.chosen(ThresholdRule.parse("youden"), y, p, 0.35, "val", epoch=3)
+        >>> op.val
+        {'images': 5, 'positives': 2, 'sensitivity': 1.0, 'specificity': 0.6666666666666666}
+        >>> OperatingPoint.from_dict(op.to_dict()) == op
+        True
+    """
+
+    rule: str
+    value: float
+    chosen_on: str | None = None
+    epoch: int | None = None
+    val: dict[str, Any] | None = None
+    note: str | None = None
+    thresholds: dict[str, float] | None = None
+
+    @classmethod
+    def initial(cls, rule: ThresholdRule) -> OperatingPoint:
+        """Before any validation: a fixed rule holds from the start; the others start at ``INITIAL_THRESHOLD``."""
+        if rule.kind == "fixed" and rule.target is not None:
+            return cls(rule=str(rule), value=float(rule.target), chosen_on="fixed")
+        note = f"not chosen on validation yet (initial {INITIAL_THRESHOLD:g})"
+        return cls(rule=str(rule), value=INITIAL_THRESHOLD, note=note)
+
+    @classmethod
+    def chosen(
+        cls,
+        rule: ThresholdRule,
+        y: np.ndarray,
+        probs: np.ndarray,
+        value: float,
+        chosen_on: str,
+        *,
+        epoch: int | None = None,
+        note: str | None = None,
+        thresholds: Mapping[str, float] | None = None,
+    ) -> OperatingPoint:
+        """The record of ``value`` set by ``rule`` on the images of labels ``y`` and probabilities ``probs``
+        (``chosen_on`` names them; a fixed rule is ``fixed`` whatever they are), with the sensitivity and
+        specificity it has there."""
+        y = np.asarray(y)
+        at = threshold_metrics(y, np.asarray(probs), float(value))
+        figures: dict[str, Any] = {"images": len(y), "positives": int(np.sum(y))}
+        figures.update({k: None if np.isnan(at[k]) else at[k] for k in ("sensitivity", "specificity")})
+        return cls(
+            rule=str(rule),
+            value=float(value),
+            chosen_on="fixed" if rule.kind == "fixed" else chosen_on,
+            epoch=epoch,
+            val=figures,
+            note=note,
+            thresholds=dict(thresholds) if thresholds is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain values (checkpoints, report.json); ``thresholds`` only when there are some."""
+        record: dict[str, Any] = {
+            "rule": self.rule,
+            "value": self.value,
+            "chosen_on": self.chosen_on,
+            "epoch": self.epoch,
+            "val": None if self.val is None else dict(self.val),
+            "note": self.note,
+        }
+        if self.thresholds is not None:
+            record["thresholds"] = dict(self.thresholds)
+        return record
+
+    @classmethod
+    def from_dict(
+        cls,
+        record: Mapping[str, Any] | None,
+        rule: str = "youden",
+        value: float = INITIAL_THRESHOLD,
+        chosen_on: str | None = None,
+    ) -> OperatingPoint:
+        """A record as ``to_dict`` wrote it, or as an older pneumo saved it (keys missing: ``rule``,
+        ``value`` and ``chosen_on`` stand in for those three, the others are ``None``)."""
+        got = dict(record or {})
+        val, thresholds = got.get("val"), got.get("thresholds")
+        return cls(
+            rule=str(got.get("rule", rule)),
+            value=float(got.get("value", value)),
+            chosen_on=got.get("chosen_on", chosen_on),
+            epoch=got.get("epoch"),
+            val=dict(val) if isinstance(val, Mapping) else None,
+            note=got.get("note"),
+            thresholds={str(k): float(v) for k, v in thresholds.items()}
+            if isinstance(thresholds, Mapping)
+            else None,
+        )
