@@ -22,6 +22,7 @@ import pneumo
 from pneumo.errors import PneumoError
 from pneumo.pipelines.evaluate import EvaluateSettings, evaluate_files
 from pneumo.pipelines.explain import ExplainSettings, explain_images
+from pneumo.pipelines.predict import preprocessor
 
 
 @dataclass
@@ -85,6 +86,9 @@ def test_predict_gives_explain_predictions_for_paths_a_folder_and_arrays(
     arrays = pneumo.predict(run, [*pixels[:3], np.stack([pixels[3]] * 3, axis=-1), paths[4]])
     assert arrays["image"].tolist() == ["array_0", "array_1", "array_2", "array_3", paths[4].name]
     np.testing.assert_allclose(arrays["probability"], table["probability"], rtol=1e-6)
+    # DICOM grey levels as the run read them (data.images.dicom_voi), like the explain command.
+    run.datamodule.image_settings.dicom_voi = "window"
+    assert preprocessor(run).dicom_voi == "window" and preprocessor(run).image_size == 64
     with pytest.raises(PneumoError, match=r"images\[0\]: a numpy image must be .* uint8, got float64"):
         pneumo.predict(run, [np.zeros((8, 8))])
     with pytest.raises(PneumoError, match=r"nowhere\.png"):

@@ -114,6 +114,11 @@ def _items(images: Images, run: Run) -> list[_Item]:
     return items
 
 
+def preprocessor(run: Run) -> Preprocessor:
+    """The run's preprocessing of one image: its input size and its DICOM grey levels."""
+    return Preprocessor(run.image_size, dicom_voi=check_voi(run.dicom_voi))
+
+
 def _batches(
     run: Run, images: Images, batch_size: int, num_workers: int
 ) -> Iterator[tuple[list[_Item], torch.Tensor, list[tuple[int, int]]]]:
@@ -122,9 +127,7 @@ def _batches(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     items = _items(images, run)
-    preprocess = Preprocessor(
-        run.image_size, dicom_voi=check_voi(run.datamodule.hparams.get("dicom_voi", "auto"))
-    )
+    preprocess = preprocessor(run)
     device = next(run.model.parameters()).device
 
     def load(item: _Item) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -54,6 +54,11 @@ class Run:
         """Side of the network input, pixels (the run's ``data.images.size``)."""
         return int(self.datamodule.image_settings.size)
 
+    @property
+    def dicom_voi(self) -> str:
+        """Grey levels of DICOM images as the run read them (its ``data.images.dicom_voi``)."""
+        return str(self.datamodule.image_settings.dicom_voi)
+
     def image_location(self, name: str) -> str:
         """URL or path of one image of the run's data set."""
         suffix = self.datamodule.image_settings.suffix
