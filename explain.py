@@ -5,63 +5,7 @@ See ``conf/explain.yaml`` and README, "Explain predictions". Exit status: 0 when
 incompatible checkpoint, inputs that do not exist).
 """
 
-from __future__ import annotations
-
-import logging
-import sys
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from pneumo.data.storage import protect_output
-from pneumo.utils.cli import user_errors
-from pneumo.xai.explain import explain_images, format_summary
-
-log = logging.getLogger("explain")
-# Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
-protect_output()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="explain.yaml")
-def main(cfg: DictConfig) -> None:
-    # A user error: one line on stderr, exit 2, traceback in explain.log only; a bug keeps its traceback.
-    with user_errors(log):
-        result = explain_images(
-            ckpt_path=cfg.ckpt_path,
-            out_dir=cfg.out_dir,
-            inputs=cfg.get("inputs"),
-            split=cfg.get("split"),
-            layer=cfg.gradcam.layer,
-            target=cfg.gradcam.target,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            device=cfg.device,
-            labels_url=cfg.get("labels_url"),
-            bbox_url=cfg.get("bbox_url"),
-            finding=cfg.localization.finding,
-            iou_threshold=cfg.localization.threshold,
-            overlay=OmegaConf.to_container(cfg.overlay, resolve=True),
-            box_threshold=cfg.boxes.threshold,
-            top_k=cfg.boxes.top_k,
-            storage=OmegaConf.to_container(cfg.storage, resolve=True),
-            progress=cfg.progress,
-            dicom_voi=cfg.get("dicom_voi"),
-            overwrite=cfg.overwrite,
-        )
-    n_ok, n_bad = len(result.predictions), len(result.failed)
-    log.info(
-        "explained %d image(s) -> %s (predictions.csv, boxes.csv, overlays/, heatmaps/)", n_ok, result.out_dir
-    )
-    for line in format_summary(result.summary):
-        log.info("%s", line)
-    if n_bad:
-        log.error(
-            "%d input(s) could not be read: %s",
-            n_bad,
-            "; ".join(f"{loc} ({err})" for loc, err in result.failed),
-        )
-        sys.exit(1)
-
+from pneumo.cli.explain import main
 
 if __name__ == "__main__":
     main()

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pneumo.data.findings import FINDINGS
-from pneumo.evaluation.bootstrap import ClusterBootstrap
-from pneumo.evaluation.metrics import RankedScores, ranking_metrics
-from pneumo.evaluation.predictions import predictions_frame
-from pneumo.evaluation.report import EvalSettings, build_report
+from pneumo.nih.findings import FINDINGS
+from pneumo.reporting.predictions import predictions_frame
+from pneumo.reporting.report import EvalSettings, build_report
+from pneumo.stats.bootstrap import ClusterBootstrap
+from pneumo.stats.metrics import RankedScores, ranking_metrics
 
 N_IMAGES, N_PATIENTS, PREVALENCE = 25_596, 2_797, 0.0217
 

@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pneumo.callbacks.performance import tune_module  # noqa: E402
-from pneumo.training import instantiate_group  # noqa: E402
-from pneumo.utils.config import to_plain  # noqa: E402
+from pneumo.config import to_plain  # noqa: E402
+from pneumo.pipelines.train import instantiate_group  # noqa: E402
 
 
 def compose_config(overrides: list[str], out: str) -> DictConfig:

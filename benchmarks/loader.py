@@ -1,6 +1,6 @@
 """Loader benchmark: seed-style loader vs pneumo streaming vs pneumo cache, at 224 px, side by side.
 
-Images are realistic 1024 x 1024 chest-like PNGs (``pneumo.data.synthetic`` at 1024 px with film grain
+Images are realistic 1024 x 1024 chest-like PNGs (``pneumo.synthetic.demo`` at 1024 px with film grain
 ``--noise``, ~380 KB each like NIH's ~375 KB) served from a GCS emulator in a separate process that answers
 requests concurrently, each after a modelled latency (``--latency-ms``, default 40 ms). Loaders:
 
@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from pneumo.data.findings import DATA_ENTRY_HEADER  # noqa: E402
+from pneumo.nih.findings import DATA_ENTRY_HEADER  # noqa: E402
 
 BUCKET, PROJECT = "nih-bench", "bench-billing"
 
@@ -59,7 +59,7 @@ BUCKET, PROJECT = "nih-bench", "bench-billing"
 # ---------------------------------------------------------------------------------------------- data
 def write_benchmark_set(out: Path, n_images: int, distinct: int, noise: float) -> dict:
     """``distinct`` realistic 1024-px PNGs, linked under ``n_images`` NIH-style names, plus a label CSV."""
-    from pneumo.data.synthetic import write_synthetic_dataset
+    from pneumo.synthetic.demo import write_synthetic_dataset
 
     src = out / "distinct"
     write_synthetic_dataset(str(src), n=distinct, size=1024, seed=0, noise=noise, pneumonia_fraction=0.3)
@@ -187,8 +187,8 @@ def decode_costs(pngs: list[Path], repeats: int) -> dict:
     """Per-image decode time of each PNG and of its DICOM copies (see the module docstring)."""
     from pydicom.uid import JPEG2000Lossless, RLELossless
 
-    from pneumo.data.decode import decode_grayscale
-    from pneumo.data.dicom import dicom_bytes
+    from pneumo.images.decode import decode_grayscale
+    from pneumo.images.dicom import dicom_bytes
 
     variants: dict[str, dict] = {"png": {}, "dicom": {}, "dicom_rle": {}}
     syntaxes = {"dicom": None, "dicom_rle": RLELossless}
@@ -260,8 +260,8 @@ import numpy as np, pandas as pd, torch
 from torch.utils.data import DataLoader
 from pneumo.data.cache import ImageCache
 from pneumo.data.dataset import NIHImageDataset
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.transforms import build_tensor_transforms
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.images.preprocess import build_tensor_transforms
 torch.set_num_threads(1)
 cache_dir, n, release = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 names = [f"{i + 1:08d}_000.png" for i in range(n)]
@@ -341,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pneumo.data.cache import ImageCache
     from pneumo.data.dataset import NIHImageDataset, StreamingSource
-    from pneumo.data.index import NIHLabelIndex
-    from pneumo.data.storage import StorageSettings
-    from pneumo.data.transforms import build_tensor_transforms
+    from pneumo.images.preprocess import build_tensor_transforms
+    from pneumo.io.storage import StorageSettings
+    from pneumo.io.store import ImageStore
+    from pneumo.nih.index import NIHLabelIndex
 
     results: dict = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # (b) pneumo streaming: concurrent fetch per batch, in worker processes
         torch.set_num_threads(1)
-        store = storage.image_store(f"gs://{BUCKET}/png")
+        store = ImageStore.from_settings(storage, f"gs://{BUCKET}/png")
         stream_ds = NIHImageDataset(index, StreamingSource(store, index.images, 224), eval_tf)
         loader = DataLoader(stream_ds, batch_size=32, num_workers=args.workers, persistent_workers=False)
         server_cpu, workers_cpu = emulator.cpu_seconds(), children_cpu_seconds()
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print("streaming:", results["streaming"], flush=True)
 
         # (c) pneumo cache build = the first epoch with data.cache=true
-        build_store = storage.image_store(f"gs://{BUCKET}/png")
+        build_store = ImageStore.from_settings(storage, f"gs://{BUCKET}/png")
         cache = ImageCache(tmp / "cache", build_store.root, names, 224)
         t, c, w = time.perf_counter(), time.process_time(), children_cpu_seconds()
         cache.build(build_store, progress=False, workers=args.workers)

@@ -1,6 +1,6 @@
 """A full-size rehearsal: pneumo's real pipeline over 112,120 synthetic images named and labelled like NIH's.
 
-The images are drawn by ``python -m pneumo.data.synthetic OUT --like-index`` (one per row of NIH's shipped
+The images are drawn by ``python -m pneumo synthetic OUT --like-index`` (one per row of NIH's shipped
 index: same names, patients, views, ages, labels; NIH's pneumonia boxes drawn where NIH drew them). Then, with
 the shipped index and the official split (``data=nih``, only ``data.images_url`` and ``data.bbox_url``
 pointing at the synthetic set):
@@ -201,7 +201,7 @@ def compose(overrides: list[str]):
 
 
 def first_rows_csv(path: Path, rows: int) -> None:
-    from pneumo.data.nih import shipped_path
+    from pneumo.nih.shipped import shipped_path
 
     with gzip.open(shipped_path("Data_Entry_2017_v2020.csv.gz"), "rt") as fh:
         path.write_text("".join(line for _, line in zip(range(rows + 1), fh)))
@@ -237,14 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from pneumo.data.boxes import BoxList
-    from pneumo.data.index import NIHLabelIndex
-    from pneumo.data.nih import location, shipped_path
-    from pneumo.data.splits import make_splits, read_image_list
-    from pneumo.data.synthetic import MANIFEST
-    from pneumo.data.synthetic_like_index import write_like_index
-    from pneumo.evaluation.evaluate import write_evaluation
-    from pneumo.evaluation.report import EvalSettings
+    from pneumo.nih.boxes import BoxList
+    from pneumo.nih.index import NIHLabelIndex
+    from pneumo.nih.shipped import location, shipped_path
+    from pneumo.nih.splits import make_splits, read_image_list
+    from pneumo.reporting.outputs import write_evaluation
+    from pneumo.reporting.report import EvalSettings
+    from pneumo.synthetic.demo import MANIFEST
+    from pneumo.synthetic.like_index import write_like_index
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     memory = TreeMemory()

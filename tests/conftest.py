@@ -28,7 +28,7 @@ from tests.helpers import (  # noqa: F401
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic NIH-format data set (80 images, 64 px), written once per session."""
-    from pneumo.data.synthetic import ensure_synthetic_dataset
+    from pneumo.synthetic.demo import ensure_synthetic_dataset
 
     root = tmp_path_factory.mktemp("nih_demo")
     ensure_synthetic_dataset(str(root), **TINY_DEMO)

@@ -25,10 +25,10 @@ from PIL import Image
 import pneumo.data.cache
 from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache
 from pneumo.data.datamodule import NIHDataModule
-from pneumo.data.decode import BadImageError, decode_grayscale
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
-from pneumo.data.transforms import ResizeToUint8
+from pneumo.images.decode import BadImageError, decode_grayscale
+from pneumo.images.preprocess import ResizeToUint8
+from pneumo.io.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
+from pneumo.nih.index import NIHLabelIndex
 from tests.helpers import BILLING_PROJECT, ROOT, demo_datamodule, emulator_datamodule
 
 FAST_IO = {
@@ -123,7 +123,7 @@ def test_a_new_image_size_makes_a_new_cache_and_keeps_the_old(demo_root: Path, t
 BUILD_SCRIPT = """
 import json, sys
 from pneumo.data.cache import ImageCache
-from pneumo.data.store import ImageStore
+from pneumo.io.store import ImageStore
 a = json.loads(sys.argv[1])
 store = ImageStore(a["images_url"], a["options"], **a["io"])
 ImageCache(a["cache_dir"], a["images_url"], a["names"], 48).build(store, progress=False)
@@ -333,7 +333,7 @@ def test_store_reads_local_and_gs_the_same(gcs_emulator, nih_bucket: str, demo_r
 def test_cache_build_through_a_server_restart(
     gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pneumo.data.store")
+    caplog.set_level(logging.DEBUG, logger="pneumo.io.store")
     names = demo_names(demo_root)
     dm = gs_dm(gcs_emulator, nih_bucket, tmp_path / "cache", storage={**FAST_IO, "concurrency": 4})
     served = {"n": 0}

@@ -29,7 +29,7 @@ def tiny_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from pneumo.training import train
+    from pneumo.pipelines.train import train
 
     out = tmp_path_factory.mktemp("card_run")
     GlobalHydra.instance().clear()
@@ -158,8 +158,8 @@ def test_a_separated_validation_epoch_uses_temperature_1_not_an_earlier_epochs_f
     the classes perfectly (no finite optimum) uses the unscaled logits, and the report says it was not fitted."""
     import lightning as L
 
-    from pneumo.evaluation.report import _temperature_markdown
     from pneumo.models.classifier import EvalOutputs
+    from pneumo.reporting.report import _temperature_markdown
 
     net = {
         "_target_": "monai.networks.nets.DenseNet121",
@@ -194,7 +194,7 @@ def test_a_separated_validation_epoch_uses_temperature_1_not_an_earlier_epochs_f
 def test_a_fit_at_the_lower_bound_says_whether_the_classes_are_separated() -> None:
     """Only logits that separate the classes are called separated; tiny logits that merely rank well (an
     almost untrained model) hit the same bound for another reason, and the note says which."""
-    from pneumo.evaluation.temperature import fit_temperature
+    from pneumo.stats.temperature import fit_temperature
 
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     separated = fit_temperature(np.array([-3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0]), y)

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from pneumo.data.datamodule import DataRootError, NIHDataModule
-from pneumo.data.decode import BadImageError, decode_grayscale
-from pneumo.data.transforms import ResizeToUint8
+from pneumo.images.decode import BadImageError, decode_grayscale
+from pneumo.images.preprocess import ResizeToUint8
 from tests.helpers import demo_datamodule
 
 
@@ -120,14 +120,14 @@ def test_class_counts(demo_root: Path) -> None:
 
 def test_missing_image_root_names_path_and_fix(demo_root: Path, tmp_path: Path) -> None:
     dm = make_dm(demo_root, images_url=str(tmp_path / "nowhere"))
-    with pytest.raises(DataRootError, match=f"{tmp_path / 'nowhere'} does not exist.*pneumo.data.synthetic"):
+    with pytest.raises(DataRootError, match=f"{tmp_path / 'nowhere'} does not exist.*python -m pneumo synthetic"):
         dm.setup("fit")
 
 
 def test_root_without_images(demo_root: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     dm = make_dm(demo_root, images_url=str(tmp_path / "empty"))
-    with pytest.raises(DataRootError, match="holds none of the indexed images.*pneumo.data.synthetic"):
+    with pytest.raises(DataRootError, match="holds none of the indexed images.*python -m pneumo synthetic"):
         dm.setup("fit")
 
 

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc
 
-from pneumo.training import train
-from pneumo.utils.distributed import shard_sampler
+from pneumo.data.distributed import shard_sampler
+from pneumo.pipelines.train import train
 from tests.helpers import ROOT, read_scalars, run_cli, tiny_overrides
 
 

@@ -20,12 +20,12 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG4HP41, JPEG2000Lossless, JPEGLossless, RLELossless
 
 from pneumo.data.cache import ImageCache
-from pneumo.data.decode import BadImageError, decode_grayscale, image_shape
-from pneumo.data.dicom import dicom_bytes
-from pneumo.data.store import ImageStore
-from pneumo.data.synthetic import ensure_synthetic_dataset, planted_identifiers
+from pneumo.data.inputs import Preprocessor
 from pneumo.errors import ConfigError
-from pneumo.xai.inputs import Preprocessor
+from pneumo.images.decode import BadImageError, decode_grayscale, image_shape
+from pneumo.images.dicom import dicom_bytes
+from pneumo.io.store import ImageStore
+from pneumo.synthetic.demo import ensure_synthetic_dataset, planted_identifiers
 from tests.helpers import ROOT, TINY_DEMO, demo_datamodule, run_cli, tiny_overrides
 
 
@@ -188,7 +188,7 @@ def test_missing_decoder_names_the_extra(png: tuple[str, np.ndarray], tmp_path: 
     script = (
         "import sys\n"
         "for extra in ('pylibjpeg', 'libjpeg', 'openjpeg', 'rle'):\n    sys.modules[extra] = None\n"
-        "from pneumo.data.decode import BadImageError, decode_grayscale\n"
+        "from pneumo.images.decode import BadImageError, decode_grayscale\n"
         f"try:\n    decode_grayscale(open({str(path)!r}, 'rb').read(), 'jpegll.dcm')\n"
         "except BadImageError as err:\n    print(err)\n"
     )
@@ -207,7 +207,7 @@ def _as_jpeg_lossless(ds) -> None:
 
 
 def test_describe_command(png: tuple[str, np.ndarray], demo_root: Path, tmp_path: Path, capsys) -> None:
-    from pneumo.data.dicom import main
+    from pneumo.cli.dicom import main
 
     name, pixels = png
     windowed = tmp_path / "w.dcm"

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo.data.findings import FINDINGS
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.nih import shipped_path
 from pneumo.errors import PneumoError
-from pneumo.evaluation.adjudicated import ADJUDICATED_FILE
-from pneumo.evaluation.files import EvaluateError, evaluate_files
-from pneumo.evaluation.predictions import PredictionsFileError
-from pneumo.evaluation.report import EvalSettings
-from pneumo.evaluation.temperature import fit_temperature, nll
+from pneumo.nih.adjudicated import ADJUDICATED_FILE
+from pneumo.nih.findings import FINDINGS
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.nih.shipped import shipped_path
+from pneumo.pipelines.evaluate import EvaluateError, evaluate_files
+from pneumo.reporting.predictions import PredictionsFileError
+from pneumo.reporting.report import EvalSettings
+from pneumo.stats.temperature import fit_temperature, nll
 from tests.helpers import ROOT, run_cli
 
 SETTINGS = EvalSettings(resamples=200, figures=False)
@@ -87,7 +87,7 @@ def test_threshold_is_chosen_on_validation_never_silently_on_the_evaluated_file(
     )
     v = pd.read_csv(val_path)
     y_val = index.loc[v["image"], "Finding Labels"].str.contains("Pneumonia").to_numpy().astype(int)
-    from pneumo.evaluation.threshold import select_threshold
+    from pneumo.stats.threshold import select_threshold
 
     assert (
         report["threshold"]["value"] == select_threshold(y_val, v["probability"].to_numpy(), "youden").value

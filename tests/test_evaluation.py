@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, recall_score, roc_auc_score, roc_curve
 
-from pneumo.evaluation.bootstrap import ClusterBootstrap
-from pneumo.evaluation.figures import FIGURE_NAMES, report_figures, save_figures
-from pneumo.evaluation.metrics import auroc, average_precision, calibration, threshold_metrics
-from pneumo.evaluation.report import EvalSettings, build_report, report_markdown, write_report
-from pneumo.evaluation.threshold import ThresholdRule, select_threshold
+from pneumo.reporting.figures import FIGURE_NAMES, report_figures, save_figures
+from pneumo.reporting.report import EvalSettings, build_report, report_markdown, write_report
+from pneumo.stats.bootstrap import ClusterBootstrap
+from pneumo.stats.metrics import auroc, average_precision, calibration, threshold_metrics
+from pneumo.stats.threshold import ThresholdRule, select_threshold
 
 
 def _scores(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo.data.boxes import BoxList
-from pneumo.data.index import NIHLabelIndex
-from pneumo.runs import load_run
+from pneumo.io.checkpoints import CheckpointError
+from pneumo.nih.boxes import BoxList
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.pipelines.explain import explain_images
+from pneumo.pipelines.runs import load_run
 from pneumo.testing.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
-from pneumo.utils.checkpoint_io import CheckpointError
-from pneumo.xai.explain import explain_images
 from tests.helpers import CONF, ROOT, run_cli, tiny_overrides
 
 
@@ -31,7 +31,7 @@ def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from pneumo.training import train
+    from pneumo.pipelines.train import train
 
     out = tmp_path_factory.mktemp("explain_train")
     GlobalHydra.instance().clear()
@@ -58,7 +58,7 @@ def _reference_probabilities(ckpt: Path, names: list[str]) -> dict[str, float]:
     model, dm, dhp = run.model, run.datamodule, run.datamodule.hparams
     index = NIHLabelIndex.from_csv(dhp["labels_url"]).subset(names)
     from pneumo.data.dataset import NIHImageDataset, StreamingSource
-    from pneumo.data.transforms import build_tensor_transforms
+    from pneumo.images.preprocess import build_tensor_transforms
 
     ds = NIHImageDataset(
         index,
@@ -293,8 +293,8 @@ def test_list_of_gs_urls_on_a_requester_pays_bucket(
 
 
 def test_a_bucket_folder_is_listed_in_one_request(gcs_emulator, nih_bucket: str) -> None:
-    from pneumo.data.storage import StorageSettings
-    from pneumo.xai.inputs import resolve_inputs
+    from pneumo.data.inputs import resolve_inputs
+    from pneumo.io.storage import StorageSettings
     from tests.helpers import BILLING_PROJECT
 
     options = StorageSettings(BILLING_PROJECT, True, "anon").options_for(f"gs://{nih_bucket}")
@@ -366,7 +366,7 @@ def test_cli_prints_the_wang_table_on_the_test_positives(
 
 
 def test_a_folder_of_symlinked_images_is_read(demo_root: Path, tmp_path: Path) -> None:
-    from pneumo.xai.inputs import Preprocessor, load_image, resolve_inputs
+    from pneumo.data.inputs import Preprocessor, load_image, resolve_inputs
 
     names = sorted(p.name for p in (demo_root / "images").glob("*.png"))[:3]
     links = tmp_path / "links"

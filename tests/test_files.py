@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pneumo.errors import PneumoError
-from pneumo.utils.checkpoint_io import atomic_torch_save
-from pneumo.utils.files import DiskFullError, atomic_write_bytes, disk_full
+from pneumo.io.checkpoints import atomic_torch_save
+from pneumo.io.files import DiskFullError, atomic_write_bytes, disk_full
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")

@@ -167,8 +167,8 @@ def test_bad_settings_fail_clearly() -> None:
 def test_pneumonia_target_follows_the_task_of_the_model() -> None:
     from functools import partial
 
-    from pneumo.data.findings import FINDINGS
     from pneumo.models.classifier import PneumoniaClassifier
+    from pneumo.nih.findings import FINDINGS
     from pneumo.xai.gradcam import pneumonia_probability
 
     spec = {

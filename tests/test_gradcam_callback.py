@@ -11,8 +11,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from pneumo.callbacks import GradCamOverlayCallback
-from pneumo.data.index import NIHLabelIndex
-from pneumo.training import train
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.pipelines.train import train
 from tests.helpers import tiny_overrides
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.data.findings import DATA_ENTRY_HEADER, FINDINGS
-from pneumo.data.index import LabelIndexError, NIHLabelIndex
+from pneumo.nih.findings import DATA_ENTRY_HEADER, FINDINGS
+from pneumo.nih.index import LabelIndexError, NIHLabelIndex
 from tests.helpers import run_cli
 
 ROWS_2020 = [
@@ -60,7 +60,7 @@ def test_ages_in_months_weeks_and_days_become_years_and_unreadable_ones_are_coun
         f"0000010{i}_000.png,No Finding,0,{100 + i},{age},F,PA,2048,2048,0.14,0.14"
         for i, age in enumerate(ages)
     ]
-    with caplog.at_level("WARNING", logger="pneumo.data.index"):
+    with caplog.at_level("WARNING", logger="pneumo.nih.index"):
         index = NIHLabelIndex.from_csv(csv_2020(tmp_path, rows))
     got = index.table["age"].tolist()
     assert got[:3] == pytest.approx([0.5, 10 / 365.25, 14 / 365.25])
@@ -140,7 +140,8 @@ def test_cli_prints_json_summary(demo_root: Path) -> None:
     proc = run_cli(
         [
             "-m",
-            "pneumo.data.index",
+            "pneumo",
+            "index",
             str(demo_root / "Data_Entry_2017.csv"),
             "--split-lists",
             str(demo_root / "train_val_list.txt"),
@@ -154,7 +155,7 @@ def test_cli_prints_json_summary(demo_root: Path) -> None:
 
 
 def test_cli_into_a_closed_pipe_exits_quietly(demo_root: Path) -> None:
-    """``python -m pneumo.data.index CSV | head -3``: the reader leaves early, no traceback follows."""
+    """``python -m pneumo index CSV | head -3``: the reader leaves early, no traceback follows."""
     import os
     import subprocess
     import sys
@@ -162,7 +163,7 @@ def test_cli_into_a_closed_pipe_exits_quietly(demo_root: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the summary is written
     proc = subprocess.run(
-        [sys.executable, "-m", "pneumo.data.index", str(demo_root / "Data_Entry_2017.csv")],
+        [sys.executable, "-m", "pneumo", "index", str(demo_root / "Data_Entry_2017.csv")],
         stdout=write_end,
         stderr=subprocess.PIPE,
         text=True,
@@ -179,7 +180,7 @@ def test_cli_bad_input_one_clear_line(tmp_path: Path, case: str) -> None:
         path.write_bytes(bytes(range(256)) * 8)
     elif case != "missing_file":
         path.write_text(BAD_FILES[case][0])
-    proc = run_cli(["-m", "pneumo.data.index", str(path)])
+    proc = run_cli(["-m", "pneumo", "index", str(path)])
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.data.boxes import BoxList, BoxListError, scaled_to
-from pneumo.data.findings import BBOX_HEADER
+from pneumo.nih.boxes import BoxList, BoxListError, scaled_to
+from pneumo.nih.findings import BBOX_HEADER
 from pneumo.xai.localization import box_mask, score_heatmap, summarize, wilson_interval
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pneumo.data.findings import FINDINGS
-from pneumo.training import metric_value, train
+from pneumo.nih.findings import FINDINGS
+from pneumo.pipelines.train import metric_value, train
 from tests.helpers import tiny_overrides
 
 

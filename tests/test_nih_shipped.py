@@ -14,12 +14,12 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-import pneumo.data.nih as nih
+import pneumo.nih.shipped as nih
+from pneumo.cli.index import main as index_main
 from pneumo.data.datamodule import NIHDataModule
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.index import main as index_main
-from pneumo.data.synthetic_like_index import write_like_index
-from pneumo.runs import load_run
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.pipelines.runs import load_run
+from pneumo.synthetic.like_index import write_like_index
 from tests.helpers import BILLING_PROJECT, ROOT, run_cli
 
 #: Published facts of NIH ChestX-ray14 (ATTRIBUTION.md; NIH's release notes), not computed by pneumo.
@@ -33,7 +33,7 @@ LOCATIONS = {
 
 
 def test_index_cli_without_a_csv_summarises_the_shipped_index_and_the_official_split() -> None:
-    proc = run_cli(["-m", "pneumo.data.index"], timeout=120)
+    proc = run_cli(["-m", "pneumo", "index"], timeout=120)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["source"] == str(nih.HERE / "Data_Entry_2017_v2020.csv.gz")  # a package file: no download
@@ -210,6 +210,6 @@ def test_shipped_files_of_another_install_are_read_from_this_one(tmp_path: Path)
     for kept in (
         str(tmp_path / "Data_Entry_2017_v2020.csv.gz"),  # the user's own copy
         "/data/pneumo/nih/test_list.txt",  # not pneumo/data/nih
-        "gs://bucket/pneumo/data/nih/test_list.txt",
+        "gs://bucket/pneumo/nih/files/test_list.txt",
     ):
         assert nih.relocated(kept) == kept

@@ -15,7 +15,6 @@ import torch
 from monai.networks.nets import DenseNet121
 from torch import nn
 
-from pneumo.data.findings import FINDINGS, PNEUMONIA
 from pneumo.errors import PneumoError
 from pneumo.models.pretrained import (
     INPUT_NORMS,
@@ -23,6 +22,7 @@ from pneumo.models.pretrained import (
     PretrainedWeights,
     PretrainedWeightsError,
 )
+from pneumo.nih.findings import FINDINGS, PNEUMONIA
 
 MEAN, STD = (torch.tensor(v).view(1, 3, 1, 1) for v in INPUT_NORMS["imagenet"])
 NET = {"_target_": "monai.networks.nets.DenseNet121", "spatial_dims": 2, "in_channels": 1, "out_channels": 2}
@@ -216,8 +216,8 @@ def test_training_test_and_explain_feed_the_network_alike(
 
     from pneumo.data.datamodule import NIHDataModule
     from pneumo.models.classifier import PneumoniaClassifier
-    from pneumo.training import train
-    from pneumo.xai.explain import explain_images
+    from pneumo.pipelines.explain import explain_images
+    from pneumo.pipelines.train import train
     from tests.conftest import tiny_overrides
 
     cfg = compose_train(

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from sklearn.metrics import average_precision_score, recall_score, roc_auc_score
 
 from pneumo.errors import PneumoError
-from pneumo.training import train
+from pneumo.pipelines.train import train
 from tests.helpers import ROOT, run_cli, tiny_overrides
 
 FILES = (

@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 
-from pneumo.utils.checkpoint_io import AtomicCheckpointIO
+from pneumo.io.checkpoints import AtomicCheckpointIO
 from tests.helpers import ROOT, tiny_overrides
 
 
@@ -149,7 +149,7 @@ def test_atomic_checkpoint_survives_a_kill_during_the_write(tmp_path: Path) -> N
 import pickle, time
 from pathlib import Path
 import torch
-from pneumo.utils.checkpoint_io import AtomicCheckpointIO
+from pneumo.io.checkpoints import AtomicCheckpointIO
 
 class Stall:  # pickling it marks the file and hangs: the kill lands in the middle of the write
     def __reduce__(self):

@@ -1,4 +1,4 @@
-"""pneumo.runs: a run rebuilt from its checkpoint has the split the report was computed on."""
+"""pneumo.pipelines.runs: a run rebuilt from its checkpoint has the split the report was computed on."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from pneumo.runs import load_run
-from pneumo.training import train
-from pneumo.xai.explain import explain_images
+from pneumo.pipelines.explain import explain_images
+from pneumo.pipelines.runs import load_run
+from pneumo.pipelines.train import train
 from tests.helpers import tiny_overrides
 
 

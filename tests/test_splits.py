@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.splits import PatientSplit, SplitError, carve_patients, make_splits, read_image_list
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.nih.splits import PatientSplit, SplitError, carve_patients, make_splits, read_image_list
 
 
 @pytest.fixture(scope="module")

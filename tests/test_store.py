@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.data.storage import StorageSettings, redact_secrets, redact_url
-from pneumo.data.store import (
+from pneumo.io.storage import StorageSettings, redact_secrets, redact_url
+from pneumo.io.store import (
     AccessDeniedError,
     ImageStore,
     ObjectNotFoundError,
@@ -130,7 +130,7 @@ def test_transient_5xx_are_retried(gcs_emulator, nih_bucket: str, demo_root: Pat
 def test_server_stopped_and_restarted_mid_pass_completes(
     gcs_emulator, nih_bucket: str, demo_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pneumo.data.store")
+    caplog.set_level(logging.DEBUG, logger="pneumo.io.store")
     names = sorted(p.name for p in (demo_root / "images").iterdir())
     gcs_emulator.latency_s = 0.01
     store = gs_store(gcs_emulator, nih_bucket, concurrency=4)
@@ -164,8 +164,8 @@ def test_an_unreachable_endpoint_stops_the_data_module_at_its_one_probe(
     gcs_emulator, nih_bucket: str
 ) -> None:
     from pneumo.data.datamodule import NIHDataModule
-    from pneumo.data.storage import StorageUnreachableError
     from pneumo.errors import PneumoError
+    from pneumo.io.storage import StorageUnreachableError
     from pneumo.testing.gcs_emulator import nih_urls
 
     settings = StorageSettings(BILLING_PROJECT, True, "anon", {"endpoint_url": gcs_emulator.endpoint})
@@ -191,7 +191,7 @@ def test_an_unreachable_endpoint_stops_the_data_module_at_its_one_probe(
 
 SCRUB_SCRIPT = """
 import logging, sys
-from pneumo.data.storage import StorageSettings
+from pneumo.io.storage import StorageSettings
 logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
 StorageSettings().options_for("gs://b/png")  # reads $PNEUMO_GCS_TOKEN, scrubs output from now on
 token = "{token}"
@@ -225,7 +225,7 @@ def test_secrets_are_scrubbed_from_logs_stdout_and_tracebacks(tmp_path: Path) ->
 
 
 def test_raw_tokens_are_refused_in_configs(tmp_path: Path) -> None:
-    from pneumo.data.storage import StorageSettingsError
+    from pneumo.io.storage import StorageSettingsError
 
     with pytest.raises(StorageSettingsError, match="PNEUMO_GCS_TOKEN") as err:
         StorageSettings(token="ya29.pasted-into-a-config")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pneumo.data.findings import BBOX_HEADER, DATA_ENTRY_HEADER
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.synthetic import MANIFEST, ensure_synthetic_dataset, write_synthetic_dataset
+from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.synthetic.demo import MANIFEST, ensure_synthetic_dataset, write_synthetic_dataset
 
 
 def digest(root: Path) -> str:
@@ -97,8 +97,8 @@ def test_like_index_draws_each_row_of_the_real_index_with_nih_boxes_scaled(tmp_p
     """Rows of NIH's shipped index: names, patients, views, ages, labels kept; NIH's box scaled to 64 px."""
     import gzip
 
-    from pneumo.data import nih
-    from pneumo.data.synthetic import main
+    from pneumo.cli.synthetic import main
+    from pneumo.nih import shipped as nih
 
     with gzip.open(nih.HERE / "Data_Entry_2017_v2020.csv.gz", "rt") as fh:
         lines = fh.read().splitlines()

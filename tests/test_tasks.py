@@ -116,6 +116,6 @@ def test_no_task_branches_outside_the_task_classes() -> None:
         capture_output=True,
         text=True,
     ).stdout.splitlines()
-    # The data package reads the label matrix's Pneumonia column; model outputs are the tasks' business.
-    allowed = ("pneumo/data/", "pneumo/models/tasks.py")
+    # The data and nih packages read the label matrix's Pneumonia column; model outputs are the tasks' business.
+    allowed = ("pneumo/data/", "pneumo/nih/", "pneumo/models/tasks.py")
     assert [line for line in found if not line.startswith(allowed)] == []

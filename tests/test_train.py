@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from pneumo.training import train
+from pneumo.pipelines.train import train
 from tests.helpers import ROOT, demo_datamodule, read_scalars, run_cli, tiny_overrides
 
 
@@ -140,5 +140,7 @@ def test_missing_data_root_fails_before_training(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode != 0
-    assert f"{tmp_path}/labels.csv does not exist" in proc.stderr and "pneumo.data.synthetic" in proc.stderr
+    assert (
+        f"{tmp_path}/labels.csv does not exist" in proc.stderr and "python -m pneumo synthetic" in proc.stderr
+    )
     assert "Epoch 0" not in proc.stderr

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from pneumo.data.boxes import load_boxes, scaled_to
-from pneumo.data.decode import image_shape
 from pneumo.errors import ConfigError
+from pneumo.images.decode import image_shape
+from pneumo.nih.boxes import load_boxes, scaled_to
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
 

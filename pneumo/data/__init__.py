@@ -1,1 +1,1 @@
-"""Data: label index, patient-disjoint splits, image store, cache, datasets and the Lightning data module."""
+"""Data: image sources and inputs, the uint8 cache, datasets, distributed sampling and the Lightning data module."""

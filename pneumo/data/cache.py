@@ -51,11 +51,11 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.errors import ConfigError, PneumoError
-from pneumo.data.decode import BadImageError, decode_grayscale
-from pneumo.data.storage import redact_url
-from pneumo.data.store import AccessDeniedError, ImageStore, ObjectNotFoundError, object_name
-from pneumo.data.transforms import ResizeToUint8
-from pneumo.utils.files import atomic_write_bytes, disk_full
+from pneumo.images.decode import BadImageError, decode_grayscale
+from pneumo.images.preprocess import ResizeToUint8
+from pneumo.io.files import atomic_write_bytes, disk_full
+from pneumo.io.storage import redact_url
+from pneumo.io.store import AccessDeniedError, ImageStore, ObjectNotFoundError, object_name
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class ImageCache:
         names: image names in array order (the label index's ``Image Index`` column).
         image_size: side of the stored images (``data.image_size``).
         image_suffix: the suffix of the objects' names (``data.image_suffix``), part of the fingerprint.
-        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.data.dicom``).
+        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.images.dicom``).
     """
 
     def __init__(
@@ -604,7 +604,9 @@ def _results_from_processes(
     chunk = max(8, 2 * store.concurrency)
     starts = list(range(0, len(names), chunk))
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(store, size, dicom_voi))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(store, size, dicom_voi)
+    )
     pending: dict[Future, int] = {}
     next_chunk = 0
     finished = False

@@ -18,23 +18,24 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from pneumo.errors import ConfigError, PneumoError
+from pneumo.config import to_plain
 from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache, check_policy
 from pneumo.data.dataset import NIHImageDataset, StreamingSource
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.nih import relocated
-from pneumo.data.splits import PatientSplit, make_splits, read_image_list
-from pneumo.data.storage import StorageSettings, redact_url
-from pneumo.data.store import ImageStore, absolute_location, location_exists, object_name, translate_error
-from pneumo.data.dicom import check_voi
-from pneumo.data.synthetic import ensure_synthetic_dataset
-from pneumo.data.transforms import build_tensor_transforms
-from pneumo.utils.config import to_plain
+from pneumo.errors import ConfigError, PneumoError
+from pneumo.images.dicom import check_voi
+from pneumo.images.preprocess import build_tensor_transforms
+from pneumo.io.storage import StorageSettings, redact_url
+from pneumo.io.store import ImageStore, absolute_location, location_exists, object_name, translate_error
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.nih.shipped import relocated
+from pneumo.nih.splits import PatientSplit, make_splits, read_image_list
+from pneumo.synthetic.demo import ensure_synthetic_dataset
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class NIHDataModule(L.LightningDataModule):
         split_lists: ``{"train_val": URL, "test": URL}`` (NIH's official lists) or ``None`` for a seeded
             patient-grouped split.
         bbox_url: ``BBox_List_2017.csv`` (for Grad-CAM localization), optional.
-        synthetic: parameters of ``pneumo.data.synthetic`` plus ``root``: generate the demo set there
+        synthetic: parameters of ``pneumo.synthetic.demo`` plus ``root``: generate the demo set there
             once (in ``prepare_data``); ``None`` for real data.
         image_size: side of the square network input, pixels.
         views: keep only these view positions (``["PA"]``), ``None`` = all.
@@ -91,7 +92,7 @@ class NIHDataModule(L.LightningDataModule):
         progress: show the cache build's progress bar on a terminal (log lines otherwise).
         image_suffix: read image ``x.png`` of the index from the object ``x<image_suffix>`` (``.dcm`` for the
             bucket's ``dicom/`` copy or a demo set written as DICOM); ``None`` = the index's names.
-        dicom_voi: grey levels of DICOM images: ``auto``, ``window`` or ``full-range`` (``pneumo.data.dicom``).
+        dicom_voi: grey levels of DICOM images: ``auto``, ``window`` or ``full-range`` (``pneumo.images.dicom``).
     """
 
     def __init__(
@@ -122,7 +123,9 @@ class NIHDataModule(L.LightningDataModule):
         super().__init__()
         split_lists, synthetic, views, augment = map(to_plain, (split_lists, synthetic, views, augment))
         if split_lists is not None and set(split_lists) != {"train_val", "test"}:
-            raise ConfigError(f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}")
+            raise ConfigError(
+                f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}"
+            )
         if cache and not cache_dir:
             raise ConfigError("data.cache=true needs data.cache_dir (a local folder for the image cache)")
         check_policy(on_missing, "data.on_missing")
@@ -140,7 +143,11 @@ class NIHDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic, root=absolute_location(synthetic["root"])) if synthetic else None
         self.cache_dir = absolute_location(cache_dir) if cache_dir else None
         self.storage = StorageSettings.from_config(storage)
-        if self.storage.requester_pays and not self.storage.project and self.storage.endpoint_of(self.images_url):
+        if (
+            self.storage.requester_pays
+            and not self.storage.project
+            and self.storage.endpoint_of(self.images_url)
+        ):
             log.warning(
                 "data.storage.requester_pays is true but data.storage.project is not set (nor "
                 "GOOGLE_CLOUD_PROJECT): reads bill the project of your credentials, and fail if they have none"
@@ -188,7 +195,9 @@ class NIHDataModule(L.LightningDataModule):
     def store(self) -> ImageStore:
         """The image store of ``images_url`` (one per data module; re-connects itself in worker processes)."""
         if self._store is None:
-            self._store = self.storage.image_store(self.images_url, suffix=self.hparams.image_suffix)
+            self._store = ImageStore.from_settings(
+                self.storage, self.images_url, suffix=self.hparams.image_suffix
+            )
         return self._store
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,7 +248,7 @@ class NIHDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the images left out as missing or bad, so a run rebuilt from its
-        checkpoint (``pneumo.runs``) has the same splits without reading the images again."""
+        checkpoint (``pneumo.pipelines.runs``) has the same splits without reading the images again."""
         return {"skipped": {kind: list(names) for kind, names in self.skipped.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -381,7 +390,7 @@ class NIHDataModule(L.LightningDataModule):
 
     def _how_to_get_data(self) -> str:
         return (
-            "Generate the demo set with `python -m pneumo.data.synthetic DIR` (or run `python train.py`, "
+            "Generate the demo set with `python -m pneumo synthetic DIR` (or run `python train.py`, "
             "which writes it under paths.data_dir), or set data.images_url / data.labels_url to NIH's data "
             "(see README, 'Real NIH data')."
         )

@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import Dataset
 
 from pneumo.data.cache import PixelDecoder, check_policy
-from pneumo.data.decode import BadImageError
-from pneumo.data.index import NIHLabelIndex
-from pneumo.data.store import ImageStore, ObjectNotFoundError
 from pneumo.errors import PneumoError
+from pneumo.images.decode import BadImageError
+from pneumo.io.store import ImageStore, ObjectNotFoundError
+from pneumo.nih.index import NIHLabelIndex
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class StreamingSource:
         image_size: side of the resized image.
         on_missing: ``error`` or ``skip`` for objects that do not exist.
         on_bad_image: ``error`` or ``skip`` for objects that are not a usable image.
-        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.data.dicom``).
+        dicom_voi: grey levels of DICOM images (``data.dicom_voi``, see ``pneumo.images.dicom``).
     """
 
     def __init__(

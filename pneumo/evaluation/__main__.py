@@ -1,55 +1,6 @@
-"""``python -m pneumo.evaluation predictions=PATH out_dir=DIR [val_predictions=PATH] [labels_url=URL]
-[eval.threshold=...] [recalibrate=true]``: the evaluation report of any predictions file.
+"""``python -m pneumo.evaluation ...``: the same command as ``pneumo-evaluate`` (``pneumo.cli.evaluate``)."""
 
-See ``conf/evaluate.yaml``, ``pneumo.evaluation.files`` and README, "Evaluate any predictions". A file or a
-setting that cannot be used stops with one line naming it (exit status 2).
-"""
-
-from __future__ import annotations
-
-import logging
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from pneumo.data.storage import protect_output
-from pneumo.evaluation.files import evaluate_files
-from pneumo.evaluation.report import EvalSettings
-from pneumo.utils.cli import user_errors
-
-log = logging.getLogger("pneumo.evaluation")
-# Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
-protect_output()
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate.yaml")
-def main(cfg: DictConfig) -> None:
-    with user_errors(log):
-        settings = EvalSettings.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-        report = evaluate_files(
-            predictions=cfg.predictions,
-            out_dir=cfg.out_dir,
-            settings=settings,
-            val_predictions=cfg.get("val_predictions"),
-            labels_url=cfg.get("labels_url"),
-            recalibrate=bool(cfg.recalibrate),
-            choose_on_evaluated=bool(cfg.choose_on_evaluated),
-            split=cfg.split,
-            storage=OmegaConf.to_container(cfg.storage, resolve=True),
-        )
-    m, t = report["metrics"]["auroc"], report["threshold"]
-    ci = f" (95% CI {m['ci'][0]:.4f}-{m['ci'][1]:.4f})" if m["ci"] else ""
-    value = "n/a" if m["value"] is None else f"{m['value']:.4f}"
-    log.info("%s images: %s AUROC %s%s; threshold %.4f (%s)", report["counts"]["images"], report["target"],
-             value, ci, t["value"], t["rule"])  # fmt: skip
-    if report.get("adjudicated"):
-        a = report["adjudicated"]["adjudicated"]["metrics"]["auroc"]
-        log.info("adjudicated airspace opacity AUROC on %d images: %s", report["adjudicated"]["images"],
-                 "n/a" if a["value"] is None else f"{a['value']:.4f}")  # fmt: skip
-    for message in report["messages"]:
-        log.warning("report: %s", message)
-    log.info("report: %s/report.md", cfg.out_dir)
-
+from pneumo.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ and ``explain.py`` use it. Multi-label models also carry ``thresholds`` (one per
 Probabilities are temperature-scaled (Guo et al. 2017): every logit is divided by the ``temperature``
 buffer before the softmax / sigmoid. With ``temperature="fit"`` (the default config) it is fitted on the
 validation split by NLL at the end of every validation epoch, before the operating point is chosen, so each
-checkpoint carries the temperature and threshold of its own epoch (``pneumo.evaluation.temperature``); a
+checkpoint carries the temperature and threshold of its own epoch (``pneumo.stats.temperature``); a
 number fixes it (``1.0`` gives the unscaled probabilities exactly). Ranking metrics (AUROC) do not change.
 
 Validation and test predictions are gathered across processes (DDP-safe) and kept in
@@ -45,14 +45,14 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from pneumo.config import to_plain
 from pneumo.errors import ConfigError
-from pneumo.evaluation.metrics import average_precision, threshold_metrics
-from pneumo.evaluation.temperature import fit_temperature
-from pneumo.evaluation.threshold import ThresholdRule, select_threshold
 from pneumo.models.nets import build_net
 from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, input_adapter
 from pneumo.models.tasks import pneumonia_column, task_named
-from pneumo.utils.config import to_plain
+from pneumo.stats.metrics import average_precision, threshold_metrics
+from pneumo.stats.temperature import fit_temperature
+from pneumo.stats.threshold import ThresholdRule, select_threshold
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class PneumoniaClassifier(L.LightningModule):
             "note": None if fixed else "not chosen on validation yet (initial 0.5)",
         }
         self.checkpoint_epoch: int | None = None
-        #: Provenance of the run (``pneumo.model_card.card_fields``), saved in checkpoints when set.
+        #: Provenance of the run (``pneumo.reporting.model_card.card_fields``), saved in checkpoints when set.
         self.model_card: dict | None = None
         self.train_metrics = nn.ModuleDict(self.task.train_metrics())
         self._outputs: dict[str, list] = {"val": [], "test": []}

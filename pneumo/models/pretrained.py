@@ -13,7 +13,7 @@ Keys are renamed onto MONAI's DenseNet121 (torchvision's old ``norm.1``/``conv.2
 styles both become ``layers.norm1``/``layers.conv2``), and every tensor is accounted for: each backbone
 tensor of the file must land on a network tensor of the same shape and every network tensor must get one,
 or loading stops with an error naming them (never a silent skip). The head is used where it fits: a 14-output
-head in NIH's finding order (``pneumo.data.findings.FINDINGS``) seeds a multi-label model, and its Pneumonia
+head in NIH's finding order (``pneumo.nih.findings.FINDINGS``) seeds a multi-label model, and its Pneumonia
 row the binary model's pneumonia logit (the other logit starts at 0, so the binary model starts with exactly
 the source's pneumonia probability); ImageNet's 1000-class head is left out, and said so.
 
@@ -58,9 +58,9 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from pneumo.data.findings import FINDINGS, PNEUMONIA
 from pneumo.errors import ConfigError, PneumoError
 from pneumo.models.tasks import TASKS, Task, task_named  # noqa: F401 - task_named: the docstring example
+from pneumo.nih.findings import FINDINGS, PNEUMONIA
 
 log = logging.getLogger(__name__)
 

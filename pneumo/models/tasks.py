@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
-from pneumo.data.findings import FINDINGS, PNEUMONIA_INDEX
 from pneumo.errors import ConfigError
-from pneumo.evaluation.metrics import auroc
+from pneumo.nih.findings import FINDINGS, PNEUMONIA_INDEX
+from pneumo.stats.metrics import auroc
 
 log = logging.getLogger(__name__)
 

@@ -275,7 +275,7 @@ class GCSEmulator:
         )
 
     def upload_nih_layout(self, local_root: Path, bucket: str, prefix: str = "") -> list[str]:
-        """Upload a demo set written by ``pneumo.data.synthetic`` in NIH's bucket layout.
+        """Upload a demo set written by ``pneumo.synthetic.demo`` in NIH's bucket layout.
 
         ``images/<name>`` goes to ``gs://bucket/<prefix>png/<name>``; the CSVs and split lists beside it.
         Uploads happen with requester-pays checks off. Returns the image names.
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve an in-memory emulator with a demo set in NIH's layout until interrupted."""
     import tempfile
 
-    from pneumo.data.synthetic import write_synthetic_dataset
+    from pneumo.synthetic.demo import write_synthetic_dataset
 
     parser = argparse.ArgumentParser(prog="python -m pneumo.testing.gcs_emulator", description=main.__doc__)
     parser.add_argument("--port", type=int, default=9023)

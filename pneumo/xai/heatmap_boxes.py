@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumo.data.boxes import scaled_to
 from pneumo.errors import ConfigError
+from pneumo.nih.boxes import scaled_to
 
 #: Wang et al. 2017's thresholds of the localisation table.
 WANG_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)

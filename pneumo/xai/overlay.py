@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pneumo.utils.files import atomic_write_bytes
+from pneumo.io.files import atomic_write_bytes
 
 #: Colour of ground-truth box outlines (RGB).
 BOX_COLOR = (0, 255, 0)

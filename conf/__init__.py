@@ -1,0 +1,1 @@
+"""pneumo's Hydra configs, shipped inside the package as ``pneumo.conf`` (read as ``pkg://pneumo.conf``)."""

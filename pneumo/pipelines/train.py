@@ -1,0 +1,194 @@
+"""The pipeline behind ``train.py``: compose -> instantiate -> fit -> test -> report -> metric.
+
+``train=false ckpt_path=CKPT`` evaluates a checkpoint without training: the run is rebuilt from the
+checkpoint (``pneumo.pipelines.runs``: its model, and its data module with the same split and skipped images), the
+operating point is chosen on the validation split by ``eval.threshold`` (the same rule
+that chose it during training gives the same threshold), and the test report is written as after training.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pneumo.callbacks.model_card import ModelCardCallback
+from pneumo.config import to_plain
+from pneumo.errors import ConfigError
+from pneumo.io.storage import redact_secrets
+from pneumo.pipelines.preflight import check_network_input, check_train_config
+from pneumo.pipelines.runs import RUNTIME_DATA_KEYS, Run, load_run
+from pneumo.reporting.model_card import card_fields, record_test_results, write_model_card
+from pneumo.reporting.outputs import write_evaluation
+from pneumo.reporting.report import EvalSettings
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a config group (callbacks, loggers); nulls are skipped."""
+    objects = []
+    for name, spec in (cfg or {}).items():
+        if spec is None:
+            continue
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            raise ConfigError(f"{kind}.{name} must be a config with a _target_, got {spec!r}")
+        log.info("instantiating %s <%s>", kind, spec._target_)
+        objects.append(hydra.utils.instantiate(spec))
+    return objects
+
+
+def without_logger_callbacks(callbacks: list[Any]) -> list[Any]:
+    """Drop the callbacks that only write to a logger (Lightning refuses ``LearningRateMonitor`` without
+    one), so that ``logger=none`` works with the default callbacks."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    kept = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("logger=none: the learning-rate monitor has nothing to log to and is left out")
+    return kept
+
+
+class TrainedBatches(L.Callback):
+    """Counts the training batches this process ran: a fit that trained none must not look like a run."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.batches += 1
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The optimized metric as a float (for Hydra sweepers); a clear error when it was never logged."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
+    value = metrics[name]
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def load_run_of(cfg: DictConfig) -> Run:
+    """The run of ``cfg.ckpt_path`` (model, data module, storage settings: ``pneumo.pipelines.runs.load_run``) for
+    evaluation; this command's storage settings and ``RUNTIME_DATA_KEYS`` of ``data`` apply, the rule of
+    its ``eval.threshold`` replaces the saved one (validation re-applies it to the weights)."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        raise ConfigError(
+            "train=false evaluates a checkpoint: pass ckpt_path=PATH "
+            "(e.g. ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt)"
+        )
+    rule = cfg.eval.get("threshold") if cfg.get("eval") is not None else None
+    data = dict(to_plain(cfg.get("data")) or {})
+    log.info("rebuilding the run of %s (model, data module, storage settings)", path)
+    run = load_run(path, storage=data.get("storage"), data=data, operating_point=rule)
+    saved = dict(run.datamodule.hparams)
+    differing = sorted(
+        k for k, v in data.items()
+        if k in saved and k not in RUNTIME_DATA_KEYS and k != "storage" and v != saved[k]
+    )  # fmt: skip
+    if differing:
+        log.warning(
+            "train=false evaluates on the checkpoint's data: this command's data.%s differ(s) and are ignored",
+            ", data.".join(differing),
+        )
+    return run
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit (and test) the configured model, write the test report; return the metrics and the objects.
+
+    With ``train=false`` the checkpoint ``ckpt_path`` is evaluated instead (validation picks the operating
+    point, then test and the report).
+    """
+    check_train_config(cfg)  # values checkable without data: before anything is built or fetched
+    if cfg.get("seed") is not None:
+        # Lightning would print "Seed set to" on stderr; our log keeps it with the run's other lines.
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        log.info("seed %s (torch, numpy, python and data-loader workers)", cfg.seed)
+    settings = EvalSettings.from_config(to_plain(cfg.get("eval")))
+
+    if not cfg.get("train") and (cfg.get("test") or cfg.get("ckpt_path")):
+        run = load_run_of(cfg)
+        model: L.LightningModule = run.model
+        datamodule: L.LightningDataModule = run.datamodule
+    else:
+        log.info("instantiating data <%s>", cfg.data._target_)
+        datamodule = hydra.utils.instantiate(cfg.data)
+        log.info("instantiating model <%s>", cfg.model._target_)
+        model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    image_size = getattr(datamodule, "hparams", {}).get("image_size")
+    if image_size is not None and hasattr(model, "net"):
+        # a pretrained RGB network gets the grey image replicated to its channels (model.input_norm)
+        channels = int((getattr(model, "hparams", {}).get("net") or {}).get("in_channels", 1))
+        check_network_input(model.net, image_size, in_channels=channels)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    callbacks.append(ModelCardCallback(cfg))  # provenance into every checkpoint and model_card.md
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    if not loggers:
+        callbacks = without_logger_callbacks(callbacks)
+    trained = TrainedBatches()
+    callbacks.append(trained)
+    log.info("instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for lg in loggers:
+        lg.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
+
+    metrics: dict[str, Any] = {}
+    if cfg.get("train"):
+        log.info("training")
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if trained.batches == 0:  # e.g. resumed from a checkpoint that had already reached max_epochs
+            why = (
+                f"ckpt_path={cfg.ckpt_path} had already reached trainer.max_epochs={cfg.trainer.get('max_epochs')}"
+                if cfg.get("ckpt_path")
+                else "the trainer's limits allow no batch"
+            )
+            raise ConfigError(
+                f"the run trained no batch ({why}): raise trainer.max_epochs to train on, or evaluate the "
+                "checkpoint with train=false ckpt_path=CKPT; no test report was written"
+            )
+        metrics.update(trainer.callback_metrics)
+
+    report = None
+    if cfg.get("test"):
+        if cfg.get("train"):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            ckpt = best or None
+            if not best:
+                log.warning(
+                    "no best checkpoint (fast_dev_run or no checkpoint callback): testing current weights"
+                )
+            log.info("testing with %s", ckpt or "the current weights")
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+        else:
+            ckpt = cfg.ckpt_path
+            log.info("choosing the operating point (%s) on validation", settings.threshold)
+            trainer.validate(model=model, datamodule=datamodule)
+            metrics.update(trainer.callback_metrics)
+            log.info("testing %s", ckpt)
+            trainer.test(model=model, datamodule=datamodule)
+        metrics.update(trainer.callback_metrics)
+        report = write_evaluation(model, datamodule, trainer, settings, cfg.paths.output_dir, checkpoint=ckpt)
+    elif not cfg.get("train"):
+        log.warning("train=false and test=false: nothing to do")
+    if (cfg.get("train") or cfg.get("test")) and trainer.is_global_zero:
+        if getattr(model, "model_card", None) is None and getattr(datamodule, "split", None) is not None:
+            model.model_card = card_fields(cfg, datamodule, model)  # a checkpoint from before model cards
+        if getattr(model, "model_card", None) is not None:
+            log.info("model card: %s", write_model_card(model.model_card, report, cfg.paths.output_dir))
+        if report is not None and cfg.get("train") and ckpt:  # the checkpoint this run wrote and tested
+            record_test_results(ckpt, report)
+
+    output_dir = cfg.paths.get("output_dir")
+    log.info("outputs in %s", output_dir)
+    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+        log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "report": report}
+    return metrics, objects

@@ -1,0 +1,202 @@
+"""Report figures: ROC and PR curves with the operating point, reliability diagram, confusion matrix.
+
+Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot state, no display needed); ``save_figures``
+writes them as PNGs and ``report_figures`` returns them for TensorBoard (``SummaryWriter.add_figure``).
+When a curve is undefined (e.g. no positive images) the figure says so instead of failing.
+
+Example:
+    >>> frame = pd.DataFrame({"probability": [.1, .8, .3, .7], "label": [0, 1, 0, 1]})
+    >>> figs = report_figures(frame, threshold=0.5)
+    >>> sorted(figs)
+    ['confusion_matrix', 'pr', 'reliability', 'roc']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from pneumo.reporting.predictions import finding_columns
+from pneumo.stats.metrics import (
+    auroc,
+    average_precision,
+    calibration,
+    confusion_counts,
+    pr_points,
+    roc_points,
+    threshold_metrics,
+)
+
+#: File stem of each figure, in report order.
+FIGURE_NAMES = ("roc", "pr", "reliability", "confusion_matrix")
+
+
+def _figure(size: tuple[float, float] = (4.6, 4.2)) -> tuple[Figure, object]:
+    fig = Figure(figsize=size, dpi=110, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _undefined(ax: object, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
+
+
+def roc_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "ROC") -> Figure:
+    """ROC curve with the chance diagonal and the operating point."""
+    fig, ax = _figure()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    if 0 < y.sum() < len(y):
+        fpr, tpr, _ = roc_points(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(y, p):.3f}")
+        op = threshold_metrics(y, p, threshold)
+        ax.plot(
+            1.0 - op["specificity"],
+            op["sensitivity"],
+            "o",
+            ms=8,
+            color="C3",
+            label=f"threshold {threshold:.3f}",
+        )
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        _undefined(ax, "ROC undefined: the split holds one class only")
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title
+    )
+    return fig
+
+
+def pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "Precision-recall") -> Figure:
+    """Precision-recall curve (step, as average precision sums it), prevalence baseline, operating point."""
+    fig, ax = _figure()
+    if y.sum() > 0:
+        recall, precision, _ = pr_points(y, p)
+        ax.step(
+            np.r_[0.0, recall],
+            np.r_[precision[0], precision],
+            where="pre",
+            lw=2,
+            label=f"AUPRC {average_precision(y, p):.3f}",
+        )
+        ax.axhline(y.mean(), ls="--", color="0.6", lw=1, label=f"prevalence {y.mean():.3f}")
+        op = threshold_metrics(y, p, threshold)
+        if np.isfinite(op["ppv"]):
+            ax.plot(op["sensitivity"], op["ppv"], "o", ms=8, color="C3", label=f"threshold {threshold:.3f}")
+        ax.legend(loc="best", fontsize=8)
+    else:
+        _undefined(ax, "PR curve undefined: the split has no positive images")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
+    return fig
+
+
+def reliability_figure(y: np.ndarray, p: np.ndarray, bins: int = 10, title: str = "Reliability") -> Figure:
+    """Observed frequency against mean predicted probability per bin, with the image count per bin."""
+    fig, ax = _figure()
+    cal = calibration(y, p, bins)
+    centers = (cal.edges[:-1] + cal.edges[1:]) / 2
+    width = cal.edges[1] - cal.edges[0]
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfect calibration")
+    filled = cal.counts > 0
+    ax.bar(
+        centers[filled],
+        cal.fraction_positive[filled],
+        width=width * 0.9,
+        alpha=0.35,
+        color="C0",
+        edgecolor="C0",
+        label="fraction positive per bin",
+    )
+    ax.plot(cal.mean_probability[filled], cal.fraction_positive[filled], "o-", color="C0", ms=4)
+    for x, h, n in zip(centers[filled], cal.fraction_positive[filled], cal.counts[filled]):
+        ax.text(x, min(h + 0.02, 0.95), str(n), ha="center", fontsize=7, color="0.3")
+    ece = "n/a" if not np.isfinite(cal.ece) else f"{cal.ece:.3f}"
+    brier = "n/a" if not np.isfinite(cal.brier) else f"{cal.brier:.3f}"
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="predicted probability",
+        ylabel="observed frequency",
+        title=f"{title} (ECE {ece}, Brier {brier})",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def confusion_figure(
+    y: np.ndarray, p: np.ndarray, threshold: float, title: str = "Confusion matrix"
+) -> Figure:
+    """2x2 confusion matrix (counts and row shares) at the threshold."""
+    fig, ax = _figure((4.2, 3.8))
+    cm = confusion_counts(y, p, threshold)
+    grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    rows = grid.sum(axis=1, keepdims=True)
+    share = np.divide(grid, rows, out=np.zeros_like(grid), where=rows > 0)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(
+                j,
+                i,
+                f"{int(grid[i, j])}\n({100 * share[i, j]:.0f}%)",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.5 else "black",
+                fontsize=11,
+            )
+    ax.set_xticks([0, 1], ["negative", "positive"])
+    ax.set_yticks([0, 1], ["negative", "positive"])
+    ax.set(xlabel="predicted", ylabel="actual", title=f"{title} (threshold {threshold:.3f})")
+    return fig
+
+
+def findings_roc_figure(frame: pd.DataFrame) -> Figure | None:
+    """ROC curves of every finding with both classes (multi-label runs), or ``None``."""
+    names = [f for f in finding_columns(frame) if 0 < frame[f"y_{f}"].sum() < len(frame)]
+    if not names:
+        return None
+    fig, ax = _figure((6.0, 5.0))
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+    for i, f in enumerate(names):
+        y, p = frame[f"y_{f}"].to_numpy(), frame[f"p_{f}"].to_numpy()
+        fpr, tpr, _ = roc_points(y, p)
+        ax.plot(
+            fpr, tpr, lw=1.3, color=f"C{i % 10}", ls="-" if i < 10 else ":", label=f"{f} {auroc(y, p):.3f}"
+        )
+    ax.legend(loc="lower right", fontsize=6.5)
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity", title="ROC per finding"
+    )
+    return fig
+
+
+def report_figures(
+    frame: pd.DataFrame, threshold: float, bins: int = 10, target: str = "Pneumonia"
+) -> dict[str, Figure]:
+    """The four report figures of the ``probability``/``label`` columns (plus ``roc_findings`` if multi-label)."""
+    y = frame["label"].to_numpy().astype(np.float64)
+    p = frame["probability"].to_numpy().astype(np.float64)
+    figs = {
+        "roc": roc_figure(y, p, threshold, f"ROC: {target}"),
+        "pr": pr_figure(y, p, threshold, f"Precision-recall: {target}"),
+        "reliability": reliability_figure(y, p, bins, "Reliability"),
+        "confusion_matrix": confusion_figure(y, p, threshold, f"Confusion matrix: {target}"),
+    }
+    findings = findings_roc_figure(frame)
+    if findings is not None:
+        figs["roc_findings"] = findings
+    return figs
+
+
+def save_figures(figures: Mapping[str, Figure], out_dir: str | Path) -> list[Path]:
+    """Write each figure as ``<name>.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        path = out / f"{name}.png"
+        fig.savefig(path)
+        paths.append(path)
+    return paths

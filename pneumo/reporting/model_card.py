@@ -1,0 +1,275 @@
+"""A model card per run: which data, split, seed, initial weights and code a checkpoint came from, how it
+scored, and what it is not for.
+
+``card_fields`` collects the provenance at the start of training (sha256 of the label file and split lists
+as read, images used and skipped, the patient-disjoint split's counts, initial weights, seed, the composed
+config, pneumo's version and git commit); the classifier saves them in every checkpoint
+(``checkpoint["model_card"]``). After the test, ``write_model_card`` writes ``model_card.md`` into the run
+directory with the test metrics, their intervals and the subgroup table from the report, and
+``record_test_results`` adds the same figures to the tested checkpoint's card (``model_card.test``).
+
+Example:
+    >>> fields = {"pneumo": {"version": "0.1.0", "git_commit": None}, "seed": 42}
+    >>> "## Intended use and limits" in card_markdown(fields, None)
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from omegaconf import OmegaConf
+
+from pneumo.io.checkpoints import AtomicCheckpointIO
+from pneumo.io.storage import redact_secrets, redact_url
+from pneumo.reporting.report import metrics_table, subgroup_table
+
+LIMITS = (
+    "Research use only. **Not a medical device**: not cleared or approved for clinical use, and not to be "
+    "used for diagnosis or treatment decisions.",
+    "NIH ChestX-ray14's labels were **mined from radiology reports by NLP** (Wang et al. 2017); the "
+    "pneumonia label is the noisiest of the 14. Figures against it measure agreement with report text, not "
+    "with a radiologist's reading (see the report's adjudicated section where it applies).",
+    "The demo data set (`data=demo`) is **synthetic**: drawn shapes in NIH's file layout. Any figure from "
+    "it says the pipeline works, nothing about chest X-rays.",
+    "One hospital's images (NIH Clinical Center, 1992-2015): performance on another site's images, "
+    "scanners and population is unknown until measured there (README, 'A new site').",
+)
+
+
+def file_sha256(url: str, storage_options: Mapping | None = None) -> str:
+    """sha256 (hex) of the bytes at a path or fsspec URL, read in 1 MiB blocks (compressed files as stored)."""
+    digest = hashlib.sha256()
+    with fsspec.open(url, "rb", **dict(storage_options or {})) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> dict:
+    """pneumo's installed version and, when the package lives in a git work tree, its commit (and whether
+    the tree had uncommitted changes)."""
+    try:
+        version = importlib.metadata.version("pneumo")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    here = Path(__file__).resolve().parent
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip() or None  # fmt: skip
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
+        dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": version, "git_commit": commit, "uncommitted_changes": dirty}
+
+
+def data_fields(datamodule: Any) -> dict:
+    """Label file and split lists (URL, sha256), images used and skipped, split counts of a set-up
+    ``NIHDataModule``."""
+    options = datamodule.storage.options_for
+    hp = datamodule.hparams
+    lists = dict(hp.get("split_lists") or {})
+    raw_lists = dict(getattr(datamodule, "split_lists", None) or {})
+    index, split = datamodule.index, datamodule.split
+    parts = split.as_dict()
+    split.check_disjoint(index)  # raises if a patient is in two splits: never a card that claims otherwise
+    counts = {}
+    for name, images in parts.items():
+        sub = index.subset(images)
+        counts[name] = {
+            "images": len(images),
+            "patients": int(sub.table["patient"].nunique()),
+            "pneumonia": int(sub.pneumonia.sum()),
+        }
+    used = sum(c["images"] for c in counts.values())
+    skipped = {kind: len(names) for kind, names in getattr(datamodule, "skipped", {}).items()}
+    return {
+        "labels": {
+            "url": hp["labels_url"],
+            "sha256": file_sha256(datamodule.labels_url, options(datamodule.labels_url)),
+        },
+        "split_lists": {
+            name: {"url": lists[name], "sha256": file_sha256(url, options(url))}
+            for name, url in raw_lists.items()
+        }
+        or None,
+        "split_rule": (
+            "official lists (patient-disjoint), validation carved from train_val by patient"
+            if raw_lists
+            else f"random patient split (val {hp['val_fraction']}, test {hp['test_fraction']})"
+        )
+        + f", split seed {hp['split_seed']}",
+        "views": hp.get("views"),
+        "images": {
+            "indexed": len(index),
+            "used": used,
+            "not_in_any_split": len(index) - used - sum(skipped.values()),
+            "skipped": skipped,
+        },
+        "splits": counts,
+        "patient_disjoint": True,
+        "images_url": hp["images_url"],
+        "synthetic": bool(hp.get("synthetic")),
+    }
+
+
+def initial_weights(model: Any) -> dict:
+    """Where the network's first weights came from: the model's own record (``model.initial_weights``) when
+    it keeps one, else the ``pretrained`` / ``init_weights`` file with its sha256, else random."""
+    record = getattr(model, "initial_weights", None)
+    if isinstance(record, Mapping):
+        return dict(record)
+    hp = getattr(model, "hparams", {}) or {}
+    source = hp.get("pretrained") or hp.get("init_weights")
+    if not source:
+        return {
+            "source": "random",
+            "sha256": None,
+            "note": "MONAI's default initialisation, seeded by `seed`",
+        }
+    try:
+        return {"source": redact_url(str(source)), "sha256": file_sha256(str(source))}
+    except (OSError, ValueError) as err:
+        return {"source": redact_url(str(source)), "sha256": None, "note": f"not hashed: {err}"}
+
+
+def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
+    """Everything the card records before training (see the module docstring); plain data."""
+    if OmegaConf.is_config(cfg):
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # outside a Hydra job ${hydra:...} cannot resolve: record the config as written
+            config = OmegaConf.to_container(cfg, resolve=False)
+    else:
+        config = dict(cfg)
+    data = data_fields(datamodule) if getattr(datamodule, "split", None) is not None else None
+    return {
+        "model": {
+            "task": str(getattr(model, "hparams", {}).get("task", "binary")),
+            "net": (getattr(model, "hparams", {}) or {}).get("net", {}).get("_target_"),
+        },  # fmt: skip
+        "data": data,
+        "initial_weights": initial_weights(model),
+        "seed": config.get("seed"),
+        "pneumo": code_version(),
+        "config": redact_secrets(config),
+    }
+
+
+def _row(name: str, value: Any) -> str:
+    return f"| {name} | {'n/a' if value in (None, '') else value} |"
+
+
+def card_markdown(fields: Mapping, report: Mapping | None) -> str:
+    """``model_card.md``'s text from ``card_fields`` and the test report (``None``: not tested)."""
+    code, weights, data = fields.get("pneumo") or {}, fields.get("initial_weights") or {}, fields.get("data")
+    lines = ["# Model card", "", "## Model", "", "| field | value |", "|---|---|"]
+    lines += [
+        _row("task", (fields.get("model") or {}).get("task")),
+        _row("network", (fields.get("model") or {}).get("net")),
+        _row("initial weights", weights.get("source")),
+        _row("initial weights sha256", weights.get("sha256")),
+        _row("seed", fields.get("seed")),
+        _row("pneumo version", code.get("version")),
+        _row("git commit", code.get("git_commit")),
+        _row("uncommitted changes", code.get("uncommitted_changes")),
+        "",
+    ]
+    if weights.get("note"):
+        lines += [f"Initial weights: {weights['note']}.", ""]
+    if data:
+        lines += ["## Data", "", "| field | value |", "|---|---|"]
+        lines += [
+            _row("label file", f"`{data['labels']['url']}`"),
+            _row("label file sha256", data["labels"]["sha256"]),
+        ]
+        for name, entry in (data.get("split_lists") or {}).items():
+            lines += [
+                _row(f"split list {name}", f"`{entry['url']}`"),
+                _row(f"split list {name} sha256", entry["sha256"]),
+            ]
+        img = data["images"]
+        lines += [
+            _row(
+                "images",
+                f"`{data['images_url']}`" + (" (synthetic demo set)" if data.get("synthetic") else ""),
+            ),
+            _row("split", data["split_rule"]),
+            _row("views", data.get("views") or "all"),
+            _row("images in the label index", img["indexed"]),
+            _row("images used (train + val + test)", img["used"]),
+            _row(
+                "images skipped (missing / unreadable)",
+                ", ".join(f"{k}: {v}" for k, v in img["skipped"].items()),
+            ),
+            _row("indexed images in no split", img["not_in_any_split"]),
+            "",
+            "Patient-disjoint split (no patient in two splits; checked when this card was written):",
+            "",
+            "| split | images | patients | pneumonia |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} |" for n, c in data["splits"].items()
+        ]
+        lines.append("")
+    lines += ["## Test results", ""]
+    if report:
+        t = report["threshold"]
+        lines += [
+            f"{report['counts']['images']} test images, {report['counts']['patients']} patients; operating point "
+            f"probability ≥ {t['value']:.4f} (rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}); 95% "
+            f"intervals: bootstrap over {report['bootstrap']['resamples']} resamples of {report['bootstrap']['unit']}s. "
+            "Full report: `report.md`.",
+            "",
+            *metrics_table(report),
+            "",
+            "AUROC by subgroup:",
+            "",
+            *subgroup_table(report),
+            "",
+        ]
+    else:
+        lines += ["Not tested (`test=false`).", ""]
+    lines += ["## Intended use and limits", "", *[f"- {line}" for line in LIMITS], ""]
+    lines += [
+        "## Composed config",
+        "",
+        "```yaml",
+        OmegaConf.to_yaml(OmegaConf.create(dict(fields.get("config") or {}))).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figures_of_test(report: Mapping) -> dict:
+    """The card's test figures from a report: counts, operating point, metrics with intervals, calibration,
+    subgroups (plain data)."""
+    return {k: report.get(k) for k in ("counts", "threshold", "metrics", "calibration", "subgroups")}
+
+
+def record_test_results(checkpoint: str | Path, report: Mapping) -> None:
+    """Add the test figures to the card inside a checkpoint this run wrote (``model_card.test``), atomically."""
+    path = str(checkpoint)
+    io = AtomicCheckpointIO()
+    blob = io.load_checkpoint(path, map_location="cpu", weights_only=True)
+    blob.setdefault("model_card", {})["test"] = figures_of_test(report)
+    io.save_checkpoint(blob, path)
+
+
+def write_model_card(fields: Mapping, report: Mapping | None, out_dir: str | Path) -> Path:
+    """Write ``model_card.md`` into ``out_dir``; returns its path."""
+    path = Path(out_dir) / "model_card.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(card_markdown(fields, report))
+    return path

@@ -1,0 +1,715 @@
+"""The evaluation report of a split: numbers with patient-level bootstrap intervals, as a dict, JSON and Markdown.
+
+``build_report`` turns a prediction table (``predictions_frame``) and the operating point into a plain dict:
+counts and prevalence, AUROC/AUPRC with 95% intervals, sensitivity/specificity/PPV/NPV/F1/accuracy at the
+threshold (with intervals), the confusion matrix, calibration (ECE, Brier, reliability bins), AUROC per
+subgroup (view, sex, age band) and, for multi-label runs, the CheXNet-style per-finding table. Undefined
+values are ``None`` with a ``note`` saying why; the report never holds NaN.
+
+Example:
+    >>> frame = pd.DataFrame({"image": list("abcd"), "patient": [1, 1, 2, 3],
+    ...                       "probability": [.1, .8, .3, .7], "label": [0, 1, 0, 1]})
+    >>> report = build_report(frame, threshold=0.5, settings=EvalSettings(resamples=100))
+    >>> report["metrics"]["auroc"]["value"], report["confusion_matrix"]
+    (1.0, {'tn': 2, 'fp': 0, 'fn': 0, 'tp': 2})
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pneumo.errors import ConfigError
+from pneumo.nih.adjudicated import REFERENCE_TEXT, match_reference
+from pneumo.reporting.predictions import finding_columns
+from pneumo.stats.bootstrap import ClusterBootstrap, Interval
+from pneumo.stats.metrics import (
+    THRESHOLD_METRICS,
+    RankedScores,
+    calibration,
+    confusion_counts,
+    ranking_metrics,
+    rates,
+)
+from pneumo.stats.subgroups import subgroup_masks
+from pneumo.stats.temperature import probability_nll, scaled_probability
+from pneumo.stats.threshold import ThresholdRule
+
+#: Display names of the metrics, in report order.
+METRIC_NAMES = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC (average precision)",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "ppv": "PPV (precision)",
+    "npv": "NPV",
+    "f1": "F1",
+    "accuracy": "Accuracy",
+}
+SUBGROUP_NAMES = {"view": "View position", "sex": "Sex", "age": "Age band"}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The ``eval:`` block of ``conf/train.yaml``.
+
+    Attributes:
+        threshold: operating-point rule chosen on validation (see ``pneumo.stats.threshold``).
+        resamples: bootstrap resamples (patients drawn with replacement).
+        seed: seed of the bootstrap.
+        level: confidence level of the intervals.
+        calibration_bins: equal-width bins of the ECE and the reliability diagram.
+        age_bands: ages where the age bands are cut (``[40, 60, 80]`` -> <40, 40-59, 60-79, 80+).
+        figures: also draw the ROC, PR, reliability and confusion-matrix figures.
+    """
+
+    threshold: str | float = "youden"
+    resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    calibration_bins: int = 10
+    age_bands: tuple[float, ...] = (40, 60, 80)
+    figures: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> EvalSettings:
+        """Read the ``eval:`` config block (``None`` = defaults); unknown keys are an error."""
+        cfg = dict(cfg or {})
+        boot = dict(cfg.pop("bootstrap", None) or {})
+        known = {"threshold", "calibration_bins", "age_bands", "figures"}
+        unknown = sorted(set(cfg) - known) + [
+            f"bootstrap.{k}" for k in sorted(set(boot) - {"resamples", "seed", "level"})
+        ]
+        if unknown:
+            raise ConfigError(
+                f"unknown eval config key(s) {unknown}; known: {sorted(known)} and bootstrap.resamples/seed/level"
+            )
+        settings = cls(
+            threshold=cfg.get("threshold", "youden"),
+            resamples=int(boot.get("resamples", 1000)),
+            seed=int(boot.get("seed") or 0),
+            level=float(boot.get("level", 0.95)),
+            calibration_bins=int(cfg.get("calibration_bins", 10)),
+            age_bands=tuple(float(a) for a in (cfg.get("age_bands") or ())),
+            figures=bool(cfg.get("figures", True)),
+        )
+        ThresholdRule.parse(settings.threshold)  # fail early on a bad rule
+        ClusterBootstrap(n=1, resamples=settings.resamples, level=settings.level)
+        if settings.calibration_bins < 1:
+            raise ConfigError(f"eval.calibration_bins must be >= 1, got {settings.calibration_bins}")
+        return settings
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _num(value: Any) -> float | None:
+    """A finite float, or None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _entry(value: Any, interval: Interval | None = None, note: str | None = None) -> dict:
+    """``{"value", "ci", "note"}``: value and interval as floats or None, and why something is missing."""
+    value = _num(value)
+    ci = (
+        [interval.low, interval.high]
+        if interval is not None and interval.defined and value is not None
+        else None
+    )
+    if note is None and value is not None and interval is not None and ci is None:
+        note = interval.reason or "no interval"
+    if note is None and value is None:
+        note = "undefined"
+    return {"value": value, "ci": ci, "note": note}
+
+
+def _class_notes(
+    pos: int, neg: int, pred_pos: int, pred_neg: int, threshold: float, split: str
+) -> dict[str, str]:
+    notes: dict[str, str] = {}
+    if pos == 0:
+        for k in ("auroc", "auprc", "sensitivity"):
+            notes[k] = f"undefined: the {split} split has no positive images"
+    if neg == 0:
+        for k in ("auroc", "specificity"):
+            notes.setdefault(k, f"undefined: the {split} split has no negative images")
+    if pred_pos == 0:
+        notes["ppv"] = f"undefined: threshold {threshold:.4g} labels every image negative"
+        if pos == 0:
+            notes["f1"] = "undefined: no positive images and none called positive"
+    if pred_neg == 0:
+        notes["npv"] = f"undefined: threshold {threshold:.4g} labels every image positive"
+    if pos + neg == 0:
+        notes["accuracy"] = "undefined: no images"
+    return notes
+
+
+def _binary_section(
+    y: np.ndarray, p: np.ndarray, resampling: _Resampling, threshold: float, split: str
+) -> tuple[dict, list[str]]:
+    """Counts, metrics with intervals, confusion matrix and calibration of one binary target."""
+    settings, units = resampling.settings, resampling.units
+    n, pos = len(y), int(y.sum())
+    neg = n - pos
+    counts = confusion_counts(y, p, threshold)
+    cm = {k: int(round(v)) for k, v in counts.items()}
+    pred_pos, pred_neg = cm["tp"] + cm["fp"], cm["tn"] + cm["fn"]
+    notes = _class_notes(pos, neg, pred_pos, pred_neg, threshold, split)
+    messages: list[str] = []
+    if n == 0:
+        messages.append(f"the {split} split produced no predictions: nothing to evaluate")
+    if pos == 0 and n:
+        messages.append(
+            f"the {split} split has no positive images ({n} negatives): AUROC, AUPRC and sensitivity are undefined"
+        )
+    if neg == 0 and n:
+        messages.append(
+            f"the {split} split has no negative images ({n} positives): AUROC and specificity are undefined"
+        )
+    if pred_pos == 0 and n:
+        messages.append(
+            f"the threshold {threshold:.4g} labels every {split} image negative: "
+            + ("sensitivity is 0, " if pos else "")
+            + "PPV is undefined; choose a lower eval.threshold or a data-driven rule (youden)"
+        )
+    if pred_neg == 0 and n:
+        messages.append(
+            f"the threshold {threshold:.4g} labels every {split} image positive: "
+            + ("specificity is 0, " if neg else "")
+            + "NPV is undefined; choose a higher eval.threshold or a data-driven rule (youden)"
+        )
+
+    point: dict[str, float] = {}
+    intervals: dict[str, Interval] = {}
+    if n:
+        ranked = RankedScores.of(y, p)
+        point.update({k: float(v[0]) for k, v in ranking_metrics(ranked).items()})
+        point.update({k: float(v) for k, v in rates(counts).items()})
+
+        def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+            return {**ranking_metrics(ranked, w), **rates(confusion_counts(y, p, threshold, w))}
+
+        intervals = resampling.intervals(y, statistic, point)
+    metrics = {
+        k: _entry(point.get(k), intervals.get(k), notes.get(k))
+        for k in ("auroc", "auprc", *THRESHOLD_METRICS)
+    }
+    cal = calibration(y, p, settings.calibration_bins)
+    reliability = [
+        {
+            "lower": float(cal.edges[b]),
+            "upper": float(cal.edges[b + 1]),
+            "count": int(cal.counts[b]),
+            "mean_probability": _num(cal.mean_probability[b]),
+            "fraction_positive": _num(cal.fraction_positive[b]),
+        }
+        for b in range(settings.calibration_bins)
+    ]
+    section = {
+        "counts": {
+            "images": n,
+            "patients": int(len(np.unique(units))),
+            "positives": pos,
+            "negatives": neg,
+            "prevalence": _num(pos / n) if n else None,
+        },
+        "metrics": metrics,
+        "confusion_matrix": cm,
+        "calibration": {
+            "ece": _num(cal.ece),
+            "brier": _num(cal.brier),
+            "bins": settings.calibration_bins,
+            "reliability": reliability,
+        },
+    }
+    return section, messages
+
+
+@dataclass(frozen=True)
+class _Resampling:
+    """The bootstrap of one report: the cluster of each image and what a cluster is (``patient``, or ``image``
+    when the predictions carry no patient ids)."""
+
+    units: np.ndarray
+    settings: EvalSettings
+    unit: str = "patient"
+
+    def subset(self, mask: np.ndarray) -> _Resampling:
+        return replace(self, units=self.units[mask])
+
+    def bootstrap(self) -> ClusterBootstrap:
+        s = self.settings
+        return ClusterBootstrap(
+            self.units, resamples=s.resamples, seed=s.seed, level=s.level, unit_name=self.unit
+        )
+
+    def single_unit_class(self, y: np.ndarray) -> str | None:
+        """Why no interval can be honest: one class comes from a single cluster (``None`` if both have >= 2)."""
+        for label, name in ((1, "positive"), (0, "negative")):
+            if len(np.unique(self.units[y == label])) == 1:
+                return f"no interval: every {name} image comes from one {self.unit}"
+        return None
+
+    def intervals(
+        self, y: np.ndarray, statistic: Callable[[np.ndarray], Mapping[str, np.ndarray]], names: Iterable[str]
+    ) -> dict[str, Interval]:
+        """Bootstrap intervals of ``statistic`` (see ``ClusterBootstrap.intervals``), or for each of ``names``
+        an empty interval saying why when one class comes from a single cluster."""
+        single = self.single_unit_class(y)
+        if single is not None:
+            return {k: Interval(np.nan, np.nan, 0, self.settings.resamples, single) for k in names}
+        return self.bootstrap().intervals(statistic)
+
+
+def _auroc_with_interval(y: np.ndarray, p: np.ndarray, resampling: _Resampling) -> dict:
+    pos = int(y.sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        only = "negative" if pos == 0 else "positive"
+        return _entry(None, None, f"undefined: only {only} images ({len(y)})")
+    ranked = RankedScores.of(y, p)
+
+    def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+        return {"auroc": ranking_metrics(ranked, w)["auroc"]}
+
+    interval = resampling.intervals(y, statistic, ["auroc"])["auroc"]
+    return _entry(ranking_metrics(ranked)["auroc"][0], interval)
+
+
+def _subgroups(frame: pd.DataFrame, resampling: _Resampling) -> tuple[dict, list[str]]:
+    y, p, units = frame["label"].to_numpy(), frame["probability"].to_numpy(), resampling.units
+    out: dict[str, list[dict]] = {}
+    one_class: list[str] = []
+    for attribute, rows in subgroup_masks(frame, resampling.settings.age_bands).items():
+        out[attribute] = []
+        for value, mask in rows:
+            entry = _auroc_with_interval(y[mask], p[mask], resampling.subset(mask))
+            if entry["value"] is None:
+                one_class.append(f"{attribute}={value}")
+            out[attribute].append(
+                {
+                    "value": value,
+                    "images": int(mask.sum()),
+                    "patients": int(len(np.unique(units[mask]))),
+                    "positives": int(y[mask].sum()),
+                    "auroc": entry,
+                }
+            )
+    messages = []
+    if one_class:
+        messages.append(
+            f"subgroup AUROC undefined where a subgroup holds one class only: {', '.join(one_class)}"
+        )
+    return out, messages
+
+
+def _findings_table(frame: pd.DataFrame, resampling: _Resampling) -> tuple[list[dict], dict, list[str]]:
+    """CheXNet-style per-finding AUROC table (findings with at least one positive) and the mean AUROC."""
+    names = finding_columns(frame)
+    present = [f for f in names if frame[f"y_{f}"].sum() > 0]
+    absent = [f for f in names if f not in present]
+    ranked: dict[str, RankedScores] = {}
+    for f in present:
+        y = frame[f"y_{f}"].to_numpy()
+        if 0 < y.sum() < len(y):
+            ranked[f] = RankedScores.of(y, frame[f"p_{f}"].to_numpy())
+    boot = resampling.bootstrap()  # one set of resamples for every finding and their mean
+    dists = boot.distributions(lambda w: {f: ranking_metrics(r, w)["auroc"] for f, r in ranked.items()})
+    rows = []
+    for f in present:
+        y = frame[f"y_{f}"].to_numpy()
+        if f in ranked:
+            single = resampling.single_unit_class(y)
+            interval = (
+                boot.interval_of(dists[f]) if single is None else Interval(np.nan, np.nan, 0, 0, single)
+            )
+            entry = _entry(ranking_metrics(ranked[f])["auroc"][0], interval)
+        else:
+            entry = _entry(None, None, f"undefined: every image is positive ({len(y)})")
+        rows.append({"finding": f, "positives": int(y.sum()), "images": int(len(y)), "auroc": entry})
+    defined = [r["auroc"]["value"] for r in rows if r["auroc"]["value"] is not None]
+    mean = float(np.mean(defined)) if defined else None
+    mean_interval = (
+        boot.interval_of(np.mean(np.stack([dists[f] for f in ranked]), axis=0)) if ranked else None
+    )
+    mean_entry = _entry(mean, mean_interval, None if defined else "undefined: no finding has both classes")
+    mean_entry["findings"] = len(defined)
+    messages = []
+    if absent:
+        messages.append(f"findings with no positive image in this split (no table row): {', '.join(absent)}")
+    return rows, mean_entry, messages
+
+
+def _adjudicated(frame: pd.DataFrame, resampling: _Resampling, threshold: float, split: str) -> dict | None:
+    """The score against the radiologist-adjudicated reference and against NIH's label, on the same images
+    (``None`` when no evaluated image is adjudicated; see ``pneumo.nih.adjudicated``)."""
+    mask, reference = match_reference(frame)
+    if not mask.any():
+        return None
+    p = frame["probability"].to_numpy(dtype=np.float64)[mask]
+    nih = frame["label"].to_numpy().astype(np.int64)[mask]
+    sub = resampling.subset(mask)
+    out: dict[str, Any] = {"reference": REFERENCE_TEXT, "images": int(mask.sum())}
+    for name, y in (("adjudicated", reference), ("nih", nih)):
+        section, _ = _binary_section(y, p, sub, threshold, split)
+        out[name] = {
+            "counts": section["counts"],
+            "metrics": {k: section["metrics"][k] for k in ("auroc", "sensitivity", "specificity")},
+            "confusion_matrix": section["confusion_matrix"],
+        }
+    out["agreement"] = {  # how the two references disagree on these images
+        "both_positive": int(((reference == 1) & (nih == 1)).sum()),
+        "adjudicated_only": int(((reference == 1) & (nih == 0)).sum()),
+        "nih_only": int(((reference == 0) & (nih == 1)).sum()),
+        "both_negative": int(((reference == 0) & (nih == 0)).sum()),
+    }
+    return out
+
+
+def _temperature_section(
+    frame: pd.DataFrame, settings: EvalSettings, temperature: Mapping | None
+) -> dict | None:
+    """Calibration of the raw logits (temperature 1) and of the reported probabilities, on these images."""
+    if "logit" not in frame.columns:
+        return None
+    y = frame["label"].to_numpy().astype(np.float64)
+    phases = {
+        "before": scaled_probability(frame["logit"].to_numpy(), 1.0),
+        "after": frame["probability"].to_numpy(dtype=np.float64),
+    }
+    out: dict[str, Any] = {"value": None, "fitted_on": None, **dict(temperature or {})}
+    for name, p in phases.items():
+        cal = calibration(y, p, settings.calibration_bins)
+        out[name] = {"ece": _num(cal.ece), "brier": _num(cal.brier), "nll": _num(probability_nll(y, p))}
+    return out
+
+
+def _clean(obj: Any) -> Any:
+    """Plain JSON types; NaN/inf become None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- public
+def build_report(
+    frame: pd.DataFrame,
+    threshold: float,
+    settings: EvalSettings,
+    *,
+    operating_point: Mapping | None = None,
+    split: str = "test",
+    split_counts: Mapping | None = None,
+    checkpoint: str | None = None,
+    target: str = "Pneumonia",
+    temperature: Mapping | None = None,
+) -> dict:
+    """Build the report of a prediction table.
+
+    Args:
+        frame: ``predictions_frame`` output (``image``, ``patient``, ``probability``, ``label``, metadata,
+            and ``p_*``/``y_*`` columns for a multi-label run).
+        threshold: operating point on ``probability`` (positive when ``>= threshold``).
+        settings: bootstrap, calibration and subgroup settings.
+        operating_point: how the threshold was chosen (rule, epoch, validation figures, note).
+        split: name of the evaluated split (for messages).
+        split_counts: ``{"images", "patients"}`` of the whole split, to flag a partial evaluation.
+        checkpoint: the evaluated checkpoint, recorded in the report.
+        target: name of the binary target.
+        temperature: the temperature behind ``probability`` (``value``, ``fitted_on``...); with a ``logit``
+            column the report adds calibration before (temperature 1) and after scaling.
+    """
+    missing = [c for c in ("image", "patient", "probability", "label") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"prediction table lacks column(s) {missing}")
+    threshold = float(threshold)
+    findings = finding_columns(frame)
+    y = frame["label"].to_numpy().astype(np.int64)
+    p = frame["probability"].to_numpy().astype(np.float64)
+    units = frame["patient"].to_numpy()
+    # Without a label index the patient column holds the image names: the bootstrap then resamples images.
+    unit = "image" if np.array_equal(units.astype(str), frame["image"].to_numpy().astype(str)) else "patient"
+    resampling = _Resampling(units, settings, unit)
+    section, messages = _binary_section(y, p, resampling, threshold, split)
+    op = dict(operating_point or {})
+    op_entry = {
+        "value": threshold,
+        "rule": op.get("rule", str(ThresholdRule.parse(settings.threshold))),
+        "chosen_on": op.get("chosen_on", "val"),
+        "epoch": op.get("epoch"),
+        "val": op.get("val"),
+        "note": op.get("note"),
+    }
+    if op_entry["note"]:
+        messages.append(f"operating point: {op_entry['note']}")
+    report: dict[str, Any] = {
+        "task": "multilabel" if findings else "binary",
+        "target": target,
+        "split": split,
+        "checkpoint": checkpoint,
+        "counts": section["counts"],
+        "split_counts": dict(split_counts) if split_counts else None,
+        "threshold": op_entry,
+        "bootstrap": {
+            "unit": unit,
+            "resamples": settings.resamples,
+            "seed": settings.seed,
+            "level": settings.level,
+            "method": f"percentile; threshold fixed, {unit}s drawn with replacement",
+        },
+        "settings": settings_dict(settings),
+        "metrics": section["metrics"],
+        "confusion_matrix": section["confusion_matrix"],
+        "calibration": section["calibration"],
+    }
+    if split_counts and int(split_counts.get("images", len(frame))) != len(frame):
+        messages.append(
+            f"evaluated {len(frame)} of the {split_counts['images']} images of the {split} split "
+            "(e.g. trainer.limit_test_batches): the numbers describe that subset"
+        )
+    if unit == "image":
+        messages.append(
+            "no patient ids (no label index): the bootstrap resamples images, intervals are too narrow"
+        )
+    subgroups, sub_messages = _subgroups(frame, resampling)
+    report["subgroups"] = subgroups
+    scaling = _temperature_section(frame, settings, temperature)
+    if scaling is not None:
+        report["temperature"] = scaling
+        if scaling.get("note"):
+            messages.append(f"temperature: {scaling['note']}")
+    adjudicated = _adjudicated(frame, resampling, threshold, split)
+    if adjudicated is not None:
+        report["adjudicated"] = adjudicated
+    messages += sub_messages
+    if findings:
+        rows, mean_entry, find_messages = _findings_table(frame, resampling)
+        report["findings"] = rows
+        report["mean_auroc"] = mean_entry
+        messages += find_messages
+    report["messages"] = messages
+    return _clean(report)
+
+
+def report_scalars(report: Mapping, prefix: str = "test") -> dict[str, float]:
+    """Flat ``{prefix/name: value}`` of the report's defined numbers (for loggers and Hydra)."""
+    out: dict[str, float] = {}
+    for name, entry in report["metrics"].items():
+        if entry["value"] is not None:
+            out[f"{prefix}/{name}"] = entry["value"]
+        if entry["ci"]:
+            out[f"{prefix}/{name}_ci_low"], out[f"{prefix}/{name}_ci_high"] = entry["ci"]
+    for name in ("ece", "brier"):
+        if report["calibration"][name] is not None:
+            out[f"{prefix}/{name}"] = report["calibration"][name]
+    out[f"{prefix}/threshold"] = report["threshold"]["value"]
+    if report.get("mean_auroc") and report["mean_auroc"]["value"] is not None:
+        out[f"{prefix}/auroc_mean"] = report["mean_auroc"]["value"]
+        if report["mean_auroc"]["ci"]:
+            out[f"{prefix}/auroc_mean_ci_low"], out[f"{prefix}/auroc_mean_ci_high"] = report["mean_auroc"][
+                "ci"
+            ]
+    for row in report.get("findings", []):
+        if row["auroc"]["value"] is not None:
+            out[f"{prefix}/auroc_{row['finding']}"] = row["auroc"]["value"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_ci(entry: Mapping) -> str:
+    return f"{entry['ci'][0]:.4f} – {entry['ci'][1]:.4f}" if entry.get("ci") else ""
+
+
+def _cell(entry: Mapping) -> tuple[str, str, str]:
+    return _fmt(entry["value"]), _fmt_ci(entry), entry.get("note") or ""
+
+
+def metrics_table(report: Mapping) -> list[str]:
+    """The Markdown lines of the metrics table (with intervals, ECE and Brier score)."""
+    lines = ["| Metric | Value | 95% CI | Note |", "|---|---|---|---|"]
+    for name, entry in report["metrics"].items():
+        value, ci, note = _cell(entry)
+        lines.append(f"| {METRIC_NAMES.get(name, name)} | {value} | {ci} | {note} |")
+    cal = report["calibration"]
+    return lines + [
+        f"| Expected calibration error ({cal['bins']} bins) | {_fmt(cal['ece'])} | | |",
+        f"| Brier score | {_fmt(cal['brier'])} | | |",
+    ]
+
+
+def subgroup_table(report: Mapping) -> list[str]:
+    """The Markdown lines of the subgroup AUROC table."""
+    lines = [
+        "| Subgroup | Value | Images | Patients | Positives | AUROC | 95% CI |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for attribute, rows in report.get("subgroups", {}).items():
+        for row in rows:
+            value, ci, note = _cell(row["auroc"])
+            lines.append(
+                f"| {SUBGROUP_NAMES.get(attribute, attribute)} | {row['value']} | {row['images']} | "
+                f"{row['patients']} | {row['positives']} | {value} | {ci or note} |"
+            )
+    return lines
+
+
+def report_markdown(report: Mapping) -> str:
+    """The report as Markdown tables (what ``report.md`` holds)."""
+    c, t, b = report["counts"], report["threshold"], report["bootstrap"]
+    split = report["split"]
+    if report["task"] == "multilabel":
+        title = f"14 findings (multi-label) and {report['target'].lower()}"
+    else:
+        title = f"{report['target'].lower()} (binary)"
+    lines = [f"# Evaluation report: {title}, {split} split", ""]
+    if report.get("checkpoint"):
+        lines += [f"Checkpoint: `{report['checkpoint']}`", ""]
+    prevalence = "n/a" if c["prevalence"] is None else f"{100 * c['prevalence']:.1f}%"
+    lines += [
+        f"{c['images']} images, {c['patients']} patients, {c['positives']} {report['target'].lower()} "
+        f"positives (prevalence {prevalence}).",
+        "",
+    ]
+    if t.get("chosen_on") == "fixed":
+        chosen = "fixed by eval.threshold"
+    else:
+        chosen = f"rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}"
+    if t.get("epoch") is not None:
+        chosen += f" at epoch {t['epoch']}"
+    if t.get("val"):
+        v = t["val"]
+        chosen += f"; validation sensitivity {_fmt(v.get('sensitivity'), 3)}, specificity {_fmt(v.get('specificity'), 3)}"
+    lines += [
+        f"Operating point: probability ≥ **{t['value']:.4f}** ({chosen}).",
+        f"Intervals: {100 * b['level']:g}% percentile bootstrap over {b['resamples']} resamples of "
+        f"{b['unit']}s (seed {b['seed']}).",
+        "",
+    ]
+    if report["task"] == "multilabel":
+        m = report["mean_auroc"]
+        lines += [
+            "## Per-finding AUROC (CheXNet layout)",
+            "",
+            "| Finding | AUROC | 95% CI | Positives | Images |",
+            "|---|---|---|---|---|",
+        ]
+        for row in report["findings"]:
+            value, ci, note = _cell(row["auroc"])
+            lines.append(
+                f"| {row['finding']} | {value} | {ci or note} | {row['positives']} | {row['images']} |"
+            )
+        value, ci, note = _cell(m)
+        lines += [f"| **Mean ({m['findings']} findings)** | **{value}** | {ci or note} | | |", ""]
+        lines += [f"## {report['target']} at the operating point", ""]
+    lines += metrics_table(report)
+    lines += [
+        "",
+        *_temperature_markdown(report.get("temperature")),
+        f"Confusion matrix at threshold {t['value']:.4f}:",
+        "",
+        "| | predicted negative | predicted positive |",
+        "|---|---|---|",
+        f"| **actual negative** | {report['confusion_matrix']['tn']} (TN) | {report['confusion_matrix']['fp']} (FP) |",
+        f"| **actual positive** | {report['confusion_matrix']['fn']} (FN) | {report['confusion_matrix']['tp']} (TP) |",
+        "",
+    ]
+    if report.get("subgroups"):
+        lines += [f"## AUROC by subgroup ({report['target'].lower()})", "", *subgroup_table(report), ""]
+    if report.get("adjudicated"):
+        lines += _adjudicated_markdown(report["adjudicated"], report["target"], t["value"])
+    if report.get("messages"):
+        lines += ["## Notes", ""] + [f"- {m}" for m in report["messages"]] + [""]
+    if report.get("figures"):
+        lines += ["## Figures", ""] + [f"![{name}]({name})" for name in report["figures"]] + [""]
+    return "\n".join(lines)
+
+
+def _temperature_markdown(section: Mapping | None) -> list[str]:
+    if not section:
+        return []
+    value = section.get("value")
+    fitted = not str(section.get("note") or "").startswith("temperature not fitted")
+    how = (
+        "no temperature recorded"
+        if value is None
+        else f"temperature {value:.4f}, fitted on {section.get('fitted_on') or 'validation'} by NLL"
+        if fitted
+        else f"temperature {value:.4f}, not fitted on {section.get('fitted_on') or 'validation'}: see the notes"
+    )
+    b, a = section["before"], section["after"]
+    return [
+        f"Calibration before and after temperature scaling ({how}):",
+        "",
+        "| | ECE | Brier | NLL |",
+        "|---|---|---|---|",
+        f"| before (temperature 1) | {_fmt(b['ece'])} | {_fmt(b['brier'])} | {_fmt(b['nll'])} |",
+        f"| after (reported probabilities) | {_fmt(a['ece'])} | {_fmt(a['brier'])} | {_fmt(a['nll'])} |",
+        "",
+    ]
+
+
+def _adjudicated_markdown(section: Mapping, target: str, threshold: float) -> list[str]:
+    adj, nih, agree = section["adjudicated"], section["nih"], section["agreement"]
+    lines = [
+        "## Radiologist-adjudicated reference (Airspace opacity)",
+        "",
+        f"{section['reference']}",
+        "",
+        f"{section['images']} of the evaluated images are adjudicated ({adj['counts']['patients']} patients). "
+        f"The same {target.lower()} probabilities at the same operating point ({threshold:.4f}), scored "
+        "against each reference:",
+        "",
+        "| Reference | Positives | Negatives | AUROC | 95% CI | Sensitivity | 95% CI | Specificity | 95% CI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, part in (("Adjudicated airspace opacity", adj), (f"NIH {target.lower()} label", nih)):
+        cells = []
+        for metric in ("auroc", "sensitivity", "specificity"):
+            value, ci, note = _cell(part["metrics"][metric])
+            cells += [value, ci or note]
+        lines.append(
+            f"| {name} | {part['counts']['positives']} | {part['counts']['negatives']} | {' | '.join(cells)} |"
+        )
+    lines += [
+        "",
+        f"The references agree on {agree['both_positive']} positive and {agree['both_negative']} negative "
+        f"images; {agree['adjudicated_only']} are positive only for the radiologists, {agree['nih_only']} only "
+        "for NIH's label.",
+        "",
+    ]
+    return lines
+
+
+def write_report(report: Mapping, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "report.json", out / "report.md"
+    json_path.write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+    md_path.write_text(report_markdown(report))
+    return json_path, md_path
+
+
+def settings_dict(settings: EvalSettings) -> dict:
+    """The settings as plain data (recorded in the report)."""
+    out = asdict(settings)
+    out["age_bands"] = list(settings.age_bands)
+    return out

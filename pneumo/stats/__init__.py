@@ -1,0 +1,1 @@
+"""Statistics a reviewer accepts: metrics, patient-bootstrap intervals, operating points, temperature, subgroups."""

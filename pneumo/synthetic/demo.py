@@ -1,0 +1,201 @@
+"""A synthetic ChestX-ray14 look-alike in NIH's exact layout: the demo data set.
+
+Grayscale PNGs with chest-like anatomy (torso, two lung fields with ribs, spine, heart shadow, diaphragm,
+film noise, sometimes a side marker), a "pneumonia" opacity in one lung field for a configurable share of
+images (boxes sized like NIH's pneumonia boxes: median ~22% x 27% of the image side), and other findings mixed
+in (some visible: cardiomegaly, effusion, nodule, mass; the rest label-only) so ``Finding Labels`` has
+``|``-joined rows and ``No Finding``. Written next to each other, as NIH publishes them::
+
+    OUT/images/00000001_000.png ...
+    OUT/Data_Entry_2017.csv        (the real 11 columns, bracket-split header)
+    OUT/train_val_list.txt  OUT/test_list.txt   (split by patient)
+    OUT/BBox_List_2017.csv         (real header; boxes in pixels of the written image)
+    OUT/demo_manifest.json         (written last: parameters and counts; marks the set complete)
+
+Unlike NIH (boxes only on test images) every opacity gets a box, so validation overlays can show them too.
+With ``format="dicom"`` (``--format dicom``) each image is written as a DICOM file instead,
+``OUT/images/00000001_000.dcm`` (8-bit MONOCHROME2, the same pixels), while the CSVs keep NIH's ``.png``
+names, as in Google's bucket (``png/`` and ``dicom/``): train on it with ``data.image_suffix=.dcm``. Its
+headers carry planted identifiers (``planted_identifiers``: patient name and ID, birth date, study date,
+institution, referring physician), all starting with ``PLANTED``, to check that none leaves the file.
+Output is deterministic per seed and may go to any fsspec URL (a local folder, ``gs://``, ``memory://``).
+
+Example:
+    >>> write_synthetic_dataset("data/nih_demo", n=600, size=128, seed=0)  # doctest: +SKIP
+
+Command line (the second form: one image per row of NIH's real index, see ``pneumo.synthetic.like_index``)::
+
+    python -m pneumo synthetic OUT --n 600 --size 128 --seed 0
+    python -m pneumo synthetic OUT --like-index [Data_Entry CSV] [--bbox BBox CSV] --size 64
+    python -m pneumo synthetic OUT --format dicom                      # the same set as DICOM files
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+import fsspec
+import numpy as np
+
+from pneumo.errors import ConfigError
+from pneumo.io.store import object_name
+from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
+from pneumo.synthetic.render import encode_png, opacity_box, random_anatomy, render
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "demo_manifest.json"
+#: Prevalence of the other findings in the demo set (pneumonia's is a parameter).
+OTHER_FINDING_RATES = {
+    "Infiltration": 0.15,
+    "Effusion": 0.10,
+    "Atelectasis": 0.08,
+    "Cardiomegaly": 0.05,
+    "Nodule": 0.05,
+    "Mass": 0.03,
+    "Pneumothorax": 0.03,
+    "Consolidation": 0.03,
+    "Edema": 0.02,
+    "Emphysema": 0.02,
+    "Fibrosis": 0.02,
+    "Pleural_Thickening": 0.02,
+    "Hernia": 0.01,
+}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of a synthetic data set (all of them are recorded in the manifest)."""
+
+    n: int = 600
+    size: int = 128
+    seed: int = 0
+    pneumonia_fraction: float = 0.2
+    test_fraction: float = 0.2
+    max_images_per_patient: int = 5
+    #: Standard deviation of the film grain, in grey levels; real-looking 1024-px files need ~6-10.
+    noise: float = 6.0
+    #: File format of the images: ``png`` or ``dicom`` (``.dcm`` files; the CSVs still name ``.png``).
+    format: str = "png"
+
+
+IMAGE_FORMATS = ("png", "dicom")
+
+
+def planted_identifiers(patient: int) -> dict[str, str]:
+    """Header values of a demo DICOM that identify no one but look like patient data (pydicom keywords).
+
+    Example:
+        >>> planted_identifiers(7)["PatientID"]
+        'PLANTED-ID-00000007'
+    """
+    return {
+        "PatientName": f"PLANTED^NAME{patient:08d}",
+        "PatientID": f"PLANTED-ID-{patient:08d}",
+        "PatientBirthDate": "19010101",
+        "StudyDate": "20990101",
+        "InstitutionName": "PLANTED DEMO INSTITUTION",
+        "ReferringPhysicianName": "PLANTED^DOCTOR",
+    }
+
+
+def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides) -> dict:
+    """Write a synthetic NIH-layout data set to ``out`` (a folder or fsspec URL) and return its manifest.
+
+    Args:
+        out: destination root; ``images/``, the CSVs and the split lists are written under it.
+        cfg: parameters; keyword ``overrides`` replace single fields (``n=100, size=64``).
+    """
+    cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
+    if cfg.n < 10:
+        raise ConfigError(f"a synthetic data set needs at least 10 images, got n={cfg.n}")
+    if cfg.format not in IMAGE_FORMATS:
+        raise ConfigError(f"data.synthetic.format={cfg.format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
+    rng = np.random.default_rng(cfg.seed)
+    fs, root = fsspec.core.url_to_fs(out)
+    root = root.rstrip("/")
+    fs.makedirs(f"{root}/images", exist_ok=True)
+
+    rows, boxes, patient_images = [], [], {}
+    patient, written = 0, 0
+    batch: dict[str, bytes] = {}
+    while written < cfg.n:
+        patient += 1
+        anatomy = random_anatomy(rng)
+        age, sex = int(rng.integers(18, 90)), str(rng.choice(["M", "F"]))
+        n_images = min(int(rng.integers(1, cfg.max_images_per_patient + 1)), cfg.n - written)
+        for follow_up in range(n_images):
+            name = f"{patient:08d}_{follow_up:03d}.png"
+            labels = {f for f, p in OTHER_FINDING_RATES.items() if rng.random() < p}
+            box = None
+            if rng.random() < cfg.pneumonia_fraction:
+                labels.add(PNEUMONIA)
+                box = opacity_box(rng, anatomy)
+                boxes.append(
+                    f"{name},{PNEUMONIA},{box[0] * cfg.size:.3f},{box[1] * cfg.size:.3f},"
+                    f"{box[2] * cfg.size:.3f},{box[3] * cfg.size:.3f},,,"
+                )
+            view = "PA" if rng.random() < 0.6 else "AP"
+            pixels = render(rng, cfg.size, cfg.noise, anatomy, labels, box)
+            if cfg.format == "dicom":
+                from pneumo.images.dicom import dicom_bytes
+
+                encoded = dicom_bytes(
+                    pixels, identifiers=planted_identifiers(patient), uid_seed=f"{cfg.seed}/{name}"
+                )
+                batch[f"{root}/images/{object_name(name, '.dcm')}"] = encoded
+            else:
+                batch[f"{root}/images/{name}"] = encode_png(pixels)
+            finding_labels = "|".join(sorted(labels)) if labels else NO_FINDING
+            spacing = 0.143 * 1024 / cfg.size
+            rows.append(
+                f"{name},{finding_labels},{follow_up},{patient},{min(age + follow_up, 99)},{sex},{view},"
+                f"{cfg.size},{cfg.size},{spacing:.3f},{spacing:.3f}"
+            )
+            patient_images.setdefault(patient, []).append(name)
+            written += 1
+            if len(batch) >= 64:
+                fs.pipe(batch)
+                batch = {}
+    if batch:
+        fs.pipe(batch)
+
+    patients = np.array(sorted(patient_images))
+    test_patients = set(
+        rng.choice(patients, size=max(1, int(round(cfg.test_fraction * len(patients)))), replace=False)
+    )
+    test = sorted(x for p in patients if p in test_patients for x in patient_images[p])
+    train_val = sorted(x for p in patients if p not in test_patients for x in patient_images[p])
+
+    fs.pipe_file(f"{root}/Data_Entry_2017.csv", ("\n".join([DATA_ENTRY_HEADER, *rows]) + "\n").encode())
+    fs.pipe_file(f"{root}/BBox_List_2017.csv", ("\n".join([BBOX_HEADER, *boxes]) + "\n").encode())
+    fs.pipe_file(f"{root}/train_val_list.txt", ("\n".join(train_val) + "\n").encode())
+    fs.pipe_file(f"{root}/test_list.txt", ("\n".join(test) + "\n").encode())
+    manifest = {
+        "config": asdict(cfg),
+        "images": written,
+        "patients": len(patients),
+        "pneumonia": len(boxes),
+        "train_val": len(train_val),
+        "test": len(test),
+        "findings": list(FINDINGS),
+    }
+    fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides) -> dict:
+    """Write the data set unless ``out`` already holds a complete one made with the same parameters."""
+    cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
+    fs, root = fsspec.core.url_to_fs(out)
+    manifest_path = f"{root.rstrip('/')}/{MANIFEST}"
+    if fs.exists(manifest_path):
+        manifest = json.loads(fs.cat_file(manifest_path))
+        if manifest.get("config") == asdict(cfg):
+            return manifest
+        log.info("demo set at %s was made with other parameters; writing it again", out)
+        fs.rm_file(manifest_path)
+    log.info("writing the synthetic demo set (%d images, %d px) to %s", cfg.n, cfg.size, out)
+    return write_synthetic_dataset(out, cfg)
