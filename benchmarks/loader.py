@@ -45,7 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+from pneumo.io.environment import prepare_gcsfs
+
+prepare_gcsfs(emulator=True)  # before gcsfs is imported: the benchmark reads from the emulator
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from pneumo.nih.shipped import register_resolver as _register_nih_resolver  # noqa: E402
+import pneumo.io  # noqa: F401 - first: sets gcsfs's environment before anything imports gcsfs
+from pneumo.nih.shipped import register_resolver as _register_nih_resolver
 
 # ``${nih:NAME}`` in conf/data/nih.yaml: registered by any import of pneumo, before Hydra resolves a config.
 _register_nih_resolver()

@@ -5,10 +5,11 @@ Helpers (paths, overrides, data modules, ``run_cli``) live in ``tests/helpers.py
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from pneumo.io.environment import prepare_gcsfs
 
 # Re-exported for tests written before tests/helpers.py existed; new tests import tests.helpers.
 from tests.helpers import (  # noqa: F401
@@ -35,6 +36,14 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pneumo's wheel, built once per session from a copy of the checkout (``tests.helpers.build_wheel``)."""
+    from tests.helpers import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
 @pytest.fixture()
 def compose_train(tmp_path: Path):
     """Compose ``conf/train.yaml`` with overrides, as Hydra would for ``python train.py``."""
@@ -58,9 +67,9 @@ def compose_train(tmp_path: Path):
 
 
 # ---------------------------------------------------------------- GCS emulator (issue 3: cloud data path)
-# gcsfs >= 2026 probes buckets over gRPC when this is on, stalling every call against the emulator; it is
-# read when gcsfs is imported, which any test (a logger, fsspec) may trigger first: set it at collection.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# gcsfs's gRPC bucket probe stalls every call against the emulator; gcsfs decides when it is imported, which
+# any test (a logger, fsspec) may trigger first: decided at collection (child processes inherit it).
+prepare_gcsfs(emulator=True)
 
 
 @pytest.fixture(scope="session")
@@ -78,10 +87,12 @@ def gcs_emulator(_gcs_emulator_session):
     em = _gcs_emulator_session
     if not em.running:
         em.start()
-    em.fault, em.latency_s = None, 0.0
+    em.clear_faults()
+    em.latency_s = 0.0
     em.requests.clear()
     yield em
-    em.fault, em.latency_s = None, 0.0
+    em.clear_faults()
+    em.latency_s = 0.0
     if not em.running:
         em.start()
 

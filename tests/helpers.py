@@ -106,3 +106,36 @@ def read_scalars(event_dir: Path) -> dict[str, list[float]]:
     acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+#: What a wheel is built from: the files setuptools reads (tests/, benchmarks/, docs/ are not shipped).
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "pneumo", "conf")
+
+
+def build_wheel(out_dir: Path) -> Path:
+    """Build pneumo's wheel from a copy of the checkout's sources into ``out_dir``; returns the ``.whl``
+    (pip's output is kept beside it in ``pip-wheel.log``).
+
+    A copy, because setuptools builds in the source tree and its ``build/lib`` keeps modules deleted since
+    (a stale wheel); offline (``--no-index``, ``--no-build-isolation``: this venv's setuptools).
+    """
+    import shutil
+    import subprocess
+
+    src = out_dir / "src"
+    for name in WHEEL_SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            src.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, src / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(out_dir), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    (out_dir / "pip-wheel.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wheels = list(out_dir.glob("pneumo-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]

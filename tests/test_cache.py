@@ -22,12 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
-import pneumo.data.cache
+import pneumo.images.preprocess
 from pneumo.data.cache import BAD, CACHED, MISSING, ImageCache
 from pneumo.data.datamodule import NIHDataModule
 from pneumo.images.decode import BadImageError, decode_grayscale
 from pneumo.images.preprocess import ResizeToUint8
-from pneumo.io.store import ImageStore, ObjectNotFoundError, StoreUnavailableError
+from pneumo.io.reading import ObjectNotFoundError, StoreUnavailableError
+from pneumo.io.store import ImageStore
 from pneumo.nih.index import NIHLabelIndex
 from tests.helpers import BILLING_PROJECT, ROOT, demo_datamodule, emulator_datamodule
 
@@ -94,7 +95,7 @@ def test_an_epoch_from_cache_needs_no_network_and_no_png(
     def no_decoding(*args, **kwargs):
         raise AssertionError("a PNG was decoded during a cached epoch")
 
-    monkeypatch.setattr(pneumo.data.cache, "decode_grayscale", no_decoding)  # streaming decodes there too
+    monkeypatch.setattr(pneumo.images.preprocess, "decode_grayscale", no_decoding)  # every path decodes there
     seen = sum(
         len(batch["image_id"]) for loader in (dm.train_dataloader(), dm.val_dataloader()) for batch in loader
     )
@@ -144,7 +145,7 @@ def test_build_killed_with_sigkill_resumes_to_the_clean_result(
     }
     cache = ImageCache(tmp_path / "cache", kwargs["images_url"], names, 48)
     gcs_emulator.latency_s = 0.05  # 80 images one at a time: ~4 s, so the kill lands mid-build
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # with conftest's prepare_gcsfs(emulator=True)
     proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, json.dumps(kwargs)], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -333,7 +334,7 @@ def test_store_reads_local_and_gs_the_same(gcs_emulator, nih_bucket: str, demo_r
 def test_cache_build_through_a_server_restart(
     gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pneumo.io.store")
+    caplog.set_level(logging.DEBUG, logger="pneumo.io.reading")
     names = demo_names(demo_root)
     dm = gs_dm(gcs_emulator, nih_bucket, tmp_path / "cache", storage={**FAST_IO, "concurrency": 4})
     served = {"n": 0}

@@ -16,6 +16,9 @@ BAD_VALUES = [
     ("data.image_size=7", "data.image_size=7 is too small"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
     ("model.class_weights=[1,2,3]", "model.class_weights"),
+    # every option that takes a name: one format (pneumo.config.choice), with the closest name
+    ("data.on_missing=skp", "data.on_missing='skp': choose one of 'error', 'skip' (did you mean 'skip'?)"),
+    ("model.task=multilable", "model.task='multilable': choose one of 'binary', 'multilabel' (did you mean"),
 ]
 
 

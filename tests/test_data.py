@@ -89,7 +89,7 @@ def test_items_shapes_dtypes_ranges(demo_root: Path) -> None:
         batch = next(iter(loader))
         x = batch["image"]
         assert x.shape == (8, 1, 48, 48) and x.dtype == torch.float32
-        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.05
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.std()) > 0.05
         assert batch["label"].dtype == torch.int64 and set(batch["label"].tolist()) <= {0, 1}
         assert batch["findings"].shape == (8, 14)
         assert len(batch["image_id"]) == 8 and batch["image_id"][0].endswith(".png")
@@ -120,18 +120,20 @@ def test_class_counts(demo_root: Path) -> None:
 
 def test_missing_image_root_names_path_and_fix(demo_root: Path, tmp_path: Path) -> None:
     dm = make_dm(demo_root, images_url=str(tmp_path / "nowhere"))
-    with pytest.raises(DataRootError, match=f"{tmp_path / 'nowhere'} does not exist.*python -m pneumo synthetic"):
+    with pytest.raises(
+        DataRootError, match=f"{tmp_path / 'nowhere'} does not exist.*python -m pneumo synthetic"
+    ):
         dm.setup("fit")
 
 
 def test_root_without_images(demo_root: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     dm = make_dm(demo_root, images_url=str(tmp_path / "empty"))
-    with pytest.raises(DataRootError, match="holds none of the indexed images.*python -m pneumo synthetic"):
+    with pytest.raises(DataRootError, match=r"holds none of the indexed images.*python -m pneumo synthetic"):
         dm.setup("fit")
 
 
 def test_missing_labels(demo_root: Path, tmp_path: Path) -> None:
     dm = make_dm(demo_root, labels_url=str(tmp_path / "labels.csv"))
-    with pytest.raises(DataRootError, match="labels.csv does not exist"):
+    with pytest.raises(DataRootError, match=r"labels\.csv does not exist"):
         dm.setup("fit")

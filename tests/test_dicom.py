@@ -226,7 +226,7 @@ def test_describe_command(png: tuple[str, np.ndarray], demo_root: Path, tmp_path
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"dicom_voi": "lung"}, "data.dicom_voi='lung': choose one of auto, window, full-range"),
+        ({"dicom_voi": "lung"}, "data.dicom_voi='lung': choose one of 'auto', 'window', 'full-range'"),
         ({"image_suffix": "dcm"}, "data.image_suffix='dcm': give a file ending such as .dcm, or null"),
     ],
 )

@@ -15,7 +15,7 @@ from pneumo.nih.adjudicated import ADJUDICATED_FILE
 from pneumo.nih.findings import FINDINGS
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import shipped_path
-from pneumo.pipelines.evaluate import EvaluateError, evaluate_files
+from pneumo.pipelines.evaluate import EvaluateError, EvaluateSettings, evaluate_files
 from pneumo.reporting.predictions import PredictionsFileError
 from pneumo.reporting.report import EvalSettings
 from pneumo.stats.temperature import fit_temperature, nll
@@ -47,8 +47,10 @@ def test_chexnet_layout_gives_the_finding_table(demo_root: Path, tmp_path: Path)
         tmp_path / "preds.csv",
         pd.DataFrame({"Image Index": test[::-1], **{k: v[::-1] for k, v in probs.items()}}),
     )
-    report = evaluate_files(path, tmp_path / "out", SETTINGS, labels_url=str(demo_root / "Data_Entry_2017.csv"),
-                            choose_on_evaluated=True)  # fmt: skip
+    labels_url = str(demo_root / "Data_Entry_2017.csv")
+    report = evaluate_files(
+        EvaluateSettings(path, tmp_path / "out", SETTINGS, labels_url=labels_url, choose_on_evaluated=True)
+    )
     assert report["task"] == "multilabel"
     rows = {r["finding"]: r for r in report["findings"]}
     present = [f for f in FINDINGS if labels[f].sum() > 0]
@@ -81,9 +83,9 @@ def test_threshold_is_chosen_on_validation_never_silently_on_the_evaluated_file(
 
     test_path, val_path = _write(tmp_path / "t.csv", preds(test)), _write(tmp_path / "v.csv", preds(val))
     with pytest.raises(EvaluateError, match="pass val_predictions=PATH"):
-        evaluate_files(test_path, tmp_path / "a", SETTINGS, labels_url=labels_url)
+        evaluate_files(EvaluateSettings(test_path, tmp_path / "a", SETTINGS, labels_url=labels_url))
     report = evaluate_files(
-        test_path, tmp_path / "b", SETTINGS, val_predictions=val_path, labels_url=labels_url
+        EvaluateSettings(test_path, tmp_path / "b", SETTINGS, val_predictions=val_path, labels_url=labels_url)
     )
     v = pd.read_csv(val_path)
     y_val = index.loc[v["image"], "Finding Labels"].str.contains("Pneumonia").to_numpy().astype(int)
@@ -95,7 +97,11 @@ def test_threshold_is_chosen_on_validation_never_silently_on_the_evaluated_file(
     assert report["threshold"]["chosen_on"].startswith("val_predictions")
     assert not any("evaluated images themselves" in m for m in report["messages"])
     with pytest.raises(EvaluateError, match="in both predictions"):
-        evaluate_files(test_path, tmp_path / "c", SETTINGS, val_predictions=test_path, labels_url=labels_url)
+        evaluate_files(
+            EvaluateSettings(
+                test_path, tmp_path / "c", SETTINGS, val_predictions=test_path, labels_url=labels_url
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -123,8 +129,12 @@ def test_bad_files_give_one_clear_line(demo_root: Path, tmp_path: Path, edit, me
     good = pd.DataFrame({"image": test, "probability": np.linspace(0, 1, len(test))})
     path = _write(tmp_path / "bad.csv", edit(good))
     with pytest.raises(PredictionsFileError, match=message) as err:
-        evaluate_files(path, tmp_path / "out", SETTINGS, labels_url=str(demo_root / "Data_Entry_2017.csv"),
-                       choose_on_evaluated=True)  # fmt: skip
+        labels_url = str(demo_root / "Data_Entry_2017.csv")
+        evaluate_files(
+            EvaluateSettings(
+                path, tmp_path / "out", SETTINGS, labels_url=labels_url, choose_on_evaluated=True
+            )
+        )
     assert isinstance(err.value, PneumoError) and str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -153,7 +163,9 @@ def test_adjudicated_reference_section(tmp_path: Path) -> None:
         {"image": [*ref["Image Index"], *extra["Image Index"]], "probability": [*p, *rng.random(300)]}
     )
     path = _write(tmp_path / "p.csv", frame)
-    report = evaluate_files(path, tmp_path / "out", EvalSettings(threshold=0.6, resamples=200, figures=False))
+    report = evaluate_files(
+        EvaluateSettings(path, tmp_path / "out", EvalSettings(threshold=0.6, resamples=200, figures=False))
+    )
     section = report["adjudicated"]
     assert section["images"] == 1962 == len(ref)
     adj = section["adjudicated"]
@@ -177,8 +189,9 @@ def test_no_adjudicated_images_no_section(demo_root: Path, tmp_path: Path) -> No
     path = _write(
         tmp_path / "p.csv", pd.DataFrame({"image": test, "probability": np.linspace(0, 1, len(test))})
     )
-    report = evaluate_files(path, tmp_path / "out", EvalSettings(threshold=0.5, resamples=50, figures=False),
-                            labels_url=str(demo_root / "Data_Entry_2017.csv"))  # fmt: skip
+    settings = EvalSettings(threshold=0.5, resamples=50, figures=False)
+    labels_url = str(demo_root / "Data_Entry_2017.csv")
+    report = evaluate_files(EvaluateSettings(path, tmp_path / "out", settings, labels_url=labels_url))
     assert "adjudicated" not in report
     assert "adjudicated" not in (tmp_path / "out" / "report.md").read_text()
 
@@ -195,9 +208,9 @@ def test_a_new_sites_temperature_and_threshold(demo_root: Path, tmp_path: Path) 
 
     val_frame = preds(val)
     labels_url = str(demo_root / "Data_Entry_2017.csv")
-    report = evaluate_files(_write(tmp_path / "t.csv", preds(test)), tmp_path / "out", SETTINGS,
-                            val_predictions=_write(tmp_path / "v.csv", val_frame), labels_url=labels_url,
-                            recalibrate=True)  # fmt: skip
+    report = evaluate_files(EvaluateSettings(_write(tmp_path / "t.csv", preds(test)), tmp_path / "out", SETTINGS,
+                                             val_predictions=_write(tmp_path / "v.csv", val_frame),
+                                             labels_url=labels_url, recalibrate=True))  # fmt: skip
     t = report["temperature"]
     y_val = index.loc[val, "Finding Labels"].str.contains("Pneumonia").to_numpy()
     fit = fit_temperature(val_frame["logit"].to_numpy(), y_val)

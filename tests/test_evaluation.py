@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, recall_score, roc_auc_score, roc_curve
 
+from pneumo.errors import ConfigError
 from pneumo.reporting.figures import FIGURE_NAMES, report_figures, save_figures
 from pneumo.reporting.report import EvalSettings, build_report, report_markdown, write_report
 from pneumo.stats.bootstrap import ClusterBootstrap
@@ -85,7 +86,7 @@ def test_patient_bootstrap_is_wider_than_image_bootstrap_and_seeded() -> None:
 def test_threshold_rules_pick_the_documented_points() -> None:
     rng = np.random.default_rng(1)
     y, p = _scores(rng, 300)
-    fpr, tpr, thr = roc_curve(y, p)
+    fpr, tpr, _ = roc_curve(y, p)
     youden = select_threshold(y, p, "youden").value
     at = threshold_metrics(y, p, youden)
     assert at["sensitivity"] + at["specificity"] - 1 == pytest.approx(np.max(tpr - fpr))
@@ -107,8 +108,17 @@ def test_threshold_rules_pick_the_documented_points() -> None:
 
 @pytest.mark.parametrize("bad", ["youdn", "sensitivity@1.5", "1.2", "sensitivity@", True])
 def test_bad_threshold_rules_name_the_key(bad: object) -> None:
-    with pytest.raises(ValueError, match="eval.threshold"):
+    with pytest.raises(ValueError, match=r"eval\.threshold"):
         ThresholdRule.parse(bad)
+
+
+def test_a_misspelt_threshold_rule_gets_the_shared_choice_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        ThresholdRule.parse("youdn")
+    assert str(err.value) == (
+        "eval.threshold='youdn': choose one of 'youden', 'sensitivity@0.90', 'specificity@0.90' or a number "
+        "in [0, 1] (did you mean 'youden'?)"
+    )
 
 
 def _frame(n: int, seed: int = 0, positives: bool = True) -> pd.DataFrame:
@@ -201,7 +211,7 @@ def test_empty_split_reports_instead_of_failing(tmp_path: Path) -> None:
 def test_eval_settings_reject_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown eval config key"):
         EvalSettings.from_config({"treshold": "youden"})
-    with pytest.raises(ValueError, match="eval.bootstrap.resamples"):
+    with pytest.raises(ValueError, match=r"eval\.bootstrap\.resamples"):
         EvalSettings.from_config({"bootstrap": {"resamples": 0}})
 
 

@@ -18,7 +18,7 @@ import torch
 from pneumo.io.checkpoints import CheckpointError
 from pneumo.nih.boxes import BoxList
 from pneumo.nih.index import NIHLabelIndex
-from pneumo.pipelines.explain import explain_images
+from pneumo.pipelines.explain import ExplainSettings, explain_images
 from pneumo.pipelines.runs import load_run
 from pneumo.testing.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
 from tests.helpers import CONF, ROOT, run_cli, tiny_overrides
@@ -43,7 +43,7 @@ def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         cfg.callbacks.gradcam_overlay = None
         cfg.callbacks.lr_monitor = None  # logger=none: nothing to monitor into
         cfg.callbacks.early_stopping = None
-    _, objects = train(cfg)
+    train(cfg)
     return out / "run" / "checkpoints" / "last.ckpt"
 
 
@@ -83,7 +83,9 @@ def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> N
     names = copy_demo_images(demo_root, folder, 5)
     (folder / "notes.md").write_text("not an image")
     out = tmp_path / "out"
-    result = explain_images(str(tiny_ckpt), str(out), inputs=str(folder), batch_size=2, progress=False)
+    result = explain_images(
+        ExplainSettings(str(tiny_ckpt), str(out), inputs=str(folder), batch_size=2, progress=False)
+    )
 
     assert not result.failed
     assert sorted(p.name for p in (out / "overlays").iterdir()) == names
@@ -109,14 +111,16 @@ def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> N
 def test_predicted_label_uses_the_checkpoints_threshold(
     tiny_ckpt: Path, demo_root: Path, tmp_path: Path
 ) -> None:
-    first = explain_images(str(tiny_ckpt), str(tmp_path / "a"), split="val", progress=False)
+    first = explain_images(ExplainSettings(str(tiny_ckpt), str(tmp_path / "a"), split="val", progress=False))
     probs = sorted(float(r["probability"]) for r in first.predictions)
     threshold = (probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2  # between two probabilities
     blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
     blob["state_dict"]["threshold"] = torch.tensor(threshold)
     moved = tmp_path / "moved.ckpt"
     torch.save(blob, moved)
-    rows = explain_images(str(moved), str(tmp_path / "b"), split="val", progress=False).predictions
+    rows = explain_images(
+        ExplainSettings(str(moved), str(tmp_path / "b"), split="val", progress=False)
+    ).predictions
     predicted = [int(r["predicted_label"]) for r in rows]
     assert 0 < sum(predicted) < len(predicted)
     for row in rows:
@@ -126,7 +130,7 @@ def test_predicted_label_uses_the_checkpoints_threshold(
 
 def test_test_split_scores_localization(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = explain_images(str(tiny_ckpt), str(out), split="test", progress=False)
+    result = explain_images(ExplainSettings(str(tiny_ckpt), str(out), split="test", progress=False))
     test_names = (demo_root / "test_list.txt").read_text().split()
     boxes = BoxList.from_csv(str(demo_root / "BBox_List_2017.csv"))
     with_boxes = sorted(set(test_names) & boxes.images)
@@ -157,7 +161,9 @@ def test_list_of_paths(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> None
     listing.write_text(
         f"imgs/{names[0]}\n\n{demo_root / 'images' / names[1]}\nfile://{demo_root / 'images' / names[2]}\n"
     )
-    result = explain_images(str(tiny_ckpt), str(tmp_path / "out"), inputs=str(listing), progress=False)
+    result = explain_images(
+        ExplainSettings(str(tiny_ckpt), str(tmp_path / "out"), inputs=str(listing), progress=False)
+    )
     assert [r["image"] for r in result.predictions] == names and not result.failed
 
 
@@ -223,7 +229,9 @@ def test_a_killed_run_into_a_reused_out_dir_never_mixes_old_and_new_outputs(
     tiny_ckpt: Path, demo_root: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    explain_images(str(tiny_ckpt), str(out), inputs=str(demo_root / "images"), progress=False)
+    explain_images(
+        ExplainSettings(str(tiny_ckpt), str(out), inputs=str(demo_root / "images"), progress=False)
+    )
     old_overlays = {p.name: p.stat().st_mtime_ns for p in (out / "overlays").iterdir()}
     assert (out / "summary.json").exists() and (out / "predictions.csv").exists() and len(old_overlays) == 80
 
@@ -267,18 +275,20 @@ def test_list_of_gs_urls_on_a_requester_pays_bucket(
     listing = tmp_path / "gs_list.txt"
     listing.write_text("".join(f"gs://{nih_bucket}/png/{n}\n" for n in names))
     result = explain_images(
-        str(tiny_ckpt),
-        str(tmp_path / "gs"),
-        inputs=str(listing),
-        labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
-        bbox_url=f"gs://{nih_bucket}/BBox_List_2017.csv",
-        storage={
-            "project": BILLING_PROJECT,
-            "requester_pays": True,
-            "token": "anon",
-            "options": {"endpoint_url": gcs_emulator.endpoint},
-        },
-        progress=False,
+        ExplainSettings(
+            str(tiny_ckpt),
+            str(tmp_path / "gs"),
+            inputs=str(listing),
+            labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
+            bbox_url=f"gs://{nih_bucket}/BBox_List_2017.csv",
+            storage={
+                "project": BILLING_PROJECT,
+                "requester_pays": True,
+                "token": "anon",
+                "options": {"endpoint_url": gcs_emulator.endpoint},
+            },
+            progress=False,
+        )
     )
     assert not result.failed and [r["image"] for r in result.predictions] == names
     reference = _reference_probabilities(tiny_ckpt, names)  # the same images read locally
@@ -321,8 +331,9 @@ def test_overlay_on_the_source_image_and_boxes_csv(tiny_ckpt: Path, demo_root: P
     with Image.open(demo_root / "images" / name) as img:  # a wide 1500 x 600 source: capped at 1200 px
         img.resize((1500, 600), Image.Resampling.BILINEAR).save(folder / "wide.png")
     out = tmp_path / "out"
-    explain_images(str(tiny_ckpt), str(out), inputs=str(folder), overlay={"max_size": 1200}, top_k=2,
-                   labels_url="", bbox_url="", progress=False)  # fmt: skip
+    settings = ExplainSettings(str(tiny_ckpt), str(out), inputs=str(folder), overlay={"max_size": 1200},
+                               boxes={"top_k": 2}, labels_url="", bbox_url="", progress=False)  # fmt: skip
+    explain_images(settings)
     with Image.open(out / "overlays" / name) as overlay:
         assert overlay.width == 1024 and overlay.height > 1024  # the caption strip below the image
     with Image.open(out / "overlays" / "wide.png") as overlay:
@@ -378,3 +389,75 @@ def test_a_folder_of_symlinked_images_is_read(demo_root: Path, tmp_path: Path) -
     assert [r.name for r in refs] == names and not skipped
     loaded = load_image(refs[0], Preprocessor(32))
     assert tuple(loaded.tensor.shape) == (1, 32, 32) and loaded.source_shape == (64, 64)
+
+
+def test_explain_through_the_emulator_retries_503s_on_the_checkpoint_and_the_images(
+    tiny_ckpt: Path, gcs_emulator, nih_bucket: str, demo_root: Path, tmp_path: Path
+) -> None:
+    """Issue 21's acceptance: every read goes through one retry core, the checkpoint's included."""
+    from pneumo.errors import PneumoError
+    from pneumo.io.reading import StoreUnavailableError
+    from tests.helpers import BILLING_PROJECT
+
+    with gcs_emulator.billing_checks_off():
+        gcs_emulator.gcsfs().pipe_file(f"{nih_bucket}/runs/last.ckpt", tiny_ckpt.read_bytes())
+    ckpt_url = f"gs://{nih_bucket}/runs/last.ckpt"
+    names = (demo_root / "test_list.txt").read_text().split()[:4]
+    listing = tmp_path / "gs_list.txt"
+    listing.write_text("".join(f"gs://{nih_bucket}/png/{n}\n" for n in names))
+    storage = {
+        "project": BILLING_PROJECT,
+        "requester_pays": True,
+        "token": "anon",
+        "options": {"endpoint_url": gcs_emulator.endpoint},
+        # short limits so that the test takes seconds (the 84 MB checkpoint reads in ~0.1 s; gcsfs's own
+        # retries sleep 1-2 s and more, and an attempt that takes longer is cut and retried by pneumo)
+        "request_timeout_s": 2.0,
+        "retry_deadline_s": 30.0,
+        "retry_backoff_s": 0.05,
+        "retry_backoff_max_s": 0.2,
+    }
+
+    def explain(out: Path, **changes):
+        return explain_images(
+            ExplainSettings(
+                ckpt_url,
+                str(out),
+                inputs=str(listing),
+                labels_url=f"gs://{nih_bucket}/Data_Entry_2017.csv",
+                storage={**storage, **changes},
+                progress=False,
+            )
+        )
+
+    ckpt_503 = gcs_emulator.fail_requests(r"/o/runs/last\.ckpt$", times=2)
+    images_503 = gcs_emulator.fail_requests(r"/o/png/.*\.png$", times=3)
+    out = tmp_path / "retried"
+    result = explain(out)
+    assert ckpt_503.hits == 2 and images_503.hits == 3  # the 503s were answered, then retried
+    assert not result.failed and [r["image"] for r in result.predictions] == names
+    reference = _reference_probabilities(tiny_ckpt, names)  # the same images and weights read locally
+    for row in result.predictions:
+        assert float(row["probability"]) == pytest.approx(reference[row["image"]], abs=1e-5)
+    assert [r["image"] for r in _rows(out / "predictions.csv")] == names
+    assert json.loads((out / "summary.json").read_text())["explained"] == len(names)
+    stems = sorted(Path(n).stem for n in names)
+    assert sorted(p.stem for p in (out / "overlays").glob("*.png")) == stems
+    assert sorted(p.stem for p in (out / "heatmaps").glob("*.npy")) == stems
+
+    # A checkpoint that never answers: one line naming it, its key and the deadline, once the deadline passed.
+    gcs_emulator.fail_requests(r"/o/runs/last\.ckpt$", times=None)
+    with pytest.raises(StoreUnavailableError) as caught:
+        explain(tmp_path / "dead_ckpt", retry_deadline_s=1.5)
+    message = str(caught.value)
+    assert isinstance(caught.value, PneumoError) and "\n" not in message
+    assert f"ckpt_path={ckpt_url}: unreachable" in message and "retry_deadline_s=1.5" in message
+    gcs_emulator.clear_faults()
+
+    # An image that never answers: the others are explained, the run names it in one line.
+    dead = f"gs://{nih_bucket}/png/{names[1]}"
+    gcs_emulator.fail_requests(f"/o/png/{names[1]}$", times=None)
+    result = explain(tmp_path / "dead_image", retry_deadline_s=1.5)
+    assert [r["image"] for r in result.predictions] == [n for n in names if n != names[1]]
+    [(location, error)] = result.failed
+    assert location == dead and error.startswith(f"{dead}: unreachable") and "\n" not in error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -154,10 +155,17 @@ def test_layer_of_a_lightning_module_resolves_through_net() -> None:
 
 
 def test_bad_settings_fail_clearly() -> None:
-    with pytest.raises(GradCamError, match="'features.denseblock9' is not a submodule.*features"):
+    with pytest.raises(GradCamError, match=r"'features\.denseblock9' is not a submodule.*features"):
         GradCam(_net(), layer="features.denseblock9")
-    with pytest.raises(GradCamError, match="'pneumonia', 'predicted' or an output index"):
+    with pytest.raises(GradCamError, match=r"\(did you mean 'features\.denseblock\d'\?\)$"):
+        GradCam(_net(), layer="features.denseblock9")
+    with pytest.raises(
+        GradCamError,
+        match=re.escape("gradcam.target='lungs': choose one of 'pneumonia', 'predicted' or an output index"),
+    ):
         GradCam(_net(), target="lungs")
+    with pytest.raises(GradCamError, match=re.escape("(did you mean 'predicted'?)")):
+        GradCam(_net(), target="predictd")
     with pytest.raises(GradCamError, match=r"\(B, C, H, W\)"):
         GradCam(_net())(torch.rand(1, 64, 64))
     with pytest.raises(GradCamError, match="convolutional feature map"):

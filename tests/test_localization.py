@@ -135,7 +135,7 @@ def test_bad_box_files_name_the_problem(tmp_path: Path, header: str, rows: list[
 
 
 def test_missing_box_file(tmp_path: Path) -> None:
-    with pytest.raises(BoxListError, match="absent.csv: box file not found"):
+    with pytest.raises(BoxListError, match=r"absent\.csv: box file not found"):
         BoxList.from_csv(str(tmp_path / "absent.csv"))
 
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 import pneumo.nih.shipped as nih
 from pneumo.cli.index import main as index_main
 from pneumo.data.datamodule import NIHDataModule
+from pneumo.io.files import sha256_of
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.pipelines.runs import load_run
 from pneumo.synthetic.like_index import write_like_index
@@ -55,7 +56,7 @@ def test_train_cfg_job_resolves_every_nih_location_to_the_shipped_files() -> Non
     shown = {"labels_url": data["labels_url"], "bbox_url": data["bbox_url"], **data["split_lists"]}
     for key, name in LOCATIONS.items():
         assert Path(shown[key]) == nih.HERE / name, key
-        assert nih.sha256_of(shown[key]) == nih.SHIPPED[name]  # the very bytes NIH published
+        assert sha256_of(shown[key]) == nih.SHIPPED[name]  # the very bytes NIH published
     assert data["images_url"] == "gs://gcs-public-data--healthcare-nih-chest-xray/png"
     assert data["storage"]["requester_pays"] is True
 
@@ -68,7 +69,7 @@ def test_a_location_given_on_the_command_line_wins(compose_train) -> None:
     )
     assert cfg.data.labels_url == "gs://mine/labels.csv" and cfg.data.split_lists.test == "/x/test.txt"
     assert cfg.data.split_lists.train_val == str(nih.HERE / "train_val_list.txt")
-    with pytest.raises(Exception, match="no shipped NIH file 'Data_Entry.csv'.*shipped: BBox_List_2017"):
+    with pytest.raises(Exception, match=r"no shipped NIH file 'Data_Entry\.csv'.*shipped: BBox_List_2017"):
         OmegaConf.to_container(OmegaConf.create({"x": "${nih:Data_Entry.csv}"}), resolve=True)
 
 

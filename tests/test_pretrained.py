@@ -47,10 +47,10 @@ def torchvision_layout(net: nn.Module, old_style: bool = True, head: str = "clas
     """``net``'s weights under torchvision's DenseNet names, as torchvision's files hold them: old style
     (``denselayer1.norm.1.weight``) or new (``norm1``), no BatchNorm batch counters, the head under ``head``."""
     out = {}
-    for key, value in net.state_dict().items():
-        if key.endswith("num_batches_tracked"):
+    for monai_key, value in net.state_dict().items():
+        if monai_key.endswith("num_batches_tracked"):
             continue
-        key = re.sub(r"\.layers\.(norm|conv)([12])\.", r".\1.\2." if old_style else r".\1\2.", key)
+        key = re.sub(r"\.layers\.(norm|conv)([12])\.", r".\1.\2." if old_style else r".\1\2.", monai_key)
         out[key.replace("class_layers.out", head)] = value.clone()
     return out
 
@@ -147,15 +147,17 @@ def test_a_tensor_matching_nothing_is_an_error(tmp_path: Path) -> None:
         **state,
         "features.denseblock4.denselayer17.norm.1.weight": torch.ones(1024),
     }  # a DenseNet169 layer
-    with pytest.raises(PretrainedWeightsError, match="1 source tensor.*denselayer17"):
+    with pytest.raises(PretrainedWeightsError, match=r"1 source tensor.*denselayer17"):
         PretrainedWeights.from_blob(extra, "d169.pth").apply(net, "binary")
     missing = {k: v for k, v in state.items() if "transition3" not in k}
     with pytest.raises(PretrainedWeightsError, match=r"5 network tensor\(s\) get none"):
         PretrainedWeights.from_blob(missing, "cut.pth").apply(net, "binary")
     with pytest.raises(PretrainedWeightsError, match="match no part of a DenseNet121"):
         PretrainedWeights.from_blob({**state, "fc.weight": torch.ones(2, 2)}, "resnet.pth")
-    with pytest.raises(PretrainedFileNotFoundError, match="model.pretrained=.*absent.pt does not exist"):
+    with pytest.raises(PretrainedFileNotFoundError, match=r"model\.pretrained=.*absent\.pt does not exist"):
         PretrainedWeights.read(str(tmp_path / "absent.pt"))
+    with pytest.raises(PretrainedFileNotFoundError, match=re.escape("(did you mean 'imagenet'?)")):
+        PretrainedWeights.read("imagnet")
 
 
 def test_a_pickled_model_is_refused_with_the_conversion(tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ def test_training_test_and_explain_feed_the_network_alike(
 
     from pneumo.data.datamodule import NIHDataModule
     from pneumo.models.classifier import PneumoniaClassifier
-    from pneumo.pipelines.explain import explain_images
+    from pneumo.pipelines.explain import ExplainSettings, explain_images
     from pneumo.pipelines.train import train
     from tests.conftest import tiny_overrides
 
@@ -253,7 +255,9 @@ def test_training_test_and_explain_feed_the_network_alike(
 
     with NetworkInputs() as explaining:
         result = explain_images(
-            ckpt_path=str(ckpt), out_dir=str(tmp_path / "explain"), split="test", progress=False
+            ExplainSettings(
+                ckpt_path=str(ckpt), out_dir=str(tmp_path / "explain"), split="test", progress=False
+            )
         )
     explained = dict(zip([row["image"] for row in result.predictions], explaining.network_inputs()))
     assert sorted(explained) == sorted(tested) and len(tested) > 0

@@ -159,5 +159,5 @@ def test_evaluation_only_needs_a_checkpoint(compose_train, demo_root: Path, tmp_
         train(cfg)
     with open_dict(cfg):
         cfg.ckpt_path = str(tmp_path / "nope.ckpt")
-    with pytest.raises(PneumoError, match="nope.ckpt: no such file"):
+    with pytest.raises(PneumoError, match=r"nope\.ckpt: no such file"):
         train(cfg)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from pneumo.pipelines.explain import explain_images
+from pneumo.pipelines.explain import ExplainSettings, explain_images
 from pneumo.pipelines.runs import load_run
 from pneumo.pipelines.train import train
 from tests.helpers import tiny_overrides
@@ -54,6 +54,8 @@ def test_explain_split_is_the_reports_split_when_images_were_skipped(
     shutil.rmtree(tmp_path / "data" / "cache")  # the checkpoint itself says which images were skipped
     assert sorted(load_run(str(ckpt)).datamodule.split_images("test")) == reported
 
-    result = explain_images(str(ckpt), str(tmp_path / "explain"), split="test", progress=False)
+    result = explain_images(
+        ExplainSettings(str(ckpt), str(tmp_path / "explain"), split="test", progress=False)
+    )
     assert not result.failed, result.failed
     assert _images_of(tmp_path / "explain" / "predictions.csv") == reported

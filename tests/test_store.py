@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pneumo.io.reading import AccessDeniedError, ObjectNotFoundError, StoreUnavailableError, is_transient
 from pneumo.io.storage import StorageSettings, redact_secrets, redact_url
-from pneumo.io.store import (
-    AccessDeniedError,
-    ImageStore,
-    ObjectNotFoundError,
-    StoreUnavailableError,
-    is_transient,
-)
+from pneumo.io.store import ImageStore
 from tests.helpers import BILLING_PROJECT, closed_port
 
 # Fault tests: short per-request timeouts and deadlines so that they finish in seconds.
@@ -113,24 +108,16 @@ def test_requester_pays_errors_say_what_to_set(gcs_emulator, nih_bucket: str, de
 
 
 def test_transient_5xx_are_retried(gcs_emulator, nih_bucket: str, demo_root: Path) -> None:
-    failures = {"left": 2}
-
-    def fail_twice(req) -> int | None:
-        if req.path.endswith(".png") and failures["left"] > 0:
-            failures["left"] -= 1
-            return 503
-        return None
-
-    gcs_emulator.fault = fail_twice
+    failures = gcs_emulator.fail_requests(r"\.png$", times=2)
     name = sorted(p.name for p in (demo_root / "images").iterdir())[1]
     assert gs_store(gcs_emulator, nih_bucket).read(name) == (demo_root / "images" / name).read_bytes()
-    assert failures["left"] == 0
+    assert failures.hits == 2
 
 
 def test_server_stopped_and_restarted_mid_pass_completes(
     gcs_emulator, nih_bucket: str, demo_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pneumo.io.store")
+    caplog.set_level(logging.DEBUG, logger="pneumo.io.reading")
     names = sorted(p.name for p in (demo_root / "images").iterdir())
     gcs_emulator.latency_s = 0.01
     store = gs_store(gcs_emulator, nih_bucket, concurrency=4)

@@ -81,7 +81,7 @@ def test_failed_job_is_reported_and_parallel_jobs_stay_apart(demo_root: Path, tm
     table = pd.read_csv(sweep / "sweep_summary.csv", keep_default_na=False)
     assert list(table["status"]) == ["FAILED", "COMPLETED"]
     assert (
-        "model.class_weights must be 'auto', a list of 2 numbers or null (finite, >= 0), got [1.0, 2.0, 3.0]"
+        "model.class_weights=[1.0, 2.0, 3.0]: choose one of 'auto', null or a list of 2 numbers (finite, >= 0)"
         in table["error"][0]
     )
     assert table["error"][1] == "" and list(table["model.class_weights"]) == ["[1.0,2.0,3.0]", "auto"]
@@ -89,7 +89,7 @@ def test_failed_job_is_reported_and_parallel_jobs_stay_apart(demo_root: Path, tm
         overrides = yaml.safe_load((sweep / str(job) / ".hydra" / "overrides.yaml").read_text())
         assert overrides[0] == table["overrides"][job].split()[0]
     assert (
-        "a list of 2 numbers or null" in (sweep / "0" / "train.log").read_text()
+        "null or a list of 2 numbers" in (sweep / "0" / "train.log").read_text()
     )  # the job's own log has the traceback
     assert "1 of 2 jobs did not complete: 0" in proc.stderr + proc.stdout
 

@@ -74,7 +74,7 @@ def test_automatic_weights_from_train_counts() -> None:
     assert pos_weight[NIH_PNEUMONIA_COLUMN].item() == pytest.approx(35 / 5)
     assert pos_weight[0].item() == pytest.approx(20 / 20)
     assert pos_weight[1].item() == 1.0  # no positive: nothing to weigh
-    with pytest.raises(PneumoError, match="model.class_weights=null"):
+    with pytest.raises(PneumoError, match=r"model\.class_weights=null"):
         TASKS["binary"].auto_weights(None)
 
 
@@ -93,10 +93,20 @@ def test_classifier_delegates_and_keeps_the_task_name_in_hparams() -> None:
     [
         (
             {"task": "multiclass"},
-            "model.task='multiclass' is not a task: choose one of ['binary', 'multilabel']",
+            "model.task='multiclass': choose one of 'binary', 'multilabel'",
         ),
         ({"task": "multilabel"}, "model.net.out_channels=2"),
-        ({"class_weights": "balanced"}, "model.class_weights must be 'auto'"),
+        ({"task": "multilable"}, "(did you mean 'multilabel'?)"),
+        (
+            {"class_weights": "balanced"},
+            "model.class_weights='balanced': choose one of 'auto', null or a list",
+        ),
+        ({"class_weights": "atuo"}, "(did you mean 'auto'?)"),
+        (
+            {"temperature": "fitt"},
+            "model.temperature='fitt': choose one of 'fit' or a number > 0 (did you mean",
+        ),
+        ({"temperature": -1.0}, "model.temperature=-1.0: choose one of 'fit' or a number > 0"),
         ({"class_weights": [1.0, -1.0]}, "finite, >= 0"),
         ({"class_weights": [1.0]}, "a list of 2 numbers"),
     ],

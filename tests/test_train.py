@@ -121,7 +121,7 @@ def test_pretrained_from_a_pneumo_checkpoint(compose_train, demo_root: Path, tmp
     assert model.initial_weights["source"] == str(path) and len(model.initial_weights["sha256"]) == 64
     with open_dict(cfg):
         cfg.model.pretrained = str(tmp_path / "absent.pt")
-    with pytest.raises(Exception, match="absent.pt does not exist") as caught:
+    with pytest.raises(Exception, match=r"absent\.pt does not exist") as caught:
         hydra.utils.instantiate(cfg.model, _recursive_=False)
     assert isinstance(caught.value.__cause__ or caught.value, PretrainedFileNotFoundError)  # Hydra wraps it
 

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from pneumo.errors import ConfigError
 from pneumo.images.decode import image_shape
 from pneumo.nih.boxes import load_boxes, scaled_to
-from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
+from pneumo.xai.gradcam import DEFAULT_LAYER, DEFAULT_TARGET, GradCam, check_target, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,13 @@ class GradCamOverlayCallback(L.Callback):
         ncols: tiles per row of the grid.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one argument per key of conf/callbacks/gradcam_overlay.yaml
         self,
-        every_n_epochs: int = 5,
+        every_n_epochs: int = 2,
         num_positives: int = 4,
         num_negatives: int = 4,
         layer: str = DEFAULT_LAYER,
-        target: int | str = "pneumonia",
+        target: int | str = DEFAULT_TARGET,
         seed: int = 0,
         tag: str = "val/gradcam",
         tile_size: int = 192,
@@ -69,6 +69,7 @@ class GradCamOverlayCallback(L.Callback):
             num_positives,
             num_negatives,
         )
+        target = check_target(target, "callbacks.gradcam_overlay.target")  # now, not at the first overlay
         self.layer, self.target, self.seed, self.tag = layer, target, seed, tag
         self.tile_size, self.ncols = tile_size, ncols
         self._val_epochs = 0
@@ -126,7 +127,7 @@ class GradCamOverlayCallback(L.Callback):
         if not bbox_url:
             return empty
         try:
-            table = load_boxes(bbox_url, datamodule.storage.options_for(bbox_url))
+            table = load_boxes(bbox_url, datamodule.storage.options_for(bbox_url), datamodule.storage.io)
             if table is None:
                 return empty
             store = datamodule.store
@@ -138,7 +139,7 @@ class GradCamOverlayCallback(L.Callback):
                     raw = scaled_to(raw, source, tuple(shape))
                 out.append(raw)
             return out
-        except Exception as err:  # boxes are a nicety here; never stop training for them
+        except Exception as err:  # noqa: BLE001 - boxes are a nicety here; never stop training for them
             log.warning("GradCamOverlayCallback: boxes from %s not drawn (%s)", bbox_url, err)
             return empty
 

@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from pneumo.errors import ConfigError
+from pneumo.config import choice
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,9 @@ class PerformanceTuning(L.Callback):
         compile_options: Mapping[str, Any] | None = None,
         matmul_precision: str | None = "high",
     ) -> None:
-        if matmul_precision not in (None, "highest", "high", "medium"):
-            raise ConfigError(
-                f"callbacks.performance.matmul_precision must be highest, high, medium or null, got {matmul_precision!r}"
-            )
+        choice(
+            matmul_precision, "callbacks.performance.matmul_precision", ("highest", "high", "medium", None)
+        )
         self.channels_last, self.compile = channels_last, compile
         self.compile_options = dict(compile_options or {})
         self.matmul_precision = matmul_precision

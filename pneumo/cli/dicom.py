@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import fsspec
 import numpy as np
 
 from pneumo.console import print_json, user_errors
@@ -12,6 +11,7 @@ from pneumo.errors import ConfigError
 from pneumo.images.decode import decode_grayscale
 from pneumo.images.dicom import VOI_MODES, describe
 from pneumo.images.limits import BadImageError
+from pneumo.io.reading import ObjectNotFoundError, read_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 def _describe_files(files: list[str], pngs: list[str], voi: str) -> int:
     def read(location: str) -> bytes:
         try:
-            with fsspec.open(location, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError as err:
+            return read_bytes(location)
+        except ObjectNotFoundError as err:
             raise ConfigError(f"{location}: no such file") from err
 
     worst = 0

@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
-from pneumo.pipelines.evaluate import evaluate_files
-from pneumo.reporting.report import EvalSettings
+from pneumo.pipelines.evaluate import EvaluateSettings, evaluate_files
 
 log = logging.getLogger("pneumo.evaluation")
 # Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
@@ -25,18 +24,7 @@ protect_output()
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="evaluate.yaml")
 def main(cfg: DictConfig) -> None:
     with user_errors(log):
-        settings = EvalSettings.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-        report = evaluate_files(
-            predictions=cfg.predictions,
-            out_dir=cfg.out_dir,
-            settings=settings,
-            val_predictions=cfg.get("val_predictions"),
-            labels_url=cfg.get("labels_url"),
-            recalibrate=bool(cfg.recalibrate),
-            choose_on_evaluated=bool(cfg.choose_on_evaluated),
-            split=cfg.split,
-            storage=OmegaConf.to_container(cfg.storage, resolve=True),
-        )
+        report = evaluate_files(EvaluateSettings.from_config(cfg))
     m, t = report["metrics"]["auroc"], report["threshold"]
     ci = f" (95% CI {m['ci'][0]:.4f}-{m['ci'][1]:.4f})" if m["ci"] else ""
     value = "n/a" if m["value"] is None else f"{m['value']:.4f}"

@@ -11,11 +11,11 @@ import logging
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
-from pneumo.pipelines.explain import explain_images, format_summary
+from pneumo.pipelines.explain import ExplainSettings, explain_images, format_summary
 
 log = logging.getLogger("explain")
 # Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
@@ -26,28 +26,7 @@ protect_output()
 def main(cfg: DictConfig) -> None:
     # A user error: one line on stderr, exit 2, traceback in explain.log only; a bug keeps its traceback.
     with user_errors(log):
-        result = explain_images(
-            ckpt_path=cfg.ckpt_path,
-            out_dir=cfg.out_dir,
-            inputs=cfg.get("inputs"),
-            split=cfg.get("split"),
-            layer=cfg.gradcam.layer,
-            target=cfg.gradcam.target,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            device=cfg.device,
-            labels_url=cfg.get("labels_url"),
-            bbox_url=cfg.get("bbox_url"),
-            finding=cfg.localization.finding,
-            iou_threshold=cfg.localization.threshold,
-            overlay=OmegaConf.to_container(cfg.overlay, resolve=True),
-            box_threshold=cfg.boxes.threshold,
-            top_k=cfg.boxes.top_k,
-            storage=OmegaConf.to_container(cfg.storage, resolve=True),
-            progress=cfg.progress,
-            dicom_voi=cfg.get("dicom_voi"),
-            overwrite=cfg.overwrite,
-        )
+        result = explain_images(ExplainSettings.from_config(cfg))
     n_ok, n_bad = len(result.predictions), len(result.failed)
     log.info(
         "explained %d image(s) -> %s (predictions.csv, boxes.csv, overlays/, heatmaps/)", n_ok, result.out_dir

@@ -46,16 +46,19 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pneumo.errors import ConfigError, PneumoError
-from pneumo.images.decode import BadImageError, decode_grayscale
-from pneumo.images.preprocess import ResizeToUint8
+from pneumo.config import choice
+from pneumo.errors import PneumoError
+from pneumo.images.decode import BadImageError
+from pneumo.images.preprocess import Preprocessor
 from pneumo.io.files import atomic_write_bytes, disk_full
+from pneumo.io.reading import AccessDeniedError, ObjectNotFoundError
 from pneumo.io.storage import redact_url
-from pneumo.io.store import AccessDeniedError, ImageStore, ObjectNotFoundError, object_name
+from pneumo.io.store import ImageStore, object_name
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +106,19 @@ def cache_fingerprint(
 
 
 def check_policy(value: str, key: str) -> str:
-    if value not in POLICIES:
-        raise ConfigError(f"{key} must be one of {POLICIES}, got {value!r}")
-    return value
+    """``value`` if it is one of ``POLICIES`` (``error``, ``skip``), else ``pneumo.config.choice``'s error."""
+    return choice(value, key, POLICIES)
+
+
+@dataclass(frozen=True)
+class _FetchOptions:
+    """How ``ImageCache.build`` treats what it fetches: the ``data.on_missing`` / ``data.on_bad_image``
+    policies, the progress display and how often finished entries are committed."""
+
+    on_missing: str
+    on_bad_image: str
+    progress: bool
+    commit_every_s: float
 
 
 class _Progress:
@@ -313,14 +326,21 @@ class ImageCache:
             ObjectNotFoundError / BadImageError: with policy ``error``; finished entries stay valid.
             StoreUnavailableError, AccessDeniedError: whatever the policy (the build can resume later).
         """
-        check_policy(on_missing, "data.on_missing")
-        check_policy(on_bad_image, "data.on_bad_image")
+        options = _FetchOptions(
+            check_policy(on_missing, "data.on_missing"),
+            check_policy(on_bad_image, "data.on_bad_image"),
+            progress,
+            commit_every_s,
+        )
         with self._locked():
             current = self._current_identities(store)
             manifest = self.manifest()
-            if manifest is not None and self._files_have_expected_sizes():
-                if not len(self._stale_rows(self.status(), current)):
-                    return manifest
+            if (
+                manifest is not None
+                and self._files_have_expected_sizes()
+                and not len(self._stale_rows(self.status(), current))
+            ):
+                return manifest
             self._initialise()
             status = self.status()
             stale = self._stale_rows(status, current)
@@ -334,30 +354,32 @@ class ImageCache:
                 )
                 self._mark_not_done(stale, status)
             todo = np.flatnonzero(status == TODO)
-            if len(todo) < len(self):
-                log.info(
-                    "resuming the image cache in %s: %d of %d images already done",
-                    self.dir,
-                    len(self) - len(todo),
-                    len(self),
-                )
-            else:
-                log.info(
-                    "caching %d images of %s at %d px in %s (%d requests in flight, %s)",
-                    len(self),
-                    redact_url(self.images_url),
-                    self.size,
-                    self.dir,
-                    store.concurrency * max(1, workers),
-                    f"{workers} decode processes" if workers > 0 else "decoding in threads",
-                )
+            self._log_start(store, len(todo), workers)
             t0 = time.monotonic()
             # The sparse pixels file takes its disk space as images are written: a full disk shows here.
             with disk_full(self.pixels_path, len(todo) * self.item_bytes, _DISK_FULL_FIX):
-                self._fetch(
-                    store, todo, status, current, on_missing, on_bad_image, progress, commit_every_s, workers
-                )
+                self._fetch(store, todo, status, current, options, workers)
             return self._finish(status, fetched=len(todo), seconds=time.monotonic() - t0, stale=len(stale))
+
+    def _log_start(self, store: ImageStore, todo: int, workers: int) -> None:
+        """Say whether the build starts or resumes, and how (requests in flight, decoding processes)."""
+        if todo < len(self):
+            log.info(
+                "resuming the image cache in %s: %d of %d images already done",
+                self.dir,
+                len(self) - todo,
+                len(self),
+            )
+            return
+        log.info(
+            "caching %d images of %s at %d px in %s (%d requests in flight, %s)",
+            len(self),
+            redact_url(self.images_url),
+            self.size,
+            self.dir,
+            store.concurrency * max(1, workers),
+            f"{workers} decode processes" if workers > 0 else "decoding in threads",
+        )
 
     def _current_identities(self, store: ImageStore) -> np.ndarray:
         """Identity hashes of the objects now, from one listing of the images root; where the credentials may
@@ -397,10 +419,7 @@ class ImageCache:
         todo: np.ndarray,
         status: np.ndarray,
         identities: np.ndarray,
-        on_missing: str,
-        on_bad_image: str,
-        progress: bool,
-        commit_every_s: float,
+        options: _FetchOptions,
         workers: int,
     ) -> None:
         pixels_fd = os.open(self.pixels_path, os.O_RDWR)
@@ -422,7 +441,7 @@ class ImageCache:
             os.fdatasync(status_fd)
             pending.clear()
 
-        bar = _Progress(len(self), len(self) - len(todo), "caching images", enabled=progress)
+        bar = _Progress(len(self), len(self) - len(todo), "caching images", enabled=options.progress)
         last_commit = time.monotonic()
         names = [self.names[i] for i in todo]
         if workers > 0:
@@ -435,14 +454,14 @@ class ImageCache:
                 if isinstance(result, np.ndarray):
                     os.pwrite(pixels_fd, result.tobytes(), row * self.item_bytes)
                     pending.append((row, CACHED))
-                elif isinstance(result, ObjectNotFoundError) and on_missing == "skip":
+                elif isinstance(result, ObjectNotFoundError) and options.on_missing == "skip":
                     pending.append((row, MISSING))
-                elif isinstance(result, BadImageError) and on_bad_image == "skip":
+                elif isinstance(result, BadImageError) and options.on_bad_image == "skip":
                     pending.append((row, BAD))
                 else:
                     raise result
                 bar.update()
-                if time.monotonic() - last_commit >= commit_every_s:
+                if time.monotonic() - last_commit >= options.commit_every_s:
                     commit()
                     last_commit = time.monotonic()
         finally:
@@ -554,7 +573,9 @@ class CachedSource:
             item = self.size * self.size
             start = (row * item) // mmap.PAGESIZE * mmap.PAGESIZE
             end = -(-((row + 1) * item) // mmap.PAGESIZE) * mmap.PAGESIZE
-            pixels._mmap.madvise(mmap.MADV_DONTNEED, start, min(end, self.count * item) - start)
+            pixels._mmap.madvise(  # noqa: SLF001 - numpy's memmap exposes its mmap (madvise) only there
+                mmap.MADV_DONTNEED, start, min(end, self.count * item) - start
+            )
         return out
 
     def __getstate__(self) -> dict:
@@ -562,15 +583,15 @@ class CachedSource:
 
 
 class PixelDecoder:
-    """Object bytes -> decoded, resized ``(size, size)`` uint8 pixels: what the cache stores and what streaming
-    yields (the ``work`` of ``ImageStore.map_unordered``); bad images raise ``BadImageError`` naming the URL.
-    PNG, JPEG and DICOM alike (``decode_grayscale``; ``dicom_voi`` sets DICOM's grey levels)."""
+    """Object bytes -> decoded, resized ``(size, size)`` uint8 pixels (``Preprocessor.pixels``): what the cache
+    stores and what streaming yields (the ``work`` of ``ImageStore.map_unordered``); bad images raise
+    ``BadImageError`` naming the URL. PNG, JPEG and DICOM alike (``dicom_voi`` sets DICOM's grey levels)."""
 
     def __init__(self, store: ImageStore, size: int, dicom_voi: str = "auto") -> None:
-        self.store, self.resize, self.dicom_voi = store, ResizeToUint8(size), dicom_voi
+        self.store, self.preprocess = store, Preprocessor(size, dicom_voi=dicom_voi)
 
     def __call__(self, name: str, data: bytes) -> np.ndarray:
-        return self.resize(decode_grayscale(data, self.store.url(name), self.dicom_voi))
+        return self.preprocess.pixels(data, self.store.url(name))
 
 
 _worker_decoder: PixelDecoder | None = None
@@ -586,13 +607,14 @@ def _init_worker(store: ImageStore, size: int, dicom_voi: str) -> None:
 
 def _decode_chunk(names: list[str]) -> list[tuple[int, object]]:
     """In a worker process: fetch and decode ``names`` (concurrently), results by position in ``names``."""
-    out = []
+    out: list[tuple[int, object]] = []
     for j, result in _worker_decoder.store.map_unordered(names, _worker_decoder):
         if isinstance(result, BaseException):
             try:
                 pickle.dumps(result)
             except Exception:  # noqa: BLE001 - an exception that cannot cross the process boundary
-                result = RuntimeError(f"{names[j]}: {type(result).__name__}: {result}")
+                out.append((j, RuntimeError(f"{names[j]}: {type(result).__name__}: {result}")))
+                continue
         out.append((j, result))
     return out
 

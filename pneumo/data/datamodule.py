@@ -30,8 +30,9 @@ from pneumo.data.dataset import NIHImageDataset, StreamingSource
 from pneumo.errors import ConfigError, PneumoError
 from pneumo.images.dicom import check_voi
 from pneumo.images.preprocess import build_tensor_transforms
+from pneumo.io.reading import translate_error
 from pneumo.io.storage import StorageSettings, redact_url
-from pneumo.io.store import ImageStore, absolute_location, location_exists, object_name, translate_error
+from pneumo.io.store import ImageStore, absolute_location, location_exists, object_name
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import relocated
 from pneumo.nih.splits import PatientSplit, make_splits, read_image_list
@@ -95,7 +96,7 @@ class NIHDataModule(L.LightningDataModule):
         dicom_voi: grey levels of DICOM images: ``auto``, ``window`` or ``full-range`` (``pneumo.images.dicom``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - until its arguments are grouped in settings objects (issue 21)
         self,
         images_url: str,
         labels_url: str,
@@ -362,18 +363,20 @@ class NIHDataModule(L.LightningDataModule):
             self.storage.probe(url)
         options = self.storage.options_for(self.labels_url)
         with _explained(self.labels_url):
-            exists = location_exists(self.labels_url, options)
+            exists = location_exists(self.labels_url, options, self.storage.io)
         if not exists:
             raise DataRootError(
                 f"label file {redact_url(self.labels_url)} does not exist. {self._how_to_get_data()}"
             )
         with _explained(self.labels_url):
-            self.index = NIHLabelIndex.from_csv(self.labels_url, options, views=self.hparams.views)
+            self.index = NIHLabelIndex.from_csv(
+                self.labels_url, options, views=self.hparams.views, io=self.storage.io
+            )
         return self.index
 
     def _read_list(self, url: str) -> list[str]:
         with _explained(url):
-            return read_image_list(url, self.storage.options_for(url))
+            return read_image_list(url, self.storage.options_for(url), self.storage.io)
 
     def _check_images_present(self, index_names: Sequence[str] | None = None) -> None:
         """Fail early when the image root is missing or holds none of a few indexed images."""
@@ -431,5 +434,5 @@ class NIHDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def teardown(self, stage: str | None = None) -> None:
-        if self._store is not None and self._store._state_pid == os.getpid():
+        if self._store is not None and self._store._state_pid == os.getpid():  # noqa: SLF001 - issue 21
             self._store.close()

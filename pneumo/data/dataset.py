@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from pneumo.data.cache import PixelDecoder, check_policy
 from pneumo.errors import PneumoError
 from pneumo.images.decode import BadImageError
-from pneumo.io.store import ImageStore, ObjectNotFoundError
+from pneumo.io.reading import ObjectNotFoundError
+from pneumo.io.store import ImageStore
 from pneumo.nih.index import NIHLabelIndex
 
 log = logging.getLogger(__name__)

@@ -106,7 +106,7 @@ class ShardedDDPStrategy(DDPStrategy):
         if not isinstance(dataloader, DataLoader) or self.world_size < 2 or dataloader.batch_sampler is None:
             return dataloader
         sampler = shard_sampler(
-            dataloader, self.world_size, self.global_rank, seed=int(os.getenv("PL_GLOBAL_SEED", 0))
+            dataloader, self.world_size, self.global_rank, seed=int(os.getenv("PL_GLOBAL_SEED", "0"))
         )
         if sampler is None:
             log.warning(

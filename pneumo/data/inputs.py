@@ -1,9 +1,8 @@
 """What ``explain.py`` explains: one image, a folder, a text file of paths/URLs, or a split of the data set.
 
 Every input becomes an ``ImageRef`` (display name, full location, true label and ground-truth boxes where
-known); ``load_image`` reads, decodes and preprocesses one exactly like training does
-(``decode_grayscale`` -> ``ResizeToUint8`` -> ``build_tensor_transforms(image_size, None)``). PNG, JPEG and
-DICOM may be mixed: a folder gives its files ending in ``IMAGE_SUFFIXES`` (``.dcm`` included); a list may
+known); ``load_image`` reads one and preprocesses it exactly like training does (``Preprocessor``: the one
+chain, owned by ``pneumo.images.preprocess``). PNG, JPEG and DICOM may be mixed: a folder gives its files ending in ``IMAGE_SUFFIXES`` (``.dcm`` included); a list may
 name DICOM files without an ending (they are recognised by their ``DICM`` marker).
 
 Example:
@@ -18,16 +17,19 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import numpy as np
 import torch
-from PIL import Image
 
 from pneumo.errors import PneumoError
-from pneumo.images.decode import DICOM_SUFFIXES, decode_grayscale
-from pneumo.images.preprocess import ResizeToUint8, build_tensor_transforms
-from pneumo.io.store import absolute_location, is_url, translate_error
+from pneumo.images.decode import DICOM_SUFFIXES
+from pneumo.images.preprocess import Preprocessor
+from pneumo.io.reading import Retries, call_fs, translate_error
+from pneumo.io.reading import read_bytes as read_location
+from pneumo.io.storage import StorageSettings
+from pneumo.io.store import absolute_location, is_url
 
 #: File name endings taken from a folder (other files there are skipped and reported).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
@@ -67,16 +69,24 @@ class LoadedImage:
     display: np.ndarray | None = None
 
 
-#: fsspec options: one mapping for every URL, or a function giving the options of a URL (``gs://`` settings
-#: such as the requester-pays project apply to ``gs://`` URLs only).
-StorageOptions = Mapping | Callable[[str], Mapping] | None
+#: fsspec options: one mapping for every URL, a function giving the options of a URL, or ``StorageSettings``
+#: (the options of each URL, ``gs://`` settings such as the requester-pays project for ``gs://`` URLs only, and
+#: the I/O limits of every read: ``io_for``).
+StorageOptions = StorageSettings | Mapping | Callable[[str], Mapping] | None
 
 
 def options_for(location: str, storage_options: StorageOptions) -> dict:
     """The fsspec options of ``location``."""
+    if isinstance(storage_options, StorageSettings):
+        return storage_options.options_for(location)
     if callable(storage_options):
         return dict(storage_options(location) or {})
     return dict(storage_options or {})
+
+
+def io_for(storage_options: StorageOptions) -> dict | None:
+    """The I/O limits of reads (``StorageSettings.io``); ``None`` (the defaults) for plain options."""
+    return dict(storage_options.io) if isinstance(storage_options, StorageSettings) else None
 
 
 def _fs(location: str, storage_options: StorageOptions):
@@ -92,18 +102,21 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
     """Expand ``inputs`` (an image, a folder, or a ``.txt`` list of paths/URLs; local or any fsspec URL).
 
     Relative entries of a list resolve against the list's folder. Returns the images and the names of
-    files skipped from a folder because they are not images by their ending.
+    files skipped from a folder because they are not images by their ending. Transient failures are retried
+    (``pneumo.io.reading.Retries``, with the I/O limits of ``StorageSettings``).
 
     Raises:
         InputError: the location does not exist, or names no image.
+        AccessDeniedError, StoreUnavailableError: ``pneumo.io.reading``'s, naming the location.
     """
     location = absolute_location(str(inputs))
     try:
-        refs, skipped = _resolve(location, storage_options, inputs)
-    except (InputError, PneumoError):
-        raise
-    except Exception as err:  # noqa: BLE001 - access errors (401/403, Requester Pays) name the setting to fix
-        raise translate_error(location, err) from err
+        fs, path = _fs(location, storage_options)
+    except Exception as err:  # unknown protocol, bad options: name the location
+        raise translate_error(location, err, "inputs") from err
+    refs, skipped = Retries.from_io(io_for(storage_options)).run(
+        location, lambda timeout: _resolve(fs, path, timeout, inputs), key="inputs"
+    )
     if not refs:
         raise InputError(
             f"inputs={inputs}: holds no image (looked for {', '.join(IMAGE_SUFFIXES)} files"
@@ -119,16 +132,22 @@ def _is_file(fs, entry: Mapping) -> bool:
     return bool(entry.get("islink")) and fs.isfile(entry["name"])
 
 
-def _resolve(location: str, storage_options: StorageOptions, inputs: str) -> tuple[list[ImageRef], list[str]]:
-    fs, path = _fs(location, storage_options)
-    if not fs.exists(path):
+def _resolve(
+    fs: fsspec.AbstractFileSystem, path: str, timeout: float, inputs: str
+) -> tuple[list[ImageRef], list[str]]:
+    """One attempt of ``resolve_inputs`` (each request bounded by ``timeout`` on async filesystems)."""
+
+    def call(method: str, target: str, **kwargs: Any) -> Any:
+        return call_fs(fs, method, target, timeout, **kwargs)
+
+    if not call("exists", path):
         raise InputError(f"inputs={inputs}: no such file, folder or object")
     skipped: list[str] = []
-    if fs.isdir(path):
+    if call("isdir", path):
         # one listing with details: no per-entry stat (a request each on a bucket)
         files = sorted(
             e["name"]
-            for e in fs.ls(path, detail=True)
+            for e in call("ls", path, detail=True)
             if _is_file(fs, e) and not posixpath.basename(e["name"]).startswith(".")
         )
         images = [p for p in files if p.lower().endswith(IMAGE_SUFFIXES)]
@@ -136,7 +155,7 @@ def _resolve(location: str, storage_options: StorageOptions, inputs: str) -> tup
         refs = [ImageRef(posixpath.basename(p), _full(fs, p)) for p in images]
     elif path.lower().endswith(LIST_SUFFIXES):
         base = posixpath.dirname(_full(fs, path))
-        text = fs.cat_file(path).decode("utf-8", errors="replace")
+        text = call("cat_file", path).decode("utf-8", errors="replace")
         refs = []
         for line in text.splitlines():
             entry = line.strip()
@@ -151,48 +170,10 @@ def _resolve(location: str, storage_options: StorageOptions, inputs: str) -> tup
 
 
 def read_bytes(location: str, storage_options: StorageOptions = None) -> bytes:
-    """The bytes at a path or URL; ``ObjectNotFoundError`` / ``AccessDeniedError`` / ``ImageStoreError`` name it."""
-    fs, path = _fs(location, storage_options)
-    try:
-        return fs.cat_file(path)
-    except Exception as err:  # noqa: BLE001 - one error naming the object (and, for access, the setting)
-        raise translate_error(location, err) from err
-
-
-class Preprocessor:
-    """Training's preprocessing of one image: decode -> ``ResizeToUint8`` -> tensor transforms (no augmentation).
-
-
-    Args:
-        image_size: the network's input side.
-        display_size: also keep the source pixels for overlays, shrunk (aspect kept) to at most this width;
-            ``None`` keeps none.
-        dicom_voi: grey levels of DICOM images (``auto``, ``window``, ``full-range``; ``pneumo.images.dicom``).
-    """
-
-    def __init__(self, image_size: int, display_size: int | None = None, dicom_voi: str = "auto") -> None:
-        self.image_size, self.dicom_voi = int(image_size), dicom_voi
-        self.display_size = None if display_size is None else int(display_size)
-        self.resize = ResizeToUint8(self.image_size)
-        self.transform = build_tensor_transforms(self.image_size, None)
-
-    def __call__(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
-        tensor, shape, _ = self.with_display(data, name)
-        return tensor, shape
-
-    def with_display(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int], np.ndarray | None]:
-        """The network tensor, the source ``(H, W)`` and the display copy of the source pixels."""
-        pixels = decode_grayscale(data, name, self.dicom_voi)
-        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
-        display = None
-        if self.display_size is not None:
-            display = pixels
-            if shape[1] > self.display_size:
-                height = max(1, round(shape[0] * self.display_size / shape[1]))
-                display = np.asarray(
-                    Image.fromarray(pixels).resize((self.display_size, height), Image.Resampling.BOX)
-                )
-        return self.transform(self.resize(pixels)[None]), shape, display
+    """The bytes at a path or URL through ``pneumo.io.reading.read_bytes`` (transient failures retried under
+    the I/O limits of ``StorageSettings``); ``ObjectNotFoundError`` / ``AccessDeniedError`` /
+    ``StoreUnavailableError`` / ``ReadError`` name it."""
+    return read_location(location, options_for(location, storage_options), io=io_for(storage_options))
 
 
 def load_image(

@@ -48,7 +48,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumo.errors import ConfigError
+from pneumo.config import choice
 from pneumo.images.limits import MAX_PIXELS, BadImageError
 
 #: Choices of ``data.dicom_voi`` (see the module docstring).
@@ -102,15 +102,13 @@ EXTRA_SYNTAXES = frozenset(
 
 
 def check_voi(value: str, key: str = "data.dicom_voi") -> str:
-    """``value`` if it is one of ``VOI_MODES``, else ``ConfigError`` naming ``key`` and the choices.
+    """``value`` if it is one of ``VOI_MODES``, else ``pneumo.config.choice``'s error naming ``key``.
 
     Example:
         >>> check_voi("window")
         'window'
     """
-    if value not in VOI_MODES:
-        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(VOI_MODES)}")
-    return value
+    return choice(value, key, VOI_MODES)
 
 
 def _read(data: bytes, name: str, tags: tuple[str, ...]) -> Dataset:
@@ -118,7 +116,7 @@ def _read(data: bytes, name: str, tags: tuple[str, ...]) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about odd values; the pixel checks below decide
             return pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=list(tags))
-    except Exception as err:  # noqa: BLE001 - pydicom raises many kinds for damaged files
+    except Exception as err:  # pydicom raises many kinds for damaged files
         raise BadImageError(f"{name}: not a readable DICOM file ({type(err).__name__})") from err
 
 
@@ -239,7 +237,7 @@ def decode_dicom(data: bytes, name: str, voi: str = "auto") -> np.ndarray:
             values, lo, hi = _values_of_interest(pixels, ds, voi, name)
     except BadImageError:
         raise
-    except Exception as err:  # noqa: BLE001 - decoders raise many kinds; only pixel tags were parsed
+    except Exception as err:  # decoders raise many kinds; only pixel tags were parsed
         detail = " ".join(str(err).split())[:200]
         raise BadImageError(
             f"{name}: DICOM pixel data cannot be decoded ({type(err).__name__}: {detail})"

@@ -27,19 +27,19 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
 from collections.abc import Mapping
+from io import BytesIO
 from typing import Any
 
-import fsspec
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from pneumo.errors import PneumoError
 from pneumo.io.files import atomic_write_bytes
+from pneumo.io.reading import ObjectNotFoundError, read_bytes
 
 
 class CheckpointError(PneumoError, ValueError):
@@ -55,6 +55,8 @@ def read_checkpoint(
     key: str = "ckpt_path",
     storage_options: Mapping | None = None,
     map_location: str | torch.device = "cpu",
+    *,
+    io: Mapping | None = None,
 ) -> Any:
     """Load a checkpoint or state-dict file (local path or fsspec URL) with ``weights_only=True``: tensors
     and plain containers only, no pickled code runs. The one place pneumo reads a checkpoint.
@@ -64,9 +66,12 @@ def read_checkpoint(
         key: the config key that named it (for messages), e.g. ``ckpt_path`` or ``model.init_weights``.
         storage_options: fsspec options of ``location`` (``StorageSettings.options_for``).
         map_location: where tensors go.
+        io: I/O limits of the read (``StorageSettings.io``): transient failures are retried
+            (``pneumo.io.reading.read_bytes``).
 
     Raises:
         CheckpointError: missing, not a PyTorch file, or holding objects other than tensors (one line).
+        AccessDeniedError, StoreUnavailableError: ``pneumo.io.reading``'s, naming ``key`` and the URL.
 
     Example:
         >>> atomic_torch_save({"w": torch.ones(1)}, "/tmp/pneumo_doctest/r.pt")
@@ -78,9 +83,8 @@ def read_checkpoint(
         pneumo.io.checkpoints.CheckpointError: ckpt_path=/tmp/pneumo_doctest/none.pt: no such file; give a .ckpt written by train.py (logs/train/runs/<timestamp>/checkpoints/)
     """
     try:
-        with fsspec.open(location, "rb", **dict(storage_options or {})) as fh:
-            data = fh.read()
-    except FileNotFoundError as err:
+        data = read_bytes(location, storage_options, key=key, io=io)
+    except ObjectNotFoundError as err:
         raise CheckpointError(
             f"{key}={location}: no such file; give a .ckpt written by train.py "
             "(logs/train/runs/<timestamp>/checkpoints/)"
@@ -88,7 +92,7 @@ def read_checkpoint(
     except IsADirectoryError as err:
         raise CheckpointError(f"{key}={location} is a folder; give the checkpoint file inside it") from err
     try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return torch.load(BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors"
@@ -111,7 +115,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         >>> torch.load("/tmp/pneumo_doctest/w.pt")["w"].tolist()
         [1.0, 1.0]
     """
-    buffer = io.BytesIO()
+    buffer = BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(
         path,

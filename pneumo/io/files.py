@@ -1,27 +1,36 @@
-"""Writing output files that are never half-written, and disk-full errors that say what was needed.
+"""Files: output files that are never half-written, disk-full errors that say what was needed, sha256.
 
-``atomic_write_bytes`` writes to a temporary file in the target's folder and ``os.replace``-s it over the
-target (atomic on POSIX file systems): a reader, or a run killed mid-way, sees the old file or the whole new
-one. ``disk_full`` turns ``OSError(ENOSPC)`` into a ``DiskFullError`` naming the path, the bytes needed and
-the bytes free there.
+``atomic_write_bytes`` (the one writer of every output file pneumo makes: reports, predictions, figures,
+model cards, explain outputs, checkpoints, cache metadata) writes to a temporary file in the target's folder
+and ``os.replace``-s it over the target (atomic on POSIX file systems): a reader, or a run killed mid-way,
+sees the old file or the whole new one. Callers serialise into memory first, so an error while serialising
+leaves the old file too. ``disk_full`` turns ``OSError(ENOSPC)`` into a ``DiskFullError`` naming the path,
+the bytes needed and the bytes free there. ``sha256_of`` / ``sha256_bytes`` are pneumo's one content hash
+(shipped NIH files, model cards, pretrained weights).
 
 Example:
-    >>> atomic_write_bytes("/tmp/pneumo_doctest/a.txt", b"whole")
+    >>> atomic_write_text("/tmp/pneumo_doctest/a.txt", "whole")
     >>> open("/tmp/pneumo_doctest/a.txt", "rb").read()
     b'whole'
+    >>> sha256_of("/tmp/pneumo_doctest/a.txt") == sha256_bytes(b"whole")
+    True
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from pneumo.errors import PneumoError
+from pneumo.io.reading import read_bytes
+from pneumo.io.store import is_url
 
 
 class DiskFullError(PneumoError, OSError):
@@ -86,7 +95,7 @@ def _is_disk_full(err: BaseException) -> bool:
 
 def atomic_write_bytes(
     path: str | os.PathLike,
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     durable: bool = False,
     fix: str = "free space there or write elsewhere",
 ) -> None:
@@ -129,3 +138,43 @@ def atomic_write_bytes(
     for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by writers that were killed
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
+
+
+def atomic_write_text(
+    path: str | os.PathLike,
+    text: str,
+    durable: bool = False,
+    fix: str = "free space there or write elsewhere",
+) -> None:
+    """``atomic_write_bytes`` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable, fix=fix)
+
+
+# ---------------------------------------------------------------------------------------------- sha256
+def sha256_bytes(data: bytes | memoryview) -> str:
+    """The sha256 (hex) of ``data``.
+
+    Example:
+        >>> sha256_bytes(b"")[:12]
+        'e3b0c44298fc'
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of(
+    location: str | os.PathLike,
+    storage_options: Mapping | None = None,
+    *,
+    io: Mapping[str, Any] | None = None,
+) -> str:
+    """The sha256 (hex) of the bytes at a path or fsspec URL, as stored (compressed files are not
+    decompressed): local files are read in 1 MiB blocks, URLs through ``pneumo.io.reading.read_bytes``
+    (transient failures retried under the I/O limits ``io``)."""
+    location = os.fspath(location)
+    if is_url(location):
+        return sha256_bytes(read_bytes(location, storage_options, io=io))
+    digest = hashlib.sha256()
+    with open(location.removeprefix("file://"), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -45,14 +45,14 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from pneumo.config import to_plain
+from pneumo.config import choice_error, to_plain
 from pneumo.errors import ConfigError
 from pneumo.models.nets import build_net
 from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, input_adapter
 from pneumo.models.tasks import pneumonia_column, task_named
 from pneumo.stats.metrics import average_precision, threshold_metrics
 from pneumo.stats.temperature import fit_temperature
-from pneumo.stats.threshold import ThresholdRule, select_threshold
+from pneumo.stats.threshold import DEFAULT_RULE, ThresholdRule, select_threshold
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class PneumoniaClassifier(L.LightningModule):
         temperature: ``"fit"`` (fitted on validation by NLL every validation epoch) or a fixed number > 0.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one argument per key of conf/model/*.yaml (Hydra instantiates it)
         self,
         net: Mapping,
         optimizer: Mapping | Callable,
@@ -135,28 +135,17 @@ class PneumoniaClassifier(L.LightningModule):
         pretrained: str | None = None,
         input_norm: str | None = None,
         task: str = "binary",
-        operating_point: str | float = "youden",
+        operating_point: str | float = DEFAULT_RULE,
         temperature: str | float = 1.0,
     ) -> None:
         super().__init__()
         net, optimizer, scheduler, class_weights = map(to_plain, (net, optimizer, scheduler, class_weights))
         #: What the outputs mean (``pneumo.models.tasks``): loss, probabilities, pneumonia output, weights.
         self.task = task_named(task)
-        n_out = self.task.outputs
-        if isinstance(net, Mapping) and net.get("out_channels") not in (None, n_out):
-            raise ConfigError(
-                f"model.task={task} needs {n_out} network outputs but model.net.out_channels={net['out_channels']}; "
-                f"{self.task.net_fix}"
-            )
-        weights = self._weights_of(class_weights, n_out)
-        self.fit_temperature = isinstance(temperature, str) and temperature.strip().lower() == "fit"
-        if not self.fit_temperature:
-            try:
-                fixed_temperature = float(temperature)
-            except (TypeError, ValueError):
-                fixed_temperature = float("nan")
-            if not np.isfinite(fixed_temperature) or fixed_temperature <= 0:
-                raise ConfigError(f"model.temperature must be 'fit' or a number > 0, got {temperature!r}")
+        self._check_outputs(net, task)
+        weights = self._weights_of(class_weights, self.task.outputs)
+        fixed_temperature = self._fixed_temperature(temperature)
+        self.fit_temperature = fixed_temperature is None
         self.operating_point_rule = ThresholdRule.parse(operating_point)
         source = PretrainedWeights.read(str(pretrained)) if pretrained else None
         if source is not None:
@@ -180,17 +169,52 @@ class PneumoniaClassifier(L.LightningModule):
         self.input_adapter = input_adapter(input_norm)
         self.net = build_net(net)
         #: Where the network's first weights came from (the model card records it).
-        self.initial_weights: dict[str, Any] | None = None
-        if source is not None:
-            account = source.apply(self.net, self.task)
-            log.info("model.pretrained=%s", account)
-            self.initial_weights = {
-                "source": IMAGENET_URL if source.source == IMAGENET else source.source,
-                "sha256": source.sha256,
-                "input_norm": input_norm,
-                "note": account,
-            }
-        # Buffers travel with checkpoints and follow the module to any device.
+        self.initial_weights = None if source is None else self._apply_pretrained(source, input_norm)
+        self._init_calibration(weights, fixed_temperature)
+        self.checkpoint_epoch: int | None = None
+        #: Provenance of the run (``pneumo.reporting.model_card.card_fields``), saved in checkpoints when set.
+        self.model_card: dict | None = None
+        self.train_metrics = nn.ModuleDict(self.task.train_metrics())
+        self._outputs: dict[str, list] = {"val": [], "test": []}
+        #: Gathered predictions of the last validation / test epoch (``EvalOutputs``).
+        self.predictions: dict[str, EvalOutputs] = {}
+
+    def _check_outputs(self, net: Any, task: str) -> None:
+        """A network spec whose ``out_channels`` contradicts the task is refused, naming the fix."""
+        n_out = self.task.outputs
+        if isinstance(net, Mapping) and net.get("out_channels") not in (None, n_out):
+            raise ConfigError(
+                f"model.task={task} needs {n_out} network outputs but model.net.out_channels={net['out_channels']}; "
+                f"{self.task.net_fix}"
+            )
+
+    @staticmethod
+    def _fixed_temperature(temperature: str | float) -> float | None:
+        """``None`` for ``"fit"`` (fitted on validation), else the fixed temperature, a number > 0."""
+        if isinstance(temperature, str) and temperature.strip().lower() == "fit":
+            return None
+        try:
+            fixed = float(temperature)
+        except (TypeError, ValueError):
+            fixed = float("nan")
+        if not np.isfinite(fixed) or fixed <= 0:
+            raise choice_error(temperature, "model.temperature", ("fit",), also="a number > 0")
+        return fixed
+
+    def _apply_pretrained(self, source: PretrainedWeights, input_norm: str | None) -> dict[str, Any]:
+        """Copy ``source``'s weights into the network; the record of where they came from."""
+        account = source.apply(self.net, self.task)
+        log.info("model.pretrained=%s", account)
+        return {
+            "source": IMAGENET_URL if source.source == IMAGENET else source.source,
+            "sha256": source.sha256,
+            "input_norm": input_norm,
+            "note": account,
+        }
+
+    def _init_calibration(self, weights: torch.Tensor, fixed_temperature: float | None) -> None:
+        """The buffers that travel with checkpoints (class weights, threshold(s), temperature) and the records
+        of how the threshold and the temperature were set."""
         self.register_buffer("class_weights", weights)
         # Operating point on the pneumonia probability (positive when >= threshold), chosen on validation.
         # A fixed rule holds from the start (a run without validation tests at it); the others start at 0.5.
@@ -198,7 +222,9 @@ class PneumoniaClassifier(L.LightningModule):
         initial = float(self.operating_point_rule.target) if fixed else 0.5
         self.register_buffer("threshold", torch.tensor(initial))
         # Divides every logit before the softmax / sigmoid; 1 until fitted (model.temperature=fit).
-        self.register_buffer("temperature", torch.tensor(1.0 if self.fit_temperature else fixed_temperature))
+        self.register_buffer(
+            "temperature", torch.tensor(1.0 if fixed_temperature is None else fixed_temperature)
+        )
         #: How ``temperature`` was set (fitted on validation: epoch, NLL before/after); saved in checkpoints.
         self.calibration: dict[str, Any] = {
             "value": float(self.temperature),
@@ -217,28 +243,26 @@ class PneumoniaClassifier(L.LightningModule):
             "val": None,
             "note": None if fixed else "not chosen on validation yet (initial 0.5)",
         }
-        self.checkpoint_epoch: int | None = None
-        #: Provenance of the run (``pneumo.reporting.model_card.card_fields``), saved in checkpoints when set.
-        self.model_card: dict | None = None
-        self.train_metrics = nn.ModuleDict(self.task.train_metrics())
-        self._outputs: dict[str, list] = {"val": [], "test": []}
-        #: Gathered predictions of the last validation / test epoch (``EvalOutputs``).
-        self.predictions: dict[str, EvalOutputs] = {}
 
     @staticmethod
     def _weights_of(class_weights: Any, n_out: int) -> torch.Tensor:
         """The initial ``class_weights`` buffer (ones for ``auto``/``None``: ``setup`` fills ``auto``)."""
-        fix = f"model.class_weights must be 'auto', a list of {n_out} numbers or null"
+        bad = choice_error(
+            class_weights,
+            "model.class_weights",
+            ("auto", None),
+            also=f"a list of {n_out} numbers (finite, >= 0)",
+        )
         if isinstance(class_weights, str) and class_weights != "auto":
-            raise ConfigError(f"{fix}, got {class_weights!r}")
+            raise bad
         if class_weights in (None, "auto"):
             return torch.ones(n_out)
         try:
             weights = torch.tensor(class_weights, dtype=torch.float32)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{fix}, got {class_weights!r}") from err
+            raise bad from err
         if weights.shape != (n_out,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ConfigError(f"{fix} (finite, >= 0), got {class_weights!r}")
+            raise bad
         return weights
 
     @staticmethod

@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import logging
 import pickle
@@ -53,12 +52,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from pneumo.errors import ConfigError, PneumoError
+from pneumo.config import choice, suggestion
+from pneumo.errors import PneumoError
+from pneumo.io.files import sha256_bytes, sha256_of
+from pneumo.io.reading import ObjectNotFoundError, read_bytes
 from pneumo.models.tasks import TASKS, Task, task_named  # noqa: F401 - task_named: the docstring example
 from pneumo.nih.findings import FINDINGS, PNEUMONIA
 
@@ -113,7 +114,7 @@ def _load_imagenet() -> tuple[Mapping[str, torch.Tensor], str]:
         state = torch.hub.load_state_dict_from_url(
             IMAGENET_URL, map_location="cpu", check_hash=True, weights_only=True, progress=False
         )
-        return state, hashlib.sha256(imagenet_cache_path().read_bytes()).hexdigest()
+        return state, sha256_of(imagenet_cache_path())
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a hash mismatch is a RuntimeError
         raise PretrainedWeightsError(
             f"model.pretrained=imagenet: cannot get {IMAGENET_URL} ({str(err).splitlines()[0]}); without "
@@ -123,17 +124,14 @@ def _load_imagenet() -> tuple[Mapping[str, torch.Tensor], str]:
 
 def _load_file(source: str) -> tuple[Any, str]:
     try:
-        with fsspec.open(source, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError as err:
+        data = read_bytes(source, key="model.pretrained")  # a URL's transient failures are retried
+    except ObjectNotFoundError as err:
         raise PretrainedFileNotFoundError(
             f"model.pretrained={source} does not exist: give `imagenet`, null, or the path/URL of a "
-            "checkpoint or state dict"
+            f"checkpoint or state dict{suggestion(source, [IMAGENET])}"
         ) from err
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(
-            data
-        ).hexdigest()
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), sha256_bytes(data)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
@@ -337,8 +335,6 @@ class InputNormalization(nn.Module):
 
 def input_adapter(input_norm: str | None) -> nn.Module:
     """``InputNormalization(input_norm)``, or ``nn.Identity()`` for ``None`` (grey in [0, 1] as is)."""
-    if input_norm is None:
+    if choice(input_norm, "model.input_norm", (*sorted(INPUT_NORMS), None)) is None:
         return nn.Identity()
-    if input_norm not in INPUT_NORMS:
-        raise ConfigError(f"model.input_norm={input_norm!r}: choose one of {sorted(INPUT_NORMS)} or null")
     return InputNormalization(input_norm)

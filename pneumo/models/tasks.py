@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
+from pneumo.config import choice
 from pneumo.errors import ConfigError
 from pneumo.nih.findings import FINDINGS, PNEUMONIA_INDEX
 from pneumo.stats.metrics import auroc
@@ -218,9 +219,7 @@ def task_named(name: str) -> Task:
     Raises:
         ConfigError: an unknown name (the message lists the valid ones).
     """
-    if name not in TASKS:
-        raise ConfigError(f"model.task={name!r} is not a task: choose one of {sorted(TASKS)}")
-    return TASKS[name]
+    return TASKS[choice(name, "model.task", TASKS)]
 
 
 def task_of(model: torch.nn.Module) -> Task:

@@ -26,6 +26,7 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
+from pneumo.io.reading import read_csv
 from pneumo.nih.shipped import shipped_path
 
 #: The shipped file and its reference column.
@@ -45,7 +46,7 @@ REFERENCE_TEXT = (
 def adjudicated_reference() -> pd.DataFrame:
     """The reference table: ``image``, ``patient``, ``view``, ``sex``, ``airspace_opacity`` (0/1), one row per
     image of the file's ``test`` set."""
-    raw = pd.read_csv(shipped_path(ADJUDICATED_FILE), dtype=str, keep_default_na=False)
+    raw = read_csv(shipped_path(ADJUDICATED_FILE), dtype=str, keep_default_na=False)
     raw = raw[raw["Set Id"].str.strip() == REFERENCE_SET]
     table = pd.DataFrame(
         {

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pandas as pd
 
 from pneumo.errors import PneumoError
+from pneumo.io.reading import read_csv
 from pneumo.io.store import location_exists
 from pneumo.nih.findings import BBOX_LABEL_ALIASES, FINDINGS, PNEUMONIA
 from pneumo.nih.shipped import verified
@@ -40,8 +40,9 @@ class BoxList:
     source: str = "<memory>"
 
     @classmethod
-    def from_csv(cls, url: str, storage_options: Mapping | None = None) -> BoxList:
-        """Read a ``BBox_List_2017.csv`` from a path or fsspec URL (plain or compressed by suffix).
+    def from_csv(cls, url: str, storage_options: Mapping | None = None, io: Mapping | None = None) -> BoxList:
+        """Read a ``BBox_List_2017.csv`` from a path or fsspec URL (plain or compressed by suffix; ``io``: I/O
+        limits of the read, ``StorageSettings.io``).
 
         Raises:
             BoxListError: the file is missing, not in the BBox_List layout, names an unknown finding or holds
@@ -49,8 +50,7 @@ class BoxList:
         """
         verified(url)
         try:
-            with fsspec.open(url, "rb", compression="infer", **dict(storage_options or {})) as fh:
-                raw = pd.read_csv(fh, dtype=str, keep_default_na=False, header=0)
+            raw = read_csv(url, storage_options, io=io, dtype=str, keep_default_na=False, header=0)
         except FileNotFoundError as err:
             raise BoxListError(f"{url}: box file not found") from err
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -104,18 +104,20 @@ class BoxList:
         return BoxList(self.table[self.table["finding"] == finding].reset_index(drop=True), self.source)
 
 
-def load_boxes(bbox_url: str | None, storage_options: Mapping | None = None) -> BoxList | None:
+def load_boxes(
+    bbox_url: str | None, storage_options: Mapping | None = None, io: Mapping | None = None
+) -> BoxList | None:
     """The box file of a data set for ``explain.py`` and the Grad-CAM callback: ``None`` when no file is
     configured (``bbox_url`` empty) or it does not exist (boxes are optional); a ``BoxListError`` when it
-    exists but cannot be used.
+    exists but cannot be used (``io``: I/O limits of the reads, ``StorageSettings.io``).
 
     Example:
         >>> load_boxes(None) is None, load_boxes("/no/such/BBox_List_2017.csv") is None
         (True, True)
     """
-    if not bbox_url or not location_exists(bbox_url, storage_options):
+    if not bbox_url or not location_exists(bbox_url, storage_options, io):
         return None
-    return BoxList.from_csv(bbox_url, storage_options)
+    return BoxList.from_csv(bbox_url, storage_options, io)
 
 
 def scaled_to(boxes: np.ndarray, source_shape: tuple[int, int], target_shape: tuple[int, int]) -> np.ndarray:

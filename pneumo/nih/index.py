@@ -20,11 +20,11 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pandas as pd
 
 from pneumo.errors import PneumoError
+from pneumo.io.reading import read_csv
 from pneumo.nih.findings import FINDINGS, NO_FINDING, PNEUMONIA_INDEX
 from pneumo.nih.shipped import verified
 
@@ -90,6 +90,7 @@ class NIHLabelIndex:
         url: str,
         storage_options: Mapping | None = None,
         views: Sequence[str] | None = None,
+        io: Mapping | None = None,
     ) -> NIHLabelIndex:
         """Read a ``Data_Entry_2017*.csv`` from a path or URL.
 
@@ -97,17 +98,22 @@ class NIHLabelIndex:
             url: local path or fsspec URL; ``.gz``/``.bz2``/``.zip`` are decompressed by suffix.
             storage_options: passed to fsspec (e.g. ``{"project": ..., "requester_pays": True}``).
             views: keep only these view positions (e.g. ``["PA"]``); ``None`` keeps all.
+            io: I/O limits of the read (``StorageSettings.io``; transient failures are retried).
 
         Raises:
             LabelIndexError: the file is missing, empty, not a CSV, lacks a column, names an unknown
                 finding or repeats an image id.
+            AccessDeniedError, StoreUnavailableError: ``pneumo.io.reading``'s, naming the URL.
         """
         verified(url)
         try:
-            with fsspec.open(url, "rb", compression="infer", **dict(storage_options or {})) as fh:
-                raw = pd.read_csv(fh, dtype=str, keep_default_na=False, skipinitialspace=True)
+            raw = read_csv(
+                url, storage_options, io=io, dtype=str, keep_default_na=False, skipinitialspace=True
+            )
         except FileNotFoundError as err:
             raise LabelIndexError(f"{url}: label file not found") from err
+        except PneumoError:
+            raise  # access denied, unreachable: already one line naming the URL and the setting
         except pd.errors.EmptyDataError as err:
             raise LabelIndexError(f"{url}: the label file is empty") from err
         except (UnicodeDecodeError, pd.errors.ParserError, EOFError, OSError) as err:

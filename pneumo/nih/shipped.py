@@ -26,13 +26,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from functools import cache
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from pneumo.errors import PneumoError
+from pneumo.io.files import sha256_of
 
 #: The folder of the shipped files (package data of ``pneumo.nih``).
 HERE = Path(__file__).resolve().parent / "files"
@@ -51,15 +51,6 @@ SHIPPED: dict[str, str] = {
 
 class ShippedFileError(PneumoError, ValueError):
     """A shipped NIH file that is unknown, missing or not byte-identical to NIH's release."""
-
-
-def sha256_of(path: str | Path) -> str:
-    """The sha256 (hex) of a local file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @cache

@@ -16,10 +16,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 
 from pneumo.errors import PneumoError
+from pneumo.io.reading import read_text
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import verified
 
@@ -57,12 +57,12 @@ class PatientSplit:
                     )
 
 
-def read_image_list(url: str, storage_options: Mapping | None = None) -> list[str]:
-    """Read an NIH split list (one image name per line) from a path or URL."""
+def read_image_list(url: str, storage_options: Mapping | None = None, io: Mapping | None = None) -> list[str]:
+    """Read an NIH split list (one image name per line) from a path or URL (plain or compressed by suffix;
+    ``io``: I/O limits of the read, ``StorageSettings.io``)."""
     verified(url)
     try:
-        with fsspec.open(url, "rt", compression="infer", **dict(storage_options or {})) as fh:
-            names = [line.strip() for line in fh if line.strip()]
+        names = [line.strip() for line in read_text(url, storage_options, io=io).splitlines() if line.strip()]
     except FileNotFoundError as err:
         raise SplitError(f"{url}: split list not found") from err
     except UnicodeDecodeError as err:
@@ -116,7 +116,7 @@ def make_splits(
     """
     if (train_val_list is None) != (test_list is None):
         raise SplitError("give both split lists (train_val and test) or neither")
-    if train_val_list is not None:
+    if train_val_list is not None and test_list is not None:  # both or neither (checked above)
         known = set(index.table["image"])
         tv = [x for x in train_val_list if x in known]
         te = [x for x in test_list if x in known]

@@ -12,18 +12,22 @@ temperature is fitted on the validation predictions (NLL) first and applied to b
 workflow (README, "Evaluate any predictions").
 
 Example:
-    >>> report = evaluate_files("test_preds.csv", "out", EvalSettings(), val_predictions="val_preds.csv")  # doctest: +SKIP
+    >>> settings = EvaluateSettings(predictions="test_preds.csv", out_dir="out", val_predictions="val_preds.csv")
+    >>> report = evaluate_files(settings)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 
+from pneumo.config import settings_from, to_plain
 from pneumo.errors import PneumoError
 from pneumo.io.storage import StorageSettings
 from pneumo.nih.index import NIHLabelIndex
@@ -110,23 +114,18 @@ def _operating_point(
     }
 
 
-def evaluate_files(
-    predictions: str,
-    out_dir: str | Path,
-    settings: EvalSettings,
-    val_predictions: str | None = None,
-    labels_url: str | None = None,
-    recalibrate: bool = False,
-    choose_on_evaluated: bool = False,
-    split: str = "test",
-    storage: StorageSettings | Mapping | None = None,
-) -> dict:
-    """Write the report of a predictions file into ``out_dir``; returns the report dict.
+@dataclass
+class EvaluateSettings:
+    """Everything the evaluate command needs: the keys of ``conf/evaluate.yaml``, checked once.
 
-    Args:
+    Build it from the config with ``EvaluateSettings.from_config(cfg)`` or in Python with keywords; a value
+    that cannot work is a one-line ``PneumoError`` naming its key.
+
+    Attributes:
         predictions: CSV of the evaluated images' predictions (path or fsspec URL).
         out_dir: where ``report.md``, ``report.json``, ``predictions.csv`` and the figures go.
-        settings: the ``eval:`` settings (threshold rule, bootstrap, calibration bins, age bands, figures).
+        eval: the ``eval:`` settings (threshold rule, bootstrap, calibration bins, age bands, figures); a
+            mapping of the config's keys is read by ``EvalSettings.from_config``.
         val_predictions: CSV of validation images' predictions: the threshold rule (and ``recalibrate``)
             is applied to it.
         labels_url: ``Data_Entry`` CSV with the labels; ``None`` = NIH's, shipped with pneumo.
@@ -135,47 +134,128 @@ def evaluate_files(
         split: name of the evaluated images in messages.
         storage: ``StorageSettings`` (or its config mapping) of the three files' reads.
 
+    Example:
+        >>> EvaluateSettings(predictions="test.csv", out_dir="out", eval={"threshold": 0.5}).eval.threshold
+        0.5
+        >>> EvaluateSettings(predictions="test.csv", out_dir="out", recalibrate=True)
+        Traceback (most recent call last):
+        ...
+        pneumo.pipelines.evaluate.EvaluateError: recalibrate=true fits the temperature on validation images: pass val_predictions=PATH
+    """
+
+    predictions: str
+    out_dir: str
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    val_predictions: str | None = None
+    labels_url: str | None = None
+    recalibrate: bool = False
+    choose_on_evaluated: bool = False
+    split: str = "test"
+    storage: StorageSettings | dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.eval, EvalSettings):
+            self.eval = EvalSettings.from_config(to_plain(self.eval))
+        ThresholdRule.parse(self.eval.threshold)  # a bad rule fails here, before any file is read
+        self.predictions, self.out_dir = str(self.predictions), str(self.out_dir)
+        self.recalibrate, self.choose_on_evaluated = bool(self.recalibrate), bool(self.choose_on_evaluated)
+        self.storage = StorageSettings.from_config(self.storage)
+        if self.recalibrate and self.val_predictions is None:
+            raise EvaluateError(
+                "recalibrate=true fits the temperature on validation images: pass val_predictions=PATH"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | DictConfig) -> EvaluateSettings:
+        """The settings of an evaluate config (``conf/evaluate.yaml``); its other keys (``seed``,
+        ``task_name``, ``paths``, ``hydra``) are not the pipeline's and are left out."""
+        plain = to_plain(cfg)
+        return settings_from(cls, {k: v for k, v in plain.items() if k not in _NOT_SETTINGS})
+
+    @property
+    def storage_settings(self) -> StorageSettings:
+        """``storage`` as ``StorageSettings`` (``__post_init__`` makes it one)."""
+        assert isinstance(self.storage, StorageSettings)
+        return self.storage
+
+
+#: Keys of ``conf/evaluate.yaml`` that are the command's, not the pipeline's (``seed`` reaches the
+#: bootstrap through ``eval.bootstrap.seed``); any other key is a setting.
+_NOT_SETTINGS = {"task_name", "paths", "hydra", "seed"}
+
+
+def evaluate_files(settings: EvaluateSettings) -> dict:
+    """Write the report of a predictions file into ``settings.out_dir``; returns the report dict.
+
     Raises:
         PneumoError: a file or a setting that cannot be used (one line naming it and the fix).
+
+    Example:
+        >>> evaluate_files(EvaluateSettings(predictions="test.csv", out_dir="out"))["metrics"]["auroc"]  # doctest: +SKIP
     """
-    rule = ThresholdRule.parse(settings.threshold)
-    if recalibrate and val_predictions is None:
-        raise EvaluateError(
-            "recalibrate=true fits the temperature on validation images: pass val_predictions=PATH"
-        )
-    labels = labels_url or shipped_path(DEFAULT_LABELS)
-    options = StorageSettings.from_config(storage).options_for
-    index = NIHLabelIndex.from_csv(labels, options(labels))
-    frame = read_predictions(predictions, index, options(predictions))
-    val = read_predictions(val_predictions, index, options(val_predictions)) if val_predictions else None
+    frame, val, labels = read_files(settings)
+    temperature = None
+    if settings.recalibrate:
+        assert val is not None
+        frame, val, temperature = recalibrated(settings, frame, val)
+    rule = ThresholdRule.parse(settings.eval.threshold)
+    names = {"val": settings.val_predictions, "predictions": settings.predictions}
+    op = _operating_point(rule, val, frame, settings.choose_on_evaluated, names)
+    report = build_report(
+        frame,
+        float(op["value"]),
+        settings.eval,
+        operating_point=op,
+        split=settings.split,
+        temperature=temperature,
+    )
+    report["source"] = {
+        "predictions": settings.predictions,
+        "val_predictions": settings.val_predictions,
+        "labels": labels,
+    }
+    write_outputs(frame, report, settings.eval, settings.out_dir)
+    return report
+
+
+def read_files(settings: EvaluateSettings) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """The evaluated and the validation predictions joined with their labels, and the label index used;
+    an image in both files is an error (the threshold must be chosen on other images)."""
+    labels = settings.labels_url or shipped_path(DEFAULT_LABELS)
+    options, io = settings.storage_settings.options_for, settings.storage_settings.io
+    index = NIHLabelIndex.from_csv(labels, options(labels), io=io)
+    frame = read_predictions(settings.predictions, index, options(settings.predictions), io)
+    val_path = settings.val_predictions
+    val = read_predictions(val_path, index, options(val_path), io) if val_path else None
     if val is not None:
         shared = sorted(set(frame["image"]) & set(val["image"]))
         if shared:
             raise EvaluateError(
-                f"{len(shared)} image(s) are in both predictions={predictions} and val_predictions="
-                f"{val_predictions}, e.g. {shared[0]}: the threshold must be chosen on other images"
+                f"{len(shared)} image(s) are in both predictions={settings.predictions} and val_predictions="
+                f"{val_path}, e.g. {shared[0]}: the threshold must be chosen on other images"
             )
-    temperature = None
-    if recalibrate:
-        assert val is not None
-        fit = fit_temperature(_logits(val, val_predictions), val["label"].to_numpy())
-        value = 1.0 if fit.value is None else fit.value  # no finite optimum: the raw logits, said so
-        temperature = {
-            "value": value,
-            "fitted_on": f"val_predictions ({val_predictions}, {fit.images} images)",
-            "val_nll_before": fit.nll_before,
-            "val_nll_after": fit.nll_after,
-            "note": fit.note if fit.value is not None else f"{fit.note}; used temperature 1",
-        }
-        val = _recalibrate(val, value, val_predictions)
-        frame = _recalibrate(frame, value, predictions)
-        log.info("temperature %.4f fitted on %s (NLL %.4f -> %.4f)", value, val_predictions,
-                 fit.nll_before, fit.nll_after)  # fmt: skip
-    names = {"val": val_predictions, "predictions": predictions}
-    op = _operating_point(rule, val, frame, choose_on_evaluated, names)
-    report = build_report(
-        frame, float(op["value"]), settings, operating_point=op, split=split, temperature=temperature
+    return frame, val, labels
+
+
+def recalibrated(
+    settings: EvaluateSettings, frame: pd.DataFrame, val: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Both files at the temperature fitted (NLL) on the validation predictions, and the report's record
+    of the fit; no finite optimum means temperature 1 (the raw logits), and the record says so."""
+    val_path = str(settings.val_predictions)
+    fit = fit_temperature(_logits(val, val_path), val["label"].to_numpy())
+    value = 1.0 if fit.value is None else fit.value
+    temperature = {
+        "value": value,
+        "fitted_on": f"val_predictions ({val_path}, {fit.images} images)",
+        "val_nll_before": fit.nll_before,
+        "val_nll_after": fit.nll_after,
+        "note": fit.note if fit.value is not None else f"{fit.note}; used temperature 1",
+    }
+    log.info("temperature %.4f fitted on %s (NLL %.4f -> %.4f)", value, val_path,
+             fit.nll_before, fit.nll_after)  # fmt: skip
+    return (
+        _recalibrate(frame, value, settings.predictions),
+        _recalibrate(val, value, val_path),
+        temperature,
     )
-    report["source"] = {"predictions": predictions, "val_predictions": val_predictions, "labels": labels}
-    write_outputs(frame, report, settings, out_dir)
-    return report

@@ -18,7 +18,8 @@ without it holds an interrupted run. A folder that already holds these outputs i
 new outputs never sit side by side.
 
 Example:
-    >>> result = explain_images(ckpt_path="last.ckpt", inputs="data/nih_demo/images", out_dir="out")  # doctest: +SKIP
+    >>> settings = ExplainSettings(ckpt_path="last.ckpt", inputs="data/nih_demo/images", out_dir="out")
+    >>> result = explain_images(settings)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from pneumo.config import checked_number, choice, settings_from, to_plain
+from pneumo.data.datamodule import SPLITS
 from pneumo.data.inputs import (
     ImageRef,
     LoadedImage,
     Preprocessor,
     StorageOptions,
+    io_for,
     load_image,
     options_for,
     resolve_inputs,
@@ -53,10 +58,11 @@ from pneumo.images.decode import BadImageError
 from pneumo.images.dicom import check_voi
 from pneumo.io.files import atomic_write_bytes
 from pneumo.io.store import location_exists
+from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.nih.boxes import load_boxes, scaled_to
 from pneumo.nih.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
-from pneumo.pipelines.runs import load_run
+from pneumo.pipelines.runs import Run, load_run
 from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.localization import DEFAULT_THRESHOLD, score_heatmap, summarize
@@ -92,10 +98,10 @@ def _index_name(name: str, known: Mapping, stems: Mapping[str, str]) -> str:
 
 def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: StorageOptions) -> int:
     """Set ``ref.label`` from a label index (matched by file name); returns how many were found."""
-    options = options_for(labels_url, storage_options) if labels_url else {}
-    if not labels_url or not location_exists(labels_url, options):
+    options, io = (options_for(labels_url, storage_options) if labels_url else {}), io_for(storage_options)
+    if not labels_url or not location_exists(labels_url, options, io):
         return 0
-    table = NIHLabelIndex.from_csv(labels_url, options).table
+    table = NIHLabelIndex.from_csv(labels_url, options, io=io).table
     label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
     stems = _by_stem(label_of)
     for ref in refs:
@@ -109,7 +115,8 @@ def attach_boxes(
     refs: Sequence[ImageRef], bbox_url: str | None, finding: str, storage_options: StorageOptions
 ) -> int:
     """Set ``ref.boxes`` (of ``finding``) from a ``BBox_List_2017.csv``; returns how many images got boxes."""
-    boxes = load_boxes(bbox_url, options_for(bbox_url, storage_options) if bbox_url else None)
+    options = options_for(bbox_url, storage_options) if bbox_url else None
+    boxes = load_boxes(bbox_url, options, io_for(storage_options))
     if boxes is None:
         return 0
     known = {str(x): None for x in boxes.table["image"]}
@@ -148,16 +155,6 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
     return out
 
 
-def _device(device: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...; a ConfigError for anything else."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device={device!r} is not a device: use auto, cpu, cuda or cuda:N") from err
-
-
 def _stems(refs: Sequence[ImageRef]) -> list[str]:
     """Output file stems: the image's stem, made unique with ``_2``, ``_3``... when names repeat."""
     seen: dict[str, int] = {}
@@ -169,162 +166,356 @@ def _stems(refs: Sequence[ImageRef]) -> list[str]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- pipeline
-def explain_images(
-    ckpt_path: str,
-    out_dir: str,
-    inputs: str | None = None,
-    split: str | None = None,
-    layer: str = DEFAULT_LAYER,
-    target: int | str = "pneumonia",
-    batch_size: int = 32,
-    num_workers: int = 8,
-    device: str = "auto",
-    labels_url: str | None = None,
-    bbox_url: str | None = None,
-    finding: str = PNEUMONIA,
-    iou_threshold: float = DEFAULT_THRESHOLD,
-    overlay: Mapping[str, Any] | None = None,
-    box_threshold: float = DEFAULT_THRESHOLD,
-    top_k: int = 1,
-    storage: Mapping | None = None,
-    progress: bool = True,
-    dicom_voi: str | None = None,
-    overwrite: bool = False,
-) -> ExplainResult:
-    """Explain every input image; see the module docstring for what is written.
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass
+class GradCamSettings:
+    """``gradcam:`` of ``conf/explain.yaml``: the explained ``layer`` (relative to the network) and
+    ``target`` (``pneumonia``, ``predicted`` or an output index; see ``pneumo.xai.gradcam``)."""
 
-    Args:
+    layer: str = DEFAULT_LAYER
+    target: int | str = "pneumonia"
+
+
+@dataclass
+class LocalizationSettings:
+    """``localization:``: the ``finding`` whose boxes are the ground truth, and the heatmap level
+    (``threshold``, of its [0, 1] range) above which a pixel counts as highlighted for IoU / IoBB."""
+
+    finding: str = PNEUMONIA
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        self.threshold = float(checked_number(self.threshold, "localization.threshold", float, 0, 1))
+
+
+@dataclass
+class BoxSettings:
+    """``boxes:``: ``boxes.csv`` holds the ``top_k`` regions (by heat mass) of each heatmap at or above
+    ``threshold``; they are scored against ground-truth boxes (Wang et al. 2017)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        self.threshold = float(checked_number(self.threshold, "boxes.threshold", float, 0, 1))
+        self.top_k = int(checked_number(self.top_k, "boxes.top_k", int, 1))
+
+
+@dataclass
+class OverlaySettings:
+    """``overlay:``: overlays are drawn on the source image at its own width, at most ``max_size`` pixels,
+    with the heatmap at opacity ``alpha`` in the matplotlib colormap ``cmap``."""
+
+    max_size: int = 1024
+    alpha: float = 0.45
+    cmap: str = "jet"
+
+    def __post_init__(self) -> None:
+        self.max_size = int(checked_number(self.max_size, "overlay.max_size", int, 16))
+        self.alpha = float(checked_number(self.alpha, "overlay.alpha", float, 0, 1))
+
+
+@dataclass
+class ExplainSettings:
+    """Everything an explain run needs: the keys of ``conf/explain.yaml``, checked once.
+
+    Build it from the config with ``ExplainSettings.from_config(cfg)`` or in Python with keywords; either way
+    a value that cannot work is a one-line ``ConfigError`` naming its key.
+
+    Attributes:
         ckpt_path: training checkpoint (``.ckpt``), local or URL.
         out_dir: output folder (created).
         inputs: an image, a folder, or a ``.txt`` list of paths/URLs; or ``None`` with ``split``.
         split: ``train``/``val``/``test`` of the checkpoint's data set instead of ``inputs``.
-        layer, target: Grad-CAM layer and class (see ``pneumo.xai.gradcam``).
-        batch_size: images per Grad-CAM batch; ``num_workers``: threads reading images.
+        overwrite: delete the outputs of an earlier run in ``out_dir`` instead of refusing the folder.
+        gradcam: the explained layer and class.
+        batch_size: images per Grad-CAM batch.
+        num_workers: threads reading images (they may be remote objects).
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
-        labels_url, bbox_url: label index / box file; ``None`` = the checkpoint's, ``""`` = none.
-        finding: which boxes count as ground truth; ``iou_threshold``: heatmap level for IoU/IoBB.
-        overlay: ``max_size`` (overlays are drawn on the source image at its own width, at most this),
-            ``alpha``, ``cmap`` of the overlay pictures.
-        box_threshold, top_k: ``boxes.csv`` holds the ``top_k`` regions (by heat mass) where the heatmap
-            is at least ``box_threshold``; they are scored against ground-truth boxes (Wang et al. 2017).
+        labels_url: label index for true labels; ``None`` = the checkpoint's, ``""`` = none.
+        bbox_url: box file for localization; ``None`` = the checkpoint's, ``""`` = none.
+        localization: ground-truth finding and heatmap level of IoU / IoBB.
+        boxes: the predicted boxes of ``boxes.csv``.
+        dicom_voi: grey levels of DICOM inputs (``auto``, ``window``, ``full-range``); ``None`` = the
+            checkpoint's ``data.images.dicom_voi`` (``auto`` for checkpoints from before it existed).
+        overlay: size, opacity and colormap of the overlay pictures.
         storage: ``StorageSettings`` keys (``project``, ``requester_pays``, ``token``, ``options``, I/O limits)
             that replace the checkpoint's ``data.storage``; ``None`` values keep the checkpoint's. Credentials:
             Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
-        dicom_voi: grey levels of DICOM inputs (``auto``, ``window``, ``full-range``); ``None`` = the
-            checkpoint's ``data.dicom_voi`` (``auto`` for checkpoints from before it existed).
         progress: show a progress bar.
-        overwrite: delete the outputs of an earlier run in ``out_dir`` instead of refusing the folder.
+
+    Example:
+        >>> ExplainSettings(ckpt_path="last.ckpt", out_dir="out", split="test").boxes.top_k
+        1
+        >>> ExplainSettings(ckpt_path="last.ckpt", out_dir="out", split="tset")
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: split='tset': choose one of 'train', 'val', 'test' (did you mean 'test'?)
     """
-    if (inputs is None) == (split is None):
-        raise ConfigError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
-    out = prepare_out_dir(out_dir, overwrite)
-    dev = _device(device)
-    run = load_run(ckpt_path, storage=storage, map_location=dev)
-    model, settings, dhp = run.model, run.storage, run.datamodule.hparams
-    options = settings.options_for
 
-    model.to(dev)
-    threshold = float(model.threshold)
-    image_size = run.image_size
-    temperature = float(model.temperature)
-    dicom_voi = check_voi(dhp.get("dicom_voi", "auto") if dicom_voi is None else dicom_voi, "dicom_voi")
-    labels_url = dhp.get("labels_url") if labels_url is None else labels_url
-    bbox_url = dhp.get("bbox_url") if bbox_url is None else bbox_url
+    ckpt_path: str
+    out_dir: str
+    inputs: str | None = None
+    split: str | None = None
+    overwrite: bool = False
+    gradcam: GradCamSettings = field(default_factory=GradCamSettings)
+    batch_size: int = 32
+    num_workers: int = 8
+    device: str = "auto"
+    labels_url: str | None = None
+    bbox_url: str | None = None
+    localization: LocalizationSettings = field(default_factory=LocalizationSettings)
+    boxes: BoxSettings = field(default_factory=BoxSettings)
+    dicom_voi: str | None = None
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
+    storage: dict[str, Any] | None = None
+    progress: bool = True
 
-    skipped: list[str] = []
-    if split is not None:
-        # The split as the run used it: the same images left out as missing or bad (data.on_missing=skip).
-        refs = [ImageRef(name, run.image_location(name)) for name in run.datamodule.split_images(split)]
-    else:
-        settings.probe(str(inputs))  # an unreachable endpoint fails here, in one line
-        refs, skipped = resolve_inputs(inputs, options)
-    if skipped:
-        log.warning(
-            "skipped %d file(s) that are not images by name: %s", len(skipped), ", ".join(skipped[:10])
-        )
-    n_labels = attach_labels(refs, labels_url, options)
-    n_boxes = attach_boxes(refs, bbox_url, finding, options)
-    log.info(
-        "%d image(s) at %d px; true labels for %d, %s boxes for %d; model threshold %.3f; Grad-CAM layer %s",
-        len(refs), image_size, n_labels, finding, n_boxes, threshold, layer,
-    )  # fmt: skip
+    def __post_init__(self) -> None:
+        # sub-blocks given as mappings (``overlay={"max_size": 1200}``) are checked like the config's
+        for name in ("gradcam", "localization", "boxes", "overlay"):
+            setattr(self, name, settings_from(_BLOCKS[name], getattr(self, name), name))
+        if (self.inputs is None) == (self.split is None):
+            raise ConfigError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
+        if self.split is not None:
+            choice(self.split, "split", SPLITS)
+        self.ckpt_path, self.out_dir = str(self.ckpt_path), str(self.out_dir)
+        self.batch_size = int(checked_number(self.batch_size, "batch_size", int, 1))
+        self.num_workers = int(checked_number(self.num_workers, "num_workers", int, 0))
+        self.torch_device()  # a bad device name fails here, before the checkpoint is read
+        if self.dicom_voi is not None:
+            check_voi(self.dicom_voi, "dicom_voi")
+        self.storage = dict(to_plain(self.storage)) if self.storage is not None else None
 
-    overlay = dict(overlay or {})
-    max_size = int(overlay.pop("max_size", 1024))
-    if max_size < 16:
-        raise ConfigError(f"overlay.max_size must be at least 16 px, got {max_size}")
-    cam = GradCam(model, layer=layer, target=target, batch_size=batch_size)
-    preprocess = Preprocessor(image_size, display_size=max_size, dicom_voi=dicom_voi)
-    wang: tuple[list, list] = ([], [])  # predicted and ground-truth boxes of each image with ground truth
-    result = ExplainResult(out_dir=str(out))
-    scores = []
-    stems = _stems(refs)
+    @classmethod
+    def from_config(cls, cfg: Mapping | DictConfig) -> ExplainSettings:
+        """The settings of an ``explain.py`` config (``conf/explain.yaml``); its other keys (``task_name``,
+        ``paths``, ``hydra``) are not the pipeline's and are left out."""
+        plain = to_plain(cfg)
+        return settings_from(cls, {k: v for k, v in plain.items() if k not in _NOT_SETTINGS})
 
-    def _load(i: int) -> tuple[int, LoadedImage | None, str | None]:
+    def torch_device(self) -> torch.device:
+        """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...; a ConfigError for anything else."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            return i, load_image(refs[i], preprocess, options), None
-        except (BadImageError, OSError, ValueError, RuntimeError) as err:
-            return i, None, str(err).splitlines()[0] if str(err) else type(err).__name__
+            return torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(
+                f"device={self.device!r} is not a device: use auto, cpu, cuda or cuda:N"
+            ) from err
 
-    bar = tqdm(total=len(refs), desc="explain", unit="img", disable=not progress, dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        for start in range(0, len(refs), batch_size):
-            loaded = []
-            for i, item, error in pool.map(_load, range(start, min(start + batch_size, len(refs)))):
-                if item is None:
-                    log.error("cannot read %s: %s", refs[i].location, error)
-                    result.failed.append((refs[i].location, error or "unreadable"))
-                else:
-                    loaded.append((i, item))
-            if loaded:
-                batch = torch.stack([item.tensor for _, item in loaded]).to(dev)
-                maps = cam(batch)
-                probs = pneumonia_probability(model, maps.logits)
-                logits = model.pneumonia_logit(maps.logits)
-                for j, (i, item) in enumerate(loaded):
-                    heatmap = maps.heatmaps[j].cpu().numpy().astype(np.float32)
-                    predicted = heatmap_boxes(heatmap, box_threshold, top_k, source_shape=item.source_shape)
-                    predicted_boxes = np.array([b.box for b in predicted]).reshape(-1, 4)
-                    row, score = _write_one(
-                        item, stems[i], heatmap, predicted_boxes, (float(probs[j]), float(logits[j]), temperature),
-                        threshold, out, overlay, iou_threshold,
-                    )  # fmt: skip
-                    result.predictions.append(row)
-                    result.boxes += [(item.ref.name, finding, *map(float, b)) for b in predicted_boxes]
-                    if len(item.ref.boxes):
-                        wang[0].append(predicted_boxes)
-                        wang[1].append(item.ref.boxes)
-                    if score is not None:
-                        result.localization.append(score)
-                        scores.append(score["_score"])
-            bar.update(min(batch_size, len(refs) - start))
-    bar.close()
 
-    _write_csv(out / "predictions.csv", result.predictions)
-    write_box_list(out / "boxes.csv", result.boxes)
+_BLOCKS: dict[str, type] = {
+    "gradcam": GradCamSettings,
+    "localization": LocalizationSettings,
+    "boxes": BoxSettings,
+    "overlay": OverlaySettings,
+}
+#: Keys of ``conf/explain.yaml`` that are the command's, not the pipeline's (any other key is a setting).
+_NOT_SETTINGS = {"task_name", "paths", "hydra"}
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+@dataclass
+class _Session:
+    """The rebuilt run and what every image of an explain run shares."""
+
+    settings: ExplainSettings
+    out: Path
+    device: torch.device
+    run: Run
+    options: StorageOptions  # the run's StorageSettings: the fsspec options of each URL, the I/O limits
+    dicom_voi: str
+    labels_url: str | None
+    bbox_url: str | None
+
+    @property
+    def model(self) -> PneumoniaClassifier:
+        return self.run.model
+
+    @property
+    def threshold(self) -> float:
+        return float(self.run.model.threshold)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.run.model.temperature)
+
+
+def explain_images(settings: ExplainSettings) -> ExplainResult:
+    """Explain every input image; see the module docstring for what is written.
+
+    Example:
+        >>> settings = ExplainSettings(ckpt_path="last.ckpt", out_dir="out", inputs="images")  # doctest: +SKIP
+        >>> explain_images(settings).predictions[0]["probability"]  # doctest: +SKIP
+    """
+    out = prepare_out_dir(settings.out_dir, settings.overwrite)
+    session = open_session(settings, out)
+    refs = image_refs(session)
+    result = ExplainResult(out_dir=str(out))
+    wang = _explain_all(session, refs, result)
+    _write_predictions(session, result)
     if result.localization:
-        for row in result.localization:
-            row.pop("_score")
-        _write_csv(out / "localization.csv", result.localization)
-        result.summary = summarize(scores)
-        result.summary.update({"layer": layer, "iou_threshold": iou_threshold, "finding": finding})
-        table = localization_table(*wang)
-        table.update({"top_k": top_k, "box_threshold": box_threshold})
-        result.summary["wang"] = {k: v for k, v in table.items() if not k.startswith("best_")}
+        result.summary = _localization_summary(settings, result, wang)
     summary = {
-        "checkpoint": str(ckpt_path),
+        "checkpoint": settings.ckpt_path,
         "images": len(refs),
         "explained": len(result.predictions),
         "failed": [{"image": loc, "error": err} for loc, err in result.failed],
-        "threshold": threshold,
-        "temperature": temperature,
-        "image_size": image_size,
+        "threshold": session.threshold,
+        "temperature": session.temperature,
+        "image_size": session.run.image_size,
         "localization": result.summary or None,
     }
     # Last: its presence says the folder holds a whole run.
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def open_session(settings: ExplainSettings, out: Path) -> _Session:
+    """Rebuild the checkpoint's run on the device; settings left ``None`` take the checkpoint's values."""
+    device = settings.torch_device()
+    run = load_run(settings.ckpt_path, storage=settings.storage, map_location=device)
+    run.model.to(device)
+    saved = run.datamodule.hparams
+    return _Session(
+        settings=settings,
+        out=out,
+        device=device,
+        run=run,
+        options=run.storage,
+        dicom_voi=check_voi(
+            saved.get("dicom_voi", "auto") if settings.dicom_voi is None else settings.dicom_voi
+        ),
+        labels_url=saved.get("labels_url") if settings.labels_url is None else settings.labels_url,
+        bbox_url=saved.get("bbox_url") if settings.bbox_url is None else settings.bbox_url,
+    )
+
+
+def image_refs(session: _Session) -> list[ImageRef]:
+    """The images to explain (``inputs``, or the run's ``split`` with the images it left out still left
+    out), with their true labels and ground-truth boxes where the label index and box file have them."""
+    settings, run = session.settings, session.run
+    skipped: list[str] = []
+    if settings.split is not None:
+        # The split as the run used it: the same images left out as missing or bad (data.on_missing=skip).
+        refs = [
+            ImageRef(name, run.image_location(name)) for name in run.datamodule.split_images(settings.split)
+        ]
+    else:
+        run.storage.probe(str(settings.inputs))  # an unreachable endpoint fails here, in one line
+        refs, skipped = resolve_inputs(str(settings.inputs), session.options)
+    if skipped:
+        log.warning(
+            "skipped %d file(s) that are not images by name: %s", len(skipped), ", ".join(skipped[:10])
+        )
+    finding = settings.localization.finding
+    n_labels = attach_labels(refs, session.labels_url, session.options)
+    n_boxes = attach_boxes(refs, session.bbox_url, finding, session.options)
+    log.info(
+        "%d image(s) at %d px; true labels for %d, %s boxes for %d; model threshold %.3f; Grad-CAM layer %s",
+        len(refs), run.image_size, n_labels, finding, n_boxes, session.threshold, settings.gradcam.layer,
+    )  # fmt: skip
+    return refs
+
+
+def _explain_all(session: _Session, refs: Sequence[ImageRef], result: ExplainResult) -> tuple[list, list]:
+    """Read and explain ``refs`` batch by batch (images read in threads), writing each image's overlay and
+    heatmap; returns the predicted and ground-truth boxes of the images with ground truth (Wang's table)."""
+    settings = session.settings
+    cam = GradCam(
+        session.model,
+        layer=settings.gradcam.layer,
+        target=settings.gradcam.target,
+        batch_size=settings.batch_size,
+    )
+    preprocess = Preprocessor(
+        session.run.image_size, display_size=settings.overlay.max_size, dicom_voi=session.dicom_voi
+    )
+    wang: tuple[list, list] = ([], [])
+    stems = _stems(refs)
+
+    def _load(i: int) -> tuple[int, LoadedImage | None, str | None]:
+        try:
+            return i, load_image(refs[i], preprocess, session.options), None
+        except (BadImageError, OSError, ValueError, RuntimeError) as err:
+            return i, None, str(err).splitlines()[0] if str(err) else type(err).__name__
+
+    size = settings.batch_size
+    bar = tqdm(total=len(refs), desc="explain", unit="img", disable=not settings.progress, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=max(1, settings.num_workers)) as pool:
+        for start in range(0, len(refs), size):
+            loaded = []
+            for i, item, error in pool.map(_load, range(start, min(start + size, len(refs)))):
+                if item is None:
+                    log.error("cannot read %s: %s", refs[i].location, error)
+                    result.failed.append((refs[i].location, error or "unreadable"))
+                else:
+                    loaded.append((stems[i], item))
+            if loaded:
+                _explain_batch(session, cam, loaded, result, wang)
+            bar.update(min(size, len(refs) - start))
+    bar.close()
+    return wang
+
+
+def _explain_batch(
+    session: _Session,
+    cam: GradCam,
+    loaded: Sequence[tuple[str, LoadedImage]],
+    result: ExplainResult,
+    wang: tuple[list, list],
+) -> None:
+    """Grad-CAM of one batch of read images; each image's outputs written and its rows added to ``result``."""
+    settings, model = session.settings, session.model
+    batch = torch.stack([item.tensor for _, item in loaded]).to(session.device)
+    maps = cam(batch)
+    probs = pneumonia_probability(model, maps.logits)
+    logits = model.pneumonia_logit(maps.logits)
+    for j, (stem, item) in enumerate(loaded):
+        heatmap = maps.heatmaps[j].cpu().numpy().astype(np.float32)
+        predicted = heatmap_boxes(
+            heatmap, settings.boxes.threshold, settings.boxes.top_k, source_shape=item.source_shape
+        )
+        predicted_boxes = np.array([b.box for b in predicted]).reshape(-1, 4)
+        scores = (float(probs[j]), float(logits[j]), session.temperature)
+        row, score = _write_one(item, stem, heatmap, predicted_boxes, scores, session)
+        result.predictions.append(row)
+        finding = settings.localization.finding
+        result.boxes += [(item.ref.name, finding, *map(float, b)) for b in predicted_boxes]
+        if len(item.ref.boxes):
+            wang[0].append(predicted_boxes)
+            wang[1].append(item.ref.boxes)
+        if score is not None:
+            result.localization.append(score)
+
+
+def _write_predictions(session: _Session, result: ExplainResult) -> None:
+    """``predictions.csv``, ``boxes.csv`` and (when some image has ground truth) ``localization.csv``."""
+    _write_csv(session.out / "predictions.csv", result.predictions)
+    write_box_list(session.out / "boxes.csv", result.boxes)
+    if result.localization:
+        _write_csv(session.out / "localization.csv", [
+            {k: v for k, v in row.items() if k != "_score"} for row in result.localization
+        ])  # fmt: skip
+
+
+def _localization_summary(settings: ExplainSettings, result: ExplainResult, wang: tuple[list, list]) -> dict:
+    """The pointing game and IoU / IoBB summary of the scored images, with Wang et al.'s table."""
+    scores = [row.pop("_score") for row in result.localization]
+    summary = summarize(scores)
+    summary.update(
+        {
+            "layer": settings.gradcam.layer,
+            "iou_threshold": settings.localization.threshold,
+            "finding": settings.localization.finding,
+        }
+    )
+    table = localization_table(*wang)
+    table.update({"top_k": settings.boxes.top_k, "box_threshold": settings.boxes.threshold})
+    summary["wang"] = {k: v for k, v in table.items() if not k.startswith("best_")}
+    return summary
 
 
 def _write_one(
@@ -333,11 +524,11 @@ def _write_one(
     heatmap: np.ndarray,
     predicted_boxes: np.ndarray,
     scores: tuple[float, float, float],
-    threshold: float,
-    out: Path,
-    overlay: Mapping[str, Any],
-    iou_threshold: float,
+    session: _Session,
 ) -> tuple[dict, dict | None]:
+    """Write one image's overlay and heatmap; its ``predictions.csv`` row and, when it has ground-truth
+    boxes, its ``localization.csv`` row (with the ``LocalizationScore`` under ``_score``)."""
+    threshold, out, overlay = session.threshold, session.out, session.settings.overlay
     ref = item.ref
     probability, logit, temperature = scores
     predicted = int(probability >= threshold)
@@ -353,7 +544,8 @@ def _write_one(
             predicted_boxes=scaled_to(predicted_boxes, item.source_shape, shown),
             caption=caption,
             size=shown[1],
-            **overlay,
+            alpha=overlay.alpha,
+            cmap=overlay.cmap,
         ),
         out / "overlays" / f"{stem}.png",
     )
@@ -374,7 +566,7 @@ def _write_one(
     }
     if boxes is None:
         return row, None
-    score = score_heatmap(heatmap, boxes, threshold=iou_threshold)
+    score = score_heatmap(heatmap, boxes, threshold=session.settings.localization.threshold)
     loc = {
         "image": ref.name,
         "n_boxes": len(boxes),

@@ -81,8 +81,8 @@ def load_run(
     """
     location = absolute_location(str(ckpt_path))
     given = {k: v for k, v in dict(storage or {}).items() if v is not None}
-    blob = read_checkpoint(location, "ckpt_path", StorageSettings.from_config(given).options_for(location),
-                           map_location)  # fmt: skip
+    reading = StorageSettings.from_config(given)  # this machine's settings: the checkpoint's are inside it
+    blob = read_checkpoint(location, "ckpt_path", reading.options_for(location), map_location, io=reading.io)
     hp = blob.get("hyper_parameters") if isinstance(blob, Mapping) else None
     dhp = blob.get("datamodule_hyper_parameters") if isinstance(blob, Mapping) else None
     if not isinstance(hp, Mapping) or "net" not in hp or "state_dict" not in blob:

@@ -105,6 +105,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     With ``train=false`` the checkpoint ``ckpt_path`` is evaluated instead (validation picks the operating
     point, then test and the report).
+
+    Example:
+        >>> metrics, objects = train(cfg)  # doctest: +SKIP
+        >>> objects["report"]["metrics"]["auroc"]["value"]  # doctest: +SKIP
     """
     check_train_config(cfg)  # values checkable without data: before anything is built or fetched
     if cfg.get("seed") is not None:
@@ -112,7 +116,32 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         log.info("seed %s (torch, numpy, python and data-loader workers)", cfg.seed)
     settings = EvalSettings.from_config(to_plain(cfg.get("eval")))
+    model, datamodule = build_model_and_data(cfg)
+    trainer, trained = build_trainer(cfg)
 
+    metrics: dict[str, Any] = {}
+    if cfg.get("train"):
+        run_fit(cfg, trainer, trained, model, datamodule, metrics)
+    report, ckpt = None, None
+    if cfg.get("test"):
+        ckpt = run_test(cfg, trainer, model, datamodule, settings, metrics)
+        report = write_evaluation(model, datamodule, trainer, settings, cfg.paths.output_dir, checkpoint=ckpt)
+    elif not cfg.get("train"):
+        log.warning("train=false and test=false: nothing to do")
+    if (cfg.get("train") or cfg.get("test")) and trainer.is_global_zero:
+        write_card(cfg, model, datamodule, report, ckpt)
+
+    output_dir = cfg.paths.get("output_dir")
+    log.info("outputs in %s", output_dir)
+    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+        log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "report": report}
+    return metrics, objects
+
+
+def build_model_and_data(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The configured model and data module (``train=false``: the checkpoint's run), the network input
+    checked against the image size before any data is read."""
     if not cfg.get("train") and (cfg.get("test") or cfg.get("ckpt_path")):
         run = load_run_of(cfg)
         model: L.LightningModule = run.model
@@ -127,6 +156,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         # a pretrained RGB network gets the grey image replicated to its channels (model.input_norm)
         channels = int((getattr(model, "hparams", {}).get("net") or {}).get("in_channels", 1))
         check_network_input(model.net, image_size, in_channels=channels)
+    return model, datamodule
+
+
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, TrainedBatches]:
+    """The trainer with the configured callbacks and loggers (plus the model card's and a batch counter);
+    the run's config goes to every logger, secrets redacted."""
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     callbacks.append(ModelCardCallback(cfg))  # provenance into every checkpoint and model_card.md
     loggers = instantiate_group(cfg.get("logger"), "logger")
@@ -136,59 +171,77 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks.append(trained)
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
     for lg in loggers:
         lg.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
+    return trainer, trained
 
-    metrics: dict[str, Any] = {}
+
+def run_fit(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    trained: TrainedBatches,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    metrics: dict[str, Any],
+) -> None:
+    """Train (resuming from ``ckpt_path`` when given); a fit that trained no batch is an error."""
+    log.info("training")
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trained.batches == 0:  # e.g. resumed from a checkpoint that had already reached max_epochs
+        why = (
+            f"ckpt_path={cfg.ckpt_path} had already reached trainer.max_epochs={cfg.trainer.get('max_epochs')}"
+            if cfg.get("ckpt_path")
+            else "the trainer's limits allow no batch"
+        )
+        raise ConfigError(
+            f"the run trained no batch ({why}): raise trainer.max_epochs to train on, or evaluate the "
+            "checkpoint with train=false ckpt_path=CKPT; no test report was written"
+        )
+    metrics.update(trainer.callback_metrics)
+
+
+def run_test(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    settings: EvalSettings,
+    metrics: dict[str, Any],
+) -> str | None:
+    """Test the trained model's best checkpoint (or its current weights); with ``train=false`` validate
+    ``ckpt_path`` first (``eval.threshold`` chooses the operating point there), then test it. Returns the
+    tested checkpoint."""
     if cfg.get("train"):
-        log.info("training")
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        if trained.batches == 0:  # e.g. resumed from a checkpoint that had already reached max_epochs
-            why = (
-                f"ckpt_path={cfg.ckpt_path} had already reached trainer.max_epochs={cfg.trainer.get('max_epochs')}"
-                if cfg.get("ckpt_path")
-                else "the trainer's limits allow no batch"
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = best or None
+        if not best:
+            log.warning(
+                "no best checkpoint (fast_dev_run or no checkpoint callback): testing current weights"
             )
-            raise ConfigError(
-                f"the run trained no batch ({why}): raise trainer.max_epochs to train on, or evaluate the "
-                "checkpoint with train=false ckpt_path=CKPT; no test report was written"
-            )
+        log.info("testing with %s", ckpt or "the current weights")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+    else:
+        ckpt = cfg.ckpt_path
+        log.info("choosing the operating point (%s) on validation", settings.threshold)
+        trainer.validate(model=model, datamodule=datamodule)
         metrics.update(trainer.callback_metrics)
+        log.info("testing %s", ckpt)
+        trainer.test(model=model, datamodule=datamodule)
+    metrics.update(trainer.callback_metrics)
+    return ckpt
 
-    report = None
-    if cfg.get("test"):
-        if cfg.get("train"):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            ckpt = best or None
-            if not best:
-                log.warning(
-                    "no best checkpoint (fast_dev_run or no checkpoint callback): testing current weights"
-                )
-            log.info("testing with %s", ckpt or "the current weights")
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
-        else:
-            ckpt = cfg.ckpt_path
-            log.info("choosing the operating point (%s) on validation", settings.threshold)
-            trainer.validate(model=model, datamodule=datamodule)
-            metrics.update(trainer.callback_metrics)
-            log.info("testing %s", ckpt)
-            trainer.test(model=model, datamodule=datamodule)
-        metrics.update(trainer.callback_metrics)
-        report = write_evaluation(model, datamodule, trainer, settings, cfg.paths.output_dir, checkpoint=ckpt)
-    elif not cfg.get("train"):
-        log.warning("train=false and test=false: nothing to do")
-    if (cfg.get("train") or cfg.get("test")) and trainer.is_global_zero:
-        if getattr(model, "model_card", None) is None and getattr(datamodule, "split", None) is not None:
-            model.model_card = card_fields(cfg, datamodule, model)  # a checkpoint from before model cards
-        if getattr(model, "model_card", None) is not None:
-            log.info("model card: %s", write_model_card(model.model_card, report, cfg.paths.output_dir))
-        if report is not None and cfg.get("train") and ckpt:  # the checkpoint this run wrote and tested
-            record_test_results(ckpt, report)
 
-    output_dir = cfg.paths.get("output_dir")
-    log.info("outputs in %s", output_dir)
-    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-        log.info("best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
-    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "report": report}
-    return metrics, objects
+def write_card(
+    cfg: DictConfig,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    report: dict | None,
+    ckpt: str | None,
+) -> None:
+    """``model_card.md`` of the run, and the test results recorded in the checkpoint this run trained."""
+    if getattr(model, "model_card", None) is None and getattr(datamodule, "split", None) is not None:
+        model.model_card = card_fields(cfg, datamodule, model)  # a checkpoint from before model cards
+    if getattr(model, "model_card", None) is not None:
+        log.info("model card: %s", write_model_card(model.model_card, report, cfg.paths.output_dir))
+    if report is not None and cfg.get("train") and ckpt:  # the checkpoint this run wrote and tested
+        record_test_results(ckpt, report)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,8 +21,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from pneumo.io.files import atomic_write_bytes
+from pneumo.nih.findings import PNEUMONIA
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.metrics import (
+    CALIBRATION_BINS,
     auroc,
     average_precision,
     calibration,
@@ -92,7 +96,9 @@ def pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "Prec
     return fig
 
 
-def reliability_figure(y: np.ndarray, p: np.ndarray, bins: int = 10, title: str = "Reliability") -> Figure:
+def reliability_figure(
+    y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS, title: str = "Reliability"
+) -> Figure:
     """Observed frequency against mean predicted probability per bin, with the image count per bin."""
     fig, ax = _figure()
     cal = calibration(y, p, bins)
@@ -173,7 +179,7 @@ def findings_roc_figure(frame: pd.DataFrame) -> Figure | None:
 
 
 def report_figures(
-    frame: pd.DataFrame, threshold: float, bins: int = 10, target: str = "Pneumonia"
+    frame: pd.DataFrame, threshold: float, bins: int = CALIBRATION_BINS, target: str = PNEUMONIA
 ) -> dict[str, Figure]:
     """The four report figures of the ``probability``/``label`` columns (plus ``roc_findings`` if multi-label)."""
     y = frame["label"].to_numpy().astype(np.float64)
@@ -191,12 +197,14 @@ def report_figures(
 
 
 def save_figures(figures: Mapping[str, Figure], out_dir: str | Path) -> list[Path]:
-    """Write each figure as ``<name>.png`` into ``out_dir``."""
+    """Write each figure as ``<name>.png`` into ``out_dir``, each whole (rendered in memory, then
+    ``atomic_write_bytes``)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures.items():
         path = out / f"{name}.png"
-        fig.savefig(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths

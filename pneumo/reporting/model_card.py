@@ -16,17 +16,16 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import fsspec
 from omegaconf import OmegaConf
 
 from pneumo.io.checkpoints import AtomicCheckpointIO
+from pneumo.io.files import atomic_write_text, sha256_of
 from pneumo.io.storage import redact_secrets, redact_url
 from pneumo.reporting.report import metrics_table, subgroup_table
 
@@ -41,15 +40,6 @@ LIMITS = (
     "One hospital's images (NIH Clinical Center, 1992-2015): performance on another site's images, "
     "scanners and population is unknown until measured there (README, 'A new site').",
 )
-
-
-def file_sha256(url: str, storage_options: Mapping | None = None) -> str:
-    """sha256 (hex) of the bytes at a path or fsspec URL, read in 1 MiB blocks (compressed files as stored)."""
-    digest = hashlib.sha256()
-    with fsspec.open(url, "rb", **dict(storage_options or {})) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def code_version() -> dict:
@@ -75,7 +65,7 @@ def code_version() -> dict:
 def data_fields(datamodule: Any) -> dict:
     """Label file and split lists (URL, sha256), images used and skipped, split counts of a set-up
     ``NIHDataModule``."""
-    options = datamodule.storage.options_for
+    options, io = datamodule.storage.options_for, datamodule.storage.io
     hp = datamodule.hparams
     lists = dict(hp.get("split_lists") or {})
     raw_lists = dict(getattr(datamodule, "split_lists", None) or {})
@@ -95,10 +85,10 @@ def data_fields(datamodule: Any) -> dict:
     return {
         "labels": {
             "url": hp["labels_url"],
-            "sha256": file_sha256(datamodule.labels_url, options(datamodule.labels_url)),
+            "sha256": sha256_of(datamodule.labels_url, options(datamodule.labels_url), io=io),
         },
         "split_lists": {
-            name: {"url": lists[name], "sha256": file_sha256(url, options(url))}
+            name: {"url": lists[name], "sha256": sha256_of(url, options(url), io=io)}
             for name, url in raw_lists.items()
         }
         or None,
@@ -137,7 +127,7 @@ def initial_weights(model: Any) -> dict:
             "note": "MONAI's default initialisation, seeded by `seed`",
         }
     try:
-        return {"source": redact_url(str(source)), "sha256": file_sha256(str(source))}
+        return {"source": redact_url(str(source)), "sha256": sha256_of(str(source))}
     except (OSError, ValueError) as err:
         return {"source": redact_url(str(source)), "sha256": None, "note": f"not hashed: {err}"}
 
@@ -147,7 +137,7 @@ def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
     if OmegaConf.is_config(cfg):
         try:
             config = OmegaConf.to_container(cfg, resolve=True)
-        except Exception:  # outside a Hydra job ${hydra:...} cannot resolve: record the config as written
+        except Exception:  # noqa: BLE001 - outside a Hydra job ${hydra:...} cannot resolve: record it as written
             config = OmegaConf.to_container(cfg, resolve=False)
     else:
         config = dict(cfg)
@@ -156,7 +146,7 @@ def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
         "model": {
             "task": str(getattr(model, "hparams", {}).get("task", "binary")),
             "net": (getattr(model, "hparams", {}) or {}).get("net", {}).get("_target_"),
-        },  # fmt: skip
+        },
         "data": data,
         "initial_weights": initial_weights(model),
         "seed": config.get("seed"),
@@ -171,8 +161,26 @@ def _row(name: str, value: Any) -> str:
 
 def card_markdown(fields: Mapping, report: Mapping | None) -> str:
     """``model_card.md``'s text from ``card_fields`` and the test report (``None``: not tested)."""
-    code, weights, data = fields.get("pneumo") or {}, fields.get("initial_weights") or {}, fields.get("data")
-    lines = ["# Model card", "", "## Model", "", "| field | value |", "|---|---|"]
+    lines = ["# Model card", "", *_model_lines(fields)]
+    if fields.get("data"):
+        lines += _data_lines(fields["data"])
+    lines += ["## Test results", "", *(_test_lines(report) if report else ["Not tested (`test=false`).", ""])]
+    lines += ["## Intended use and limits", "", *[f"- {line}" for line in LIMITS], ""]
+    lines += [
+        "## Composed config",
+        "",
+        "```yaml",
+        OmegaConf.to_yaml(OmegaConf.create(dict(fields.get("config") or {}))).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model_lines(fields: Mapping) -> list[str]:
+    """The card's "Model" section: task, network, first weights, seed, code version."""
+    code, weights = fields.get("pneumo") or {}, fields.get("initial_weights") or {}
+    lines = ["## Model", "", "| field | value |", "|---|---|"]
     lines += [
         _row("task", (fields.get("model") or {}).get("task")),
         _row("network", (fields.get("model") or {}).get("net")),
@@ -186,70 +194,62 @@ def card_markdown(fields: Mapping, report: Mapping | None) -> str:
     ]
     if weights.get("note"):
         lines += [f"Initial weights: {weights['note']}.", ""]
-    if data:
-        lines += ["## Data", "", "| field | value |", "|---|---|"]
-        lines += [
-            _row("label file", f"`{data['labels']['url']}`"),
-            _row("label file sha256", data["labels"]["sha256"]),
-        ]
-        for name, entry in (data.get("split_lists") or {}).items():
-            lines += [
-                _row(f"split list {name}", f"`{entry['url']}`"),
-                _row(f"split list {name} sha256", entry["sha256"]),
-            ]
-        img = data["images"]
-        lines += [
-            _row(
-                "images",
-                f"`{data['images_url']}`" + (" (synthetic demo set)" if data.get("synthetic") else ""),
-            ),
-            _row("split", data["split_rule"]),
-            _row("views", data.get("views") or "all"),
-            _row("images in the label index", img["indexed"]),
-            _row("images used (train + val + test)", img["used"]),
-            _row(
-                "images skipped (missing / unreadable)",
-                ", ".join(f"{k}: {v}" for k, v in img["skipped"].items()),
-            ),
-            _row("indexed images in no split", img["not_in_any_split"]),
-            "",
-            "Patient-disjoint split (no patient in two splits; checked when this card was written):",
-            "",
-            "| split | images | patients | pneumonia |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} |" for n, c in data["splits"].items()
-        ]
-        lines.append("")
-    lines += ["## Test results", ""]
-    if report:
-        t = report["threshold"]
-        lines += [
-            f"{report['counts']['images']} test images, {report['counts']['patients']} patients; operating point "
-            f"probability ≥ {t['value']:.4f} (rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}); 95% "
-            f"intervals: bootstrap over {report['bootstrap']['resamples']} resamples of {report['bootstrap']['unit']}s. "
-            "Full report: `report.md`.",
-            "",
-            *metrics_table(report),
-            "",
-            "AUROC by subgroup:",
-            "",
-            *subgroup_table(report),
-            "",
-        ]
-    else:
-        lines += ["Not tested (`test=false`).", ""]
-    lines += ["## Intended use and limits", "", *[f"- {line}" for line in LIMITS], ""]
+    return lines
+
+
+def _data_lines(data: Mapping) -> list[str]:
+    """The card's "Data" section: the files (with sha256), the images used and skipped, the split."""
+    lines = ["## Data", "", "| field | value |", "|---|---|"]
     lines += [
-        "## Composed config",
+        _row("label file", f"`{data['labels']['url']}`"),
+        _row("label file sha256", data["labels"]["sha256"]),
+    ]
+    for name, entry in (data.get("split_lists") or {}).items():
+        lines += [
+            _row(f"split list {name}", f"`{entry['url']}`"),
+            _row(f"split list {name} sha256", entry["sha256"]),
+        ]
+    img = data["images"]
+    lines += [
+        _row(
+            "images", f"`{data['images_url']}`" + (" (synthetic demo set)" if data.get("synthetic") else "")
+        ),
+        _row("split", data["split_rule"]),
+        _row("views", data.get("views") or "all"),
+        _row("images in the label index", img["indexed"]),
+        _row("images used (train + val + test)", img["used"]),
+        _row(
+            "images skipped (missing / unreadable)", ", ".join(f"{k}: {v}" for k, v in img["skipped"].items())
+        ),
+        _row("indexed images in no split", img["not_in_any_split"]),
         "",
-        "```yaml",
-        OmegaConf.to_yaml(OmegaConf.create(dict(fields.get("config") or {}))).rstrip(),
-        "```",
+        "Patient-disjoint split (no patient in two splits; checked when this card was written):",
+        "",
+        "| split | images | patients | pneumonia |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} |" for n, c in data["splits"].items()
+    ]
+    return [*lines, ""]
+
+
+def _test_lines(report: Mapping) -> list[str]:
+    """The card's test results: counts, operating point, metrics with intervals, AUROC by subgroup."""
+    t = report["threshold"]
+    return [
+        f"{report['counts']['images']} test images, {report['counts']['patients']} patients; operating point "
+        f"probability ≥ {t['value']:.4f} (rule {t['rule']}, chosen on {t.get('chosen_on') or 'val'}); 95% "
+        f"intervals: bootstrap over {report['bootstrap']['resamples']} resamples of {report['bootstrap']['unit']}s. "
+        "Full report: `report.md`.",
+        "",
+        *metrics_table(report),
+        "",
+        "AUROC by subgroup:",
+        "",
+        *subgroup_table(report),
         "",
     ]
-    return "\n".join(lines)
 
 
 def figures_of_test(report: Mapping) -> dict:
@@ -270,6 +270,5 @@ def record_test_results(checkpoint: str | Path, report: Mapping) -> None:
 def write_model_card(fields: Mapping, report: Mapping | None, out_dir: str | Path) -> Path:
     """Write ``model_card.md`` into ``out_dir``; returns its path."""
     path = Path(out_dir) / "model_card.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(card_markdown(fields, report))
+    atomic_write_text(path, card_markdown(fields, report))
     return path

@@ -23,11 +23,12 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pandas as pd
 
 from pneumo.errors import PneumoError
+from pneumo.io.files import atomic_write_text
+from pneumo.io.reading import read_csv
 from pneumo.nih.findings import FINDINGS, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
 
@@ -97,10 +98,10 @@ def finding_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write the table as CSV with round-trip float precision."""
+    """Write the table as CSV with round-trip float precision, whole or not at all (``atomic_write_text``:
+    the CSV is made in memory first, so an error while making it leaves an earlier file as it was)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, float_format="%.17g")
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.17g"))
     return path
 
 
@@ -134,12 +135,15 @@ def _numbers(raw: pd.DataFrame, column: str, path: str, unit: bool) -> np.ndarra
     return values
 
 
-def read_predictions(path: str, index: NIHLabelIndex, storage_options: Mapping | None = None) -> pd.DataFrame:
+def read_predictions(
+    path: str, index: NIHLabelIndex, storage_options: Mapping | None = None, io: Mapping | None = None
+) -> pd.DataFrame:
     """Read a predictions CSV into the prediction table (rows sorted by image name), labels from ``index``.
 
     Columns used: the image name (``image`` or ``Image Index``); ``p_<Finding>`` / ``prob_<Finding>`` for
     each finding it has (Pneumonia among them), else ``probability``; ``logit`` (raw pneumonia logit) when
-    present. Other columns (``label``, ``predicted_label``, ``source``...) are ignored.
+    present. Other columns (``label``, ``predicted_label``, ``source``...) are ignored. ``io``: I/O limits of
+    the read (``StorageSettings.io``).
 
     Raises:
         PredictionsFileError: the file is missing or not a CSV, lacks a column, holds a value that is not a
@@ -149,8 +153,7 @@ def read_predictions(path: str, index: NIHLabelIndex, storage_options: Mapping |
         >>> frame = read_predictions("preds.csv", NIHLabelIndex.from_csv("Data_Entry_2017.csv"))  # doctest: +SKIP
     """
     try:
-        with fsspec.open(path, "rb", compression="infer", **dict(storage_options or {})) as fh:
-            raw = pd.read_csv(fh, dtype=str, keep_default_na=False)
+        raw = read_csv(path, storage_options, io=io, dtype=str, keep_default_na=False)
     except FileNotFoundError as err:
         raise PredictionsFileError(f"{path}: predictions file not found") from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

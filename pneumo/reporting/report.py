@@ -27,10 +27,13 @@ import numpy as np
 import pandas as pd
 
 from pneumo.errors import ConfigError
+from pneumo.io.files import atomic_write_text
 from pneumo.nih.adjudicated import REFERENCE_TEXT, match_reference
+from pneumo.nih.findings import PNEUMONIA
 from pneumo.reporting.predictions import finding_columns
-from pneumo.stats.bootstrap import ClusterBootstrap, Interval
+from pneumo.stats.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, ClusterBootstrap, Interval
 from pneumo.stats.metrics import (
+    CALIBRATION_BINS,
     THRESHOLD_METRICS,
     RankedScores,
     calibration,
@@ -40,7 +43,7 @@ from pneumo.stats.metrics import (
 )
 from pneumo.stats.subgroups import subgroup_masks
 from pneumo.stats.temperature import probability_nll, scaled_probability
-from pneumo.stats.threshold import ThresholdRule
+from pneumo.stats.threshold import DEFAULT_RULE, ThresholdRule
 
 #: Display names of the metrics, in report order.
 METRIC_NAMES = {
@@ -70,11 +73,11 @@ class EvalSettings:
         figures: also draw the ROC, PR, reliability and confusion-matrix figures.
     """
 
-    threshold: str | float = "youden"
-    resamples: int = 1000
+    threshold: str | float = DEFAULT_RULE
+    resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
-    level: float = 0.95
-    calibration_bins: int = 10
+    level: float = DEFAULT_LEVEL
+    calibration_bins: int = CALIBRATION_BINS
     age_bands: tuple[float, ...] = (40, 60, 80)
     figures: bool = True
 
@@ -91,14 +94,15 @@ class EvalSettings:
             raise ConfigError(
                 f"unknown eval config key(s) {unknown}; known: {sorted(known)} and bootstrap.resamples/seed/level"
             )
+        # a key left out keeps the class default (the one copy); age_bands: null or [] cuts no bands
         settings = cls(
-            threshold=cfg.get("threshold", "youden"),
-            resamples=int(boot.get("resamples", 1000)),
-            seed=int(boot.get("seed") or 0),
-            level=float(boot.get("level", 0.95)),
-            calibration_bins=int(cfg.get("calibration_bins", 10)),
-            age_bands=tuple(float(a) for a in (cfg.get("age_bands") or ())),
-            figures=bool(cfg.get("figures", True)),
+            threshold=cfg.get("threshold", cls.threshold),
+            resamples=int(boot.get("resamples", cls.resamples)),
+            seed=int(boot.get("seed") or cls.seed),
+            level=float(boot.get("level", cls.level)),
+            calibration_bins=int(cfg.get("calibration_bins", cls.calibration_bins)),
+            age_bands=tuple(float(a) for a in (cfg.get("age_bands", cls.age_bands) or ())),
+            figures=bool(cfg.get("figures", cls.figures)),
         )
         ThresholdRule.parse(settings.threshold)  # fail early on a bad rule
         ClusterBootstrap(n=1, resamples=settings.resamples, level=settings.level)
@@ -156,13 +160,32 @@ def _binary_section(
     y: np.ndarray, p: np.ndarray, resampling: _Resampling, threshold: float, split: str
 ) -> tuple[dict, list[str]]:
     """Counts, metrics with intervals, confusion matrix and calibration of one binary target."""
-    settings, units = resampling.settings, resampling.units
     n, pos = len(y), int(y.sum())
     neg = n - pos
     counts = confusion_counts(y, p, threshold)
     cm = {k: int(round(v)) for k, v in counts.items()}
     pred_pos, pred_neg = cm["tp"] + cm["fp"], cm["tn"] + cm["fn"]
     notes = _class_notes(pos, neg, pred_pos, pred_neg, threshold, split)
+    messages = _degenerate_messages(n, pos, neg, pred_pos, pred_neg, threshold, split)
+    section = {
+        "counts": {
+            "images": n,
+            "patients": int(len(np.unique(resampling.units))),
+            "positives": pos,
+            "negatives": neg,
+            "prevalence": _num(pos / n) if n else None,
+        },
+        "metrics": _binary_metrics(y, p, resampling, threshold, notes),
+        "confusion_matrix": cm,
+        "calibration": _calibration_entry(y, p, resampling.settings.calibration_bins),
+    }
+    return section, messages
+
+
+def _degenerate_messages(
+    n: int, pos: int, neg: int, pred_pos: int, pred_neg: int, threshold: float, split: str
+) -> list[str]:
+    """What a split without predictions, without one class, or with one predicted class leaves undefined."""
     messages: list[str] = []
     if n == 0:
         messages.append(f"the {split} split produced no predictions: nothing to evaluate")
@@ -186,23 +209,33 @@ def _binary_section(
             + ("specificity is 0, " if neg else "")
             + "NPV is undefined; choose a higher eval.threshold or a data-driven rule (youden)"
         )
+    return messages
 
+
+def _binary_metrics(
+    y: np.ndarray, p: np.ndarray, resampling: _Resampling, threshold: float, notes: Mapping[str, str]
+) -> dict[str, dict]:
+    """AUROC, AUPRC and the threshold metrics, each with its bootstrap interval (or the note why none)."""
     point: dict[str, float] = {}
     intervals: dict[str, Interval] = {}
-    if n:
+    if len(y):
         ranked = RankedScores.of(y, p)
         point.update({k: float(v[0]) for k, v in ranking_metrics(ranked).items()})
-        point.update({k: float(v) for k, v in rates(counts).items()})
+        point.update({k: float(v) for k, v in rates(confusion_counts(y, p, threshold)).items()})
 
         def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
             return {**ranking_metrics(ranked, w), **rates(confusion_counts(y, p, threshold, w))}
 
         intervals = resampling.intervals(y, statistic, point)
-    metrics = {
+    return {
         k: _entry(point.get(k), intervals.get(k), notes.get(k))
         for k in ("auroc", "auprc", *THRESHOLD_METRICS)
     }
-    cal = calibration(y, p, settings.calibration_bins)
+
+
+def _calibration_entry(y: np.ndarray, p: np.ndarray, bins: int) -> dict[str, Any]:
+    """Expected calibration error, Brier score and the reliability bins."""
+    cal = calibration(y, p, bins)
     reliability = [
         {
             "lower": float(cal.edges[b]),
@@ -211,26 +244,9 @@ def _binary_section(
             "mean_probability": _num(cal.mean_probability[b]),
             "fraction_positive": _num(cal.fraction_positive[b]),
         }
-        for b in range(settings.calibration_bins)
+        for b in range(bins)
     ]
-    section = {
-        "counts": {
-            "images": n,
-            "patients": int(len(np.unique(units))),
-            "positives": pos,
-            "negatives": neg,
-            "prevalence": _num(pos / n) if n else None,
-        },
-        "metrics": metrics,
-        "confusion_matrix": cm,
-        "calibration": {
-            "ece": _num(cal.ece),
-            "brier": _num(cal.brier),
-            "bins": settings.calibration_bins,
-            "reliability": reliability,
-        },
-    }
-    return section, messages
+    return {"ece": _num(cal.ece), "brier": _num(cal.brier), "bins": bins, "reliability": reliability}
 
 
 @dataclass(frozen=True)
@@ -244,6 +260,17 @@ class _Resampling:
 
     def subset(self, mask: np.ndarray) -> _Resampling:
         return replace(self, units=self.units[mask])
+
+    def description(self) -> dict[str, Any]:
+        """The report's ``bootstrap`` entry: what was resampled, how often, at which level."""
+        s = self.settings
+        return {
+            "unit": self.unit,
+            "resamples": s.resamples,
+            "seed": s.seed,
+            "level": s.level,
+            "method": f"percentile; threshold fixed, {self.unit}s drawn with replacement",
+        }
 
     def bootstrap(self) -> ClusterBootstrap:
         s = self.settings
@@ -415,7 +442,6 @@ def build_report(
     split: str = "test",
     split_counts: Mapping | None = None,
     checkpoint: str | None = None,
-    target: str = "Pneumonia",
     temperature: Mapping | None = None,
 ) -> dict:
     """Build the report of a prediction table.
@@ -429,7 +455,6 @@ def build_report(
         split: name of the evaluated split (for messages).
         split_counts: ``{"images", "patients"}`` of the whole split, to flag a partial evaluation.
         checkpoint: the evaluated checkpoint, recorded in the report.
-        target: name of the binary target.
         temperature: the temperature behind ``probability`` (``value``, ``fitted_on``...); with a ``logit``
             column the report adds calibration before (temperature 1) and after scaling.
     """
@@ -437,7 +462,6 @@ def build_report(
     if missing:
         raise ValueError(f"prediction table lacks column(s) {missing}")
     threshold = float(threshold)
-    findings = finding_columns(frame)
     y = frame["label"].to_numpy().astype(np.int64)
     p = frame["probability"].to_numpy().astype(np.float64)
     units = frame["patient"].to_numpy()
@@ -445,8 +469,34 @@ def build_report(
     unit = "image" if np.array_equal(units.astype(str), frame["image"].to_numpy().astype(str)) else "patient"
     resampling = _Resampling(units, settings, unit)
     section, messages = _binary_section(y, p, resampling, threshold, split)
+    op_entry = _operating_point_entry(threshold, settings, operating_point)
+    if op_entry["note"]:
+        messages.append(f"operating point: {op_entry['note']}")
+    report: dict[str, Any] = {
+        "task": "multilabel" if finding_columns(frame) else "binary",
+        "target": PNEUMONIA,  # the binary target of both tasks (``pneumo.models.tasks``)
+        "split": split,
+        "checkpoint": checkpoint,
+        "counts": section["counts"],
+        "split_counts": dict(split_counts) if split_counts else None,
+        "threshold": op_entry,
+        "bootstrap": resampling.description(),
+        "settings": settings_dict(settings),
+        "metrics": section["metrics"],
+        "confusion_matrix": section["confusion_matrix"],
+        "calibration": section["calibration"],
+    }
+    messages += _coverage_messages(len(frame), split, split_counts, unit)
+    sections, section_messages = _further_sections(frame, resampling, threshold, split, temperature)
+    report.update(sections)
+    report["messages"] = messages + section_messages
+    return _clean(report)
+
+
+def _operating_point_entry(threshold: float, settings: EvalSettings, operating_point: Mapping | None) -> dict:
+    """The report's record of the threshold: its value and how it was chosen (rule, split, epoch, note)."""
     op = dict(operating_point or {})
-    op_entry = {
+    return {
         "value": threshold,
         "rule": op.get("rule", str(ThresholdRule.parse(settings.threshold))),
         "chosen_on": op.get("chosen_on", "val"),
@@ -454,55 +504,47 @@ def build_report(
         "val": op.get("val"),
         "note": op.get("note"),
     }
-    if op_entry["note"]:
-        messages.append(f"operating point: {op_entry['note']}")
-    report: dict[str, Any] = {
-        "task": "multilabel" if findings else "binary",
-        "target": target,
-        "split": split,
-        "checkpoint": checkpoint,
-        "counts": section["counts"],
-        "split_counts": dict(split_counts) if split_counts else None,
-        "threshold": op_entry,
-        "bootstrap": {
-            "unit": unit,
-            "resamples": settings.resamples,
-            "seed": settings.seed,
-            "level": settings.level,
-            "method": f"percentile; threshold fixed, {unit}s drawn with replacement",
-        },
-        "settings": settings_dict(settings),
-        "metrics": section["metrics"],
-        "confusion_matrix": section["confusion_matrix"],
-        "calibration": section["calibration"],
-    }
-    if split_counts and int(split_counts.get("images", len(frame))) != len(frame):
+
+
+def _coverage_messages(n: int, split: str, split_counts: Mapping | None, unit: str) -> list[str]:
+    """Warnings that the numbers describe less than they seem to: part of the split, images not patients."""
+    messages = []
+    if split_counts and int(split_counts.get("images", n)) != n:
         messages.append(
-            f"evaluated {len(frame)} of the {split_counts['images']} images of the {split} split "
+            f"evaluated {n} of the {split_counts['images']} images of the {split} split "
             "(e.g. trainer.limit_test_batches): the numbers describe that subset"
         )
     if unit == "image":
         messages.append(
             "no patient ids (no label index): the bootstrap resamples images, intervals are too narrow"
         )
+    return messages
+
+
+def _further_sections(
+    frame: pd.DataFrame, resampling: _Resampling, threshold: float, split: str, temperature: Mapping | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The sections after the binary target's (subgroups, temperature, adjudicated labels, findings), in
+    report order, and their messages."""
+    sections: dict[str, Any] = {}
     subgroups, sub_messages = _subgroups(frame, resampling)
-    report["subgroups"] = subgroups
-    scaling = _temperature_section(frame, settings, temperature)
+    sections["subgroups"] = subgroups
+    messages: list[str] = []
+    scaling = _temperature_section(frame, resampling.settings, temperature)
     if scaling is not None:
-        report["temperature"] = scaling
+        sections["temperature"] = scaling
         if scaling.get("note"):
             messages.append(f"temperature: {scaling['note']}")
     adjudicated = _adjudicated(frame, resampling, threshold, split)
     if adjudicated is not None:
-        report["adjudicated"] = adjudicated
+        sections["adjudicated"] = adjudicated
     messages += sub_messages
-    if findings:
+    if finding_columns(frame):
         rows, mean_entry, find_messages = _findings_table(frame, resampling)
-        report["findings"] = rows
-        report["mean_auroc"] = mean_entry
+        sections["findings"] = rows
+        sections["mean_auroc"] = mean_entry
         messages += find_messages
-    report["messages"] = messages
-    return _clean(report)
+    return sections, messages
 
 
 def report_scalars(report: Mapping, prefix: str = "test") -> dict[str, float]:
@@ -699,12 +741,17 @@ def _adjudicated_markdown(section: Mapping, target: str, threshold: float) -> li
 
 
 def write_report(report: Mapping, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns both paths."""
+    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns both paths.
+
+    Both are rendered before either is written, and each is written whole (``atomic_write_text``): an error
+    while rendering leaves the earlier files as they were, a crash never leaves a truncated one.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
-    md_path.write_text(report_markdown(report))
+    json_text = json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
+    md_text = report_markdown(report)
+    atomic_write_text(json_path, json_text)
+    atomic_write_text(md_path, md_text)
     return json_path, md_path
 
 

@@ -24,6 +24,8 @@ import numpy as np
 
 from pneumo.errors import ConfigError
 
+#: Resamples and confidence level of an interval unless told (``eval.bootstrap.resamples`` / ``level``).
+DEFAULT_RESAMPLES, DEFAULT_LEVEL = 1000, 0.95
 #: Below this share of resamples with a defined statistic, no interval is reported.
 MIN_VALID_SHARE = 0.5
 
@@ -68,9 +70,9 @@ class ClusterBootstrap:
         self,
         units: np.ndarray | None = None,
         n: int | None = None,
-        resamples: int = 1000,
+        resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
-        level: float = 0.95,
+        level: float = DEFAULT_LEVEL,
         chunk: int = 100,
         unit_name: str = "patient",
     ) -> None:

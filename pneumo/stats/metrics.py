@@ -20,9 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from pneumo.errors import ConfigError
 
+#: Equal-width probability bins of the expected calibration error and the reliability diagram, unless told.
+CALIBRATION_BINS = 10
 #: Names of the threshold-dependent metrics, in report order.
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
 
@@ -36,7 +39,7 @@ def _as_2d(weights: np.ndarray | None, n: int) -> np.ndarray:
     return w[None] if w.ndim == 1 else w
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _safe_div(num: npt.ArrayLike, den: npt.ArrayLike) -> np.ndarray:
     num, den = np.broadcast_arrays(np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64))
     out = np.full(num.shape, np.nan)
     np.divide(num, den, out=out, where=den > 0)
@@ -209,7 +212,7 @@ class Calibration:
     fraction_positive: np.ndarray
 
 
-def calibration(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> Calibration:
+def calibration(y: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> Calibration:
     """Calibration of probabilities against 0/1 labels with ``bins`` equal-width bins.
 
     Example:

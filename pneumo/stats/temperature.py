@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ BOUNDS = (0.05, 20.0)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-def _golden_section(f, lo: float, hi: float, tol: float = 1e-7) -> float:
+def _golden_section(f: Callable[[float], float], lo: float, hi: float, tol: float = 1e-7) -> float:
     """The minimiser of a unimodal ``f`` on ``[lo, hi]``."""
     a, b = lo, hi
     c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)

@@ -27,11 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumo.config import choice_error
 from pneumo.errors import ConfigError
 from pneumo.stats.metrics import RankedScores
 
 _TARGET = re.compile(r"^(sensitivity|specificity)@([0-9]*\.?[0-9]+)$")
-RULE_HELP = "'youden', 'sensitivity@0.90', 'specificity@0.90' or a number in [0, 1]"
+#: The named rules (``sensitivity@`` / ``specificity@`` take any target in (0, 1]) and the other form a rule takes.
+RULES, FIXED = ("youden", "sensitivity@0.90", "specificity@0.90"), "a number in [0, 1]"
+#: The rule unless one is given (``eval.threshold``, ``PneumoniaClassifier(operating_point=...)``).
+DEFAULT_RULE = "youden"
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class ThresholdRule:
         if isinstance(rule, ThresholdRule):
             return rule
         if isinstance(rule, bool):
-            raise ConfigError(f"eval.threshold must be {RULE_HELP}, got {rule!r}")
+            raise choice_error(rule, "eval.threshold", RULES, also=FIXED)
         if isinstance(rule, int | float):
             value = float(rule)
         else:
@@ -58,14 +62,16 @@ class ThresholdRule:
             if match:
                 target = float(match.group(2))
                 if not 0.0 < target <= 1.0:
-                    raise ConfigError(f"eval.threshold {rule!r}: the target must be in (0, 1], got {target}")
+                    raise ConfigError(
+                        f"eval.threshold={rule!r}: the target must be in (0, 1], got {target:g}"
+                    )
                 return cls(match.group(1), target)
             try:
                 value = float(text)
             except ValueError:
-                raise ConfigError(f"eval.threshold must be {RULE_HELP}, got {rule!r}") from None
+                raise choice_error(rule, "eval.threshold", RULES, also=FIXED) from None
         if not 0.0 <= value <= 1.0 or not np.isfinite(value):
-            raise ConfigError(f"eval.threshold as a fixed number must be in [0, 1], got {value}")
+            raise ConfigError(f"eval.threshold={rule!r}: a fixed threshold must be in [0, 1]")
         return cls("fixed", value)
 
     def __str__(self) -> str:
@@ -121,7 +127,10 @@ def select_threshold(y: np.ndarray, probs: np.ndarray, rule: str | float | Thres
     tpr, fpr = tp / pos, fp / neg
     if parsed.kind == "youden":
         k = int(np.argmax(tpr - fpr))
-    elif parsed.kind == "sensitivity":
+        return ThresholdChoice(_between(ranked.thresholds, k), str(parsed))
+    # sensitivity / specificity: parse() always gives these a target.
+    assert parsed.target is not None
+    if parsed.kind == "sensitivity":
         k = int(np.flatnonzero(tpr >= parsed.target - 1e-12)[0])
     else:  # specificity: the lowest threshold with fpr <= 1 - target
         ok = np.flatnonzero(fpr <= 1.0 - parsed.target + 1e-12)

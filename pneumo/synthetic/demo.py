@@ -35,14 +35,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
 
+from pneumo.config import choice
 from pneumo.errors import ConfigError
+from pneumo.io.reading import read_bytes
 from pneumo.io.store import object_name
 from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
-from pneumo.synthetic.render import encode_png, opacity_box, random_anatomy, render
+from pneumo.synthetic.render import Anatomy, encode_png, opacity_box, random_anatomy, render
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def planted_identifiers(patient: int) -> dict[str, str]:
     }
 
 
-def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides) -> dict:
+def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides: Any) -> dict:
     """Write a synthetic NIH-layout data set to ``out`` (a folder or fsspec URL) and return its manifest.
 
     Args:
@@ -111,57 +114,12 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
     if cfg.n < 10:
         raise ConfigError(f"a synthetic data set needs at least 10 images, got n={cfg.n}")
-    if cfg.format not in IMAGE_FORMATS:
-        raise ConfigError(f"data.synthetic.format={cfg.format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
+    choice(cfg.format, "data.synthetic.format", IMAGE_FORMATS)
     rng = np.random.default_rng(cfg.seed)
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
     fs.makedirs(f"{root}/images", exist_ok=True)
-
-    rows, boxes, patient_images = [], [], {}
-    patient, written = 0, 0
-    batch: dict[str, bytes] = {}
-    while written < cfg.n:
-        patient += 1
-        anatomy = random_anatomy(rng)
-        age, sex = int(rng.integers(18, 90)), str(rng.choice(["M", "F"]))
-        n_images = min(int(rng.integers(1, cfg.max_images_per_patient + 1)), cfg.n - written)
-        for follow_up in range(n_images):
-            name = f"{patient:08d}_{follow_up:03d}.png"
-            labels = {f for f, p in OTHER_FINDING_RATES.items() if rng.random() < p}
-            box = None
-            if rng.random() < cfg.pneumonia_fraction:
-                labels.add(PNEUMONIA)
-                box = opacity_box(rng, anatomy)
-                boxes.append(
-                    f"{name},{PNEUMONIA},{box[0] * cfg.size:.3f},{box[1] * cfg.size:.3f},"
-                    f"{box[2] * cfg.size:.3f},{box[3] * cfg.size:.3f},,,"
-                )
-            view = "PA" if rng.random() < 0.6 else "AP"
-            pixels = render(rng, cfg.size, cfg.noise, anatomy, labels, box)
-            if cfg.format == "dicom":
-                from pneumo.images.dicom import dicom_bytes
-
-                encoded = dicom_bytes(
-                    pixels, identifiers=planted_identifiers(patient), uid_seed=f"{cfg.seed}/{name}"
-                )
-                batch[f"{root}/images/{object_name(name, '.dcm')}"] = encoded
-            else:
-                batch[f"{root}/images/{name}"] = encode_png(pixels)
-            finding_labels = "|".join(sorted(labels)) if labels else NO_FINDING
-            spacing = 0.143 * 1024 / cfg.size
-            rows.append(
-                f"{name},{finding_labels},{follow_up},{patient},{min(age + follow_up, 99)},{sex},{view},"
-                f"{cfg.size},{cfg.size},{spacing:.3f},{spacing:.3f}"
-            )
-            patient_images.setdefault(patient, []).append(name)
-            written += 1
-            if len(batch) >= 64:
-                fs.pipe(batch)
-                batch = {}
-    if batch:
-        fs.pipe(batch)
-
+    rows, boxes, patient_images = _write_images(fs, root, cfg, rng)
     patients = np.array(sorted(patient_images))
     test_patients = set(
         rng.choice(patients, size=max(1, int(round(cfg.test_fraction * len(patients)))), replace=False)
@@ -175,7 +133,7 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     fs.pipe_file(f"{root}/test_list.txt", ("\n".join(test) + "\n").encode())
     manifest = {
         "config": asdict(cfg),
-        "images": written,
+        "images": len(rows),
         "patients": len(patients),
         "pneumonia": len(boxes),
         "train_val": len(train_val),
@@ -186,13 +144,76 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     return manifest
 
 
-def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides) -> dict:
+def _write_images(
+    fs: fsspec.AbstractFileSystem, root: str, cfg: SyntheticConfig, rng: np.random.Generator
+) -> tuple[list[str], list[str], dict[int, list[str]]]:
+    """Draw and write ``cfg.n`` images, patient by patient (64 objects per request); returns the label-index
+    rows, the box-list rows and each patient's image names."""
+    rows: list[str] = []
+    boxes: list[str] = []
+    patient_images: dict[int, list[str]] = {}
+    patient = 0
+    batch: dict[str, bytes] = {}
+    while len(rows) < cfg.n:
+        patient += 1
+        anatomy = random_anatomy(rng)
+        age, sex = int(rng.integers(18, 90)), str(rng.choice(["M", "F"]))
+        n_images = min(int(rng.integers(1, cfg.max_images_per_patient + 1)), cfg.n - len(rows))
+        for follow_up in range(n_images):
+            name = f"{patient:08d}_{follow_up:03d}.png"
+            labels, box, view, pixels = _draw_image(rng, cfg, anatomy)
+            if box is not None:
+                x, y, w, h = (v * cfg.size for v in box)
+                boxes.append(f"{name},{PNEUMONIA},{x:.3f},{y:.3f},{w:.3f},{h:.3f},,,")
+            batch.update(_encoded(root, name, pixels, cfg, patient))
+            finding_labels = "|".join(sorted(labels)) if labels else NO_FINDING
+            spacing = 0.143 * 1024 / cfg.size
+            rows.append(
+                f"{name},{finding_labels},{follow_up},{patient},{min(age + follow_up, 99)},{sex},{view},"
+                f"{cfg.size},{cfg.size},{spacing:.3f},{spacing:.3f}"
+            )
+            patient_images.setdefault(patient, []).append(name)
+            if len(batch) >= 64:
+                fs.pipe(batch)
+                batch = {}
+    if batch:
+        fs.pipe(batch)
+    return rows, boxes, patient_images
+
+
+def _draw_image(
+    rng: np.random.Generator, cfg: SyntheticConfig, anatomy: Anatomy
+) -> tuple[set[str], tuple[float, float, float, float] | None, str, np.ndarray]:
+    """One image of a patient: its findings, its pneumonia box (fractions of the side) or ``None``, its view
+    and its pixels."""
+    labels = {f for f, p in OTHER_FINDING_RATES.items() if rng.random() < p}
+    box = None
+    if rng.random() < cfg.pneumonia_fraction:
+        labels.add(PNEUMONIA)
+        box = opacity_box(rng, anatomy)
+    view = "PA" if rng.random() < 0.6 else "AP"
+    return labels, box, view, render(rng, cfg.size, cfg.noise, anatomy, labels, box)
+
+
+def _encoded(
+    root: str, name: str, pixels: np.ndarray, cfg: SyntheticConfig, patient: int
+) -> dict[str, bytes]:
+    """``{object path: bytes}`` of one image: a PNG, or a DICOM file carrying planted identifiers."""
+    if cfg.format == "dicom":
+        from pneumo.images.dicom import dicom_bytes
+
+        encoded = dicom_bytes(pixels, identifiers=planted_identifiers(patient), uid_seed=f"{cfg.seed}/{name}")
+        return {f"{root}/images/{object_name(name, '.dcm')}": encoded}
+    return {f"{root}/images/{name}": encode_png(pixels)}
+
+
+def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides: Any) -> dict:
     """Write the data set unless ``out`` already holds a complete one made with the same parameters."""
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
     fs, root = fsspec.core.url_to_fs(out)
     manifest_path = f"{root.rstrip('/')}/{MANIFEST}"
     if fs.exists(manifest_path):
-        manifest = json.loads(fs.cat_file(manifest_path))
+        manifest = json.loads(read_bytes(f"{out.rstrip('/')}/{MANIFEST}"))
         if manifest.get("config") == asdict(cfg):
             return manifest
         log.info("demo set at %s was made with other parameters; writing it again", out)

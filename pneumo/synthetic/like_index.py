@@ -22,14 +22,16 @@ Command line::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Side of NIH's PNGs, the coordinate space of ``BBox_List_2017.csv``.
 NIH_SIDE = 1024
+#: How a look-alike set is drawn unless told: 64-px images (NIH's full size in rows, not in pixels), seed 0.
+LIKE_INDEX = SyntheticConfig(n=1, size=64)
 #: Rows rendered per task of a worker process.
 CHUNK = 500
 
@@ -57,9 +61,10 @@ def _draw_chunk(root: str, cfg: SyntheticConfig, rows: list[_Row]) -> int:
     """In a worker: render and write ``rows``; return how many were written."""
     fs, _ = fsspec.core.url_to_fs(root)
     batch = {}
-    for name, patient, follow_up, labels, box in rows:
+    for name, patient, follow_up, labels, nih_box in rows:
         rng = np.random.default_rng([cfg.seed, patient, follow_up, 1])
         anatomy = random_anatomy(np.random.default_rng([cfg.seed, patient]))  # one per patient
+        box = nih_box
         if PNEUMONIA in labels and box is None:  # labelled but not boxed by NIH: a lung field at random
             box = opacity_box(rng, anatomy)
         batch[f"{root}/images/{name}"] = encode_png(
@@ -75,7 +80,8 @@ def _rows(index: NIHLabelIndex, boxes: BoxList | None) -> list[_Row]:
     if boxes is not None:
         for image, group in boxes.subset(PNEUMONIA).table.groupby("image"):
             xywh = scaled_to(group[["x", "y", "w", "h"]].to_numpy()[:1], (NIH_SIDE, NIH_SIDE), (1, 1))[0]
-            nih_box[image] = tuple(float(v) for v in xywh)
+            x, y, w, h = (float(v) for v in xywh)
+            nih_box[str(image)] = (x, y, w, h)
     t = index.table
     names = [str(x) for x in t["image"]]
     return [
@@ -89,11 +95,10 @@ def write_like_index(
     index_csv: str | None = None,
     bbox_csv: str | None = None,
     split_lists: Sequence[str] | None = None,
-    size: int = 64,
-    seed: int = 0,
-    noise: float = SyntheticConfig.noise,
+    cfg: SyntheticConfig = LIKE_INDEX,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    **overrides: Any,
 ) -> dict:
     """Write one synthetic image per row of ``index_csv`` to ``out`` in NIH's layout; return the manifest.
 
@@ -104,9 +109,9 @@ def write_like_index(
             ``index_csv`` is also the default, else none (every opacity then placed at random).
         split_lists: ``(train_val, test)`` lists copied (restricted to the index) next to the images;
             default: NIH's official lists shipped with pneumo.
-        size: image side, pixels.
-        seed: seed of everything random (anatomy, opacity texture, unboxed opacity positions).
-        noise: film grain, grey levels.
+        cfg: how to draw: ``size`` (image side, pixels), ``seed`` (of everything random: anatomy, opacity
+            texture, unboxed opacity positions) and ``noise`` (film grain, grey levels); the demo set's other
+            fields do not apply. Keyword ``overrides`` replace single fields (``size=48, seed=1``).
         workers: rendering processes (default: the CPUs available; 0 renders in this process).
         on_progress: called in this process with the number of images written so far, after each chunk.
     """
@@ -114,27 +119,71 @@ def write_like_index(
         index_csv = location("Data_Entry_2017_v2020.csv.gz")
         bbox_csv = bbox_csv or location("BBox_List_2017.csv.gz")
     lists = split_lists or (location("train_val_list.txt"), location("test_list.txt"))
-    cfg = SyntheticConfig(n=1, size=size, seed=seed, noise=noise)
+    cfg = dataclasses.replace(cfg, **overrides)
     index = NIHLabelIndex.from_csv(index_csv)
     boxes = BoxList.from_csv(bbox_csv) if bbox_csv else None
     rows = _rows(index, boxes)
+    fs, root, root_url = _open_output(out)
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    log.info("drawing %d images (%d px) like %s in %d process(es)", len(rows), cfg.size, index_csv, workers)
+    seconds = _draw_all(root_url, cfg, rows, workers, on_progress)
+    box_lines, split = _write_tables(fs, root, index, rows, cfg.size, lists)
+    manifest = {
+        "config": {
+            "size": cfg.size,
+            "seed": cfg.seed,
+            "noise": cfg.noise,
+            "like_index": str(index_csv),
+            "bbox": bbox_csv,
+        },
+        "images": len(rows),
+        "patients": int(index.table["patient"].nunique()),
+        "pneumonia": int(index.pneumonia.sum()),
+        "boxed_pneumonia": box_lines,
+        "train_val": len(split["train_val"]),
+        "test": len(split["test"]),
+        "seconds": round(seconds, 1),
+        "workers": workers,
+    }
+    fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    log.info("wrote %d images in %.1f s (%.2f ms per image)", len(rows), seconds, 1e3 * seconds / len(rows))
+    return manifest
+
+
+def _open_output(out: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    """The filesystem, path and URL of ``out``, with ``images/`` made and any old manifest removed (the
+    manifest is written last: its absence marks an incomplete set)."""
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
     fs.makedirs(f"{root}/images", exist_ok=True)
-    if fs.exists(f"{root}/{MANIFEST}"):  # written last: its absence marks an incomplete set
+    if fs.exists(f"{root}/{MANIFEST}"):
         fs.rm_file(f"{root}/{MANIFEST}")
-    root_url = out.rstrip("/") if "://" in out else root
+    return fs, root, out.rstrip("/") if "://" in out else root
 
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+
+def _draw_all(
+    root: str, cfg: SyntheticConfig, rows: list[_Row], workers: int, on_progress: Callable[[int], None] | None
+) -> float:
+    """Render and write every row's image in chunks (``workers`` processes); returns the seconds taken."""
     chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
-    log.info("drawing %d images (%d px) like %s in %d process(es)", len(rows), size, index_csv, workers)
     t0, written = time.monotonic(), 0
-    for n in _run_chunks(root_url, cfg, chunks, workers):
+    for n in _run_chunks(root, cfg, chunks, workers):
         written += n
         if on_progress:
             on_progress(written)
-    seconds = time.monotonic() - t0
+    return time.monotonic() - t0
 
+
+def _write_tables(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    index: NIHLabelIndex,
+    rows: list[_Row],
+    size: int,
+    lists: Sequence[str],
+) -> tuple[int, dict[str, list[str]]]:
+    """Write the label index, the box list and the split lists (restricted to the index) in NIH's layout;
+    returns the number of boxes listed and the split lists."""
     t = index.table
     labels = ["|".join(r[3]) or NO_FINDING for r in rows]
     ages = ["" if np.isnan(a) else str(int(a)) for a in t["age"]]
@@ -157,29 +206,10 @@ def write_like_index(
     fs.pipe_file(f"{root}/BBox_List_2017.csv", ("\n".join([BBOX_HEADER, *box_lines]) + "\n").encode())
     for key, names in split.items():
         fs.pipe_file(f"{root}/{key}_list.txt", ("\n".join(names) + "\n").encode())
-    manifest = {
-        "config": {
-            "size": size,
-            "seed": seed,
-            "noise": noise,
-            "like_index": str(index_csv),
-            "bbox": bbox_csv,
-        },
-        "images": len(rows),
-        "patients": int(t["patient"].nunique()),
-        "pneumonia": int(index.pneumonia.sum()),
-        "boxed_pneumonia": len(box_lines),
-        "train_val": len(split["train_val"]),
-        "test": len(split["test"]),
-        "seconds": round(seconds, 1),
-        "workers": workers,
-    }
-    fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-    log.info("wrote %d images in %.1f s (%.2f ms per image)", len(rows), seconds, 1e3 * seconds / len(rows))
-    return manifest
+    return len(box_lines), split
 
 
-def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], workers: int):
+def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], workers: int) -> Iterator[int]:
     """Yield the image count of each chunk as it is written (in ``workers`` processes; 0 = here)."""
     if workers == 0:
         for chunk in chunks:
@@ -187,7 +217,8 @@ def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], worke
         return
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending, next_chunk = set(), 0
+        pending: set[Future[int]] = set()
+        next_chunk = 0
         while pending or next_chunk < len(chunks):
             while (
                 next_chunk < len(chunks) and len(pending) < 2 * workers

@@ -46,7 +46,7 @@ def random_anatomy(rng: np.random.Generator) -> Anatomy:
 def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a random ``cells x cells`` grid upsampled bicubically."""
     grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BICUBIC))
 
 
 def ellipse(

@@ -9,10 +9,13 @@ concurrency and fault tests:
   serves one request at a time, so parallel reads could not look faster than sequential ones);
 - stop / restart on the same port (fault tests), a log of every request that reached it (method, path,
   query, headers) and, because the emulator has no billing, a model of Requester Pays buckets: requests
-  without ``userProject`` get GCS's 400, requests billing a project not allowed get GCS's 403.
+  without ``userProject`` get GCS's 400, requests billing a project not allowed get GCS's 403;
+- injected HTTP errors: ``fail_requests(pattern, times, status)`` answers the next ``times`` requests for
+  matching objects with ``status`` (503 by default; ``times=None``: every one, a permanent failure), and
+  ``fault`` takes any per-request rule.
 
-``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` is set before gcsfs is imported (the experimental gRPC probe
-stalls every call against an emulator). Clients are pointed at it explicitly (gcsfs ``endpoint_url``,
+Importing it turns gcsfs's experimental gRPC probe off before gcsfs is imported
+(``pneumo.io.environment.prepare_gcsfs``: the probe stalls every call against an emulator). Clients are pointed at it explicitly (gcsfs ``endpoint_url``,
 google-cloud-storage ``client_options``), never at the real service.
 
 Command line, from any directory (an emulator holding a demo set in NIH's layout: ``png/...``, CSVs and
@@ -24,24 +27,31 @@ split lists)::
 
 from __future__ import annotations
 
-import os
+from pneumo.io.environment import prepare_gcsfs
 
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+prepare_gcsfs(emulator=True)  # before gcsfs is imported, by this module or a caller
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import http.server  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
+import socketserver  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 from urllib.parse import parse_qs, unquote, urlparse  # noqa: E402
 
 from gcp_storage_emulator.handlers import buckets  # noqa: E402
 from gcp_storage_emulator.server import RequestHandler  # noqa: E402
 from gcp_storage_emulator.storage import Storage  # noqa: E402
+
+if TYPE_CHECKING:
+    from gcsfs import GCSFileSystem
+    from google.cloud.storage import Client
 
 # For code that starts the emulator's own server (gcp_storage_emulator.server.create_server).
 http.server.HTTPServer.request_queue_size = 1024
@@ -60,6 +70,27 @@ class RecordedRequest:
     headers: dict[str, str]  # names in lower case
     bucket: str | None = None
     time: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class InjectedFailure:
+    """Requests whose path (URL-decoded, e.g. ``/download/storage/v1/b/B/o/png/x.png``) matches the regular
+    expression ``pattern`` are answered with HTTP ``status``: the next ``times`` of them, or every one when
+    ``times`` is ``None``. ``hits`` counts the requests it answered."""
+
+    pattern: str
+    status: int = 503
+    times: int | None = 1
+    hits: int = 0
+
+    def takes(self, rec: RecordedRequest) -> bool:
+        """Whether this rule answers ``rec`` (counted when it does)."""
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if re.search(self.pattern, unquote(rec.path)) is None:
+            return False
+        self.hits += 1
+        return True
 
 
 def _bucket_of(path: str) -> str | None:
@@ -87,11 +118,7 @@ class _Handler(RequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             bucket=_bucket_of(url.path),
         )
-        with em._lock:
-            em.requests.append(rec)
-        if em.latency_s > 0:
-            time.sleep(em.latency_s)
-        refusal = em._refusal(rec)
+        refusal = em.admit(rec)
         if refusal is None:
             return True
         status, message = refusal
@@ -106,15 +133,17 @@ class _Handler(RequestHandler):
         self.close_connection = True
         return False
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
 
 
-class _QuietErrors:
+class _QuietErrors(socketserver.BaseServer):
     """Count clients that hung up before their answer was written (timeouts, a SIGKILLed process) rather
     than printing a traceback for each; other errors are printed as usual."""
 
-    def handle_error(self, request, client_address) -> None:
+    hung_up: int
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
 
         err = sys.exc_info()[1]
@@ -161,6 +190,8 @@ class GCSEmulator:
         #: fault hook: called with each request, returns an HTTP status to answer instead, or ``(status,
         #: message)`` to choose the error message too (or None to serve the request).
         self.fault: Callable[[RecordedRequest], int | tuple[int, str] | None] | None = None
+        #: failures injected by ``fail_requests``, tried in order before ``fault``
+        self.failures: list[InjectedFailure] = []
         self.port = 0
         self._server: http.server.HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -193,7 +224,8 @@ class GCSEmulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(timeout=5)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
             self._server = None
 
     def restart_after(self, seconds: float) -> threading.Timer:
@@ -216,10 +248,43 @@ class GCSEmulator:
         self.storage.wipe()
         self.requests.clear()
         self.requester_pays.clear()
+        self.clear_faults()
+
+    def clear_faults(self) -> None:
+        """Serve every request again: no injected failures, no ``fault`` rule."""
+        with self._lock:
+            self.failures.clear()
         self.fault = None
 
     # ------------------------------------------------------------------ behaviour
+    def fail_requests(self, pattern: str, times: int | None = 1, status: int = 503) -> InjectedFailure:
+        """Answer the next ``times`` requests whose URL-decoded path matches the regular expression ``pattern``
+        with HTTP ``status`` (``times=None``: every one, a permanent failure); returns the rule, whose ``hits``
+        count the requests it failed.
+
+        Example:
+            >>> em = GCSEmulator().start()  # doctest: +SKIP
+            >>> rule = em.fail_requests("/o/png/", times=2)  # the next 2 image reads: 503  # doctest: +SKIP
+        """
+        rule = InjectedFailure(pattern, status, times)
+        with self._lock:
+            self.failures.append(rule)
+        return rule
+
+    def admit(self, rec: RecordedRequest) -> tuple[int, str] | None:
+        """Record a request the server received (after ``latency_s``); the ``(status, message)`` that refuses
+        it (an injected failure, a fault, Requester Pays without a project), or ``None`` to serve it."""
+        with self._lock:
+            self.requests.append(rec)
+        if self.latency_s > 0:
+            time.sleep(self.latency_s)
+        return self._refusal(rec)
+
     def _refusal(self, rec: RecordedRequest) -> tuple[int, str] | None:
+        with self._lock:
+            rule = next((r for r in self.failures if r.takes(rec)), None)
+        if rule is not None:
+            return rule.status, f"injected fault {rule.status}"
         if self.fault is not None:
             answer = self.fault(rec)
             if isinstance(answer, tuple):
@@ -227,7 +292,7 @@ class GCSEmulator:
             if answer:
                 return answer, f"injected fault {answer}"
         if rec.bucket in self.requester_pays:
-            project = (rec.query.get("userProject") or [None])[0]
+            project = (rec.query.get("userProject") or [""])[0]
             if not project:
                 return 400, "Bucket is a requester pays bucket but no user project provided."
             if project not in self.requester_pays[rec.bucket]:
@@ -256,14 +321,14 @@ class GCSEmulator:
         finally:
             self.requester_pays = saved
 
-    def gcsfs(self, **options):
+    def gcsfs(self, **options: Any) -> GCSFileSystem:
         """A gcsfs filesystem talking to this emulator only (no instance cache, anonymous unless told)."""
         import gcsfs
 
         options = {"token": "anon", **options}
         return gcsfs.GCSFileSystem(endpoint_url=self.endpoint, skip_instance_cache=True, **options)
 
-    def storage_client(self, project: str = "test-project"):
+    def storage_client(self, project: str = "test-project") -> Client:
         """A google-cloud-storage client pointed at this emulator by explicit endpoint."""
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
+from pneumo.config import choice, suggestion
 from pneumo.errors import PneumoError
 from pneumo.models.tasks import pneumonia_column, task_of
 
@@ -34,6 +35,10 @@ from pneumo.models.tasks import pneumonia_column, task_of
 #: last feature map (``class_layers.relu``, 1/32: 3 x 3 at 96 px) is too coarse to point inside a
 #: pneumonia-sized box; see docs/BENCHMARKS.md, "Explainability", for the pointing game per layer.
 DEFAULT_LAYER = "features.transition2.conv"
+#: The named Grad-CAM targets (``gradcam.target``); an output index is the other form a target takes.
+TARGETS = ("pneumonia", "predicted")
+#: The target explained unless one is given: the model's pneumonia output.
+DEFAULT_TARGET = "pneumonia"
 
 
 def pneumonia_output(model: nn.Module) -> int:
@@ -78,10 +83,24 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
             with contextlib.suppress(AttributeError):
                 return root.get_submodule(layer)
     net = model.net if isinstance(getattr(model, "net", None), nn.Module) else model
-    top = sorted({n.rsplit(".", 1)[0] for n, _ in net.named_modules() if n.count(".") <= 1 and n})
+    names = [n for n, _ in net.named_modules() if n]
+    top = sorted({n.rsplit(".", 1)[0] for n in names if n.count(".") <= 1})
     raise GradCamError(
         f"Grad-CAM layer {layer!r} is not a submodule of {type(model).__name__}; try one of {top}"
+        f"{suggestion(layer, names)}"
     )
+
+
+def check_target(target: int | str, key: str = "gradcam.target") -> int | str:
+    """``target`` if it is an output index or one of ``TARGETS``, else ``GradCamError`` naming ``key``.
+
+    Example:
+        >>> check_target("pneumonia"), check_target(1)
+        ('pneumonia', 1)
+    """
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target
+    return choice(target, key, TARGETS, also="an output index", error=GradCamError)
 
 
 @contextlib.contextmanager
@@ -121,14 +140,10 @@ class GradCam:
         self,
         model: nn.Module,
         layer: str = DEFAULT_LAYER,
-        target: int | str = "pneumonia",
+        target: int | str = DEFAULT_TARGET,
         batch_size: int = 64,
     ) -> None:
-        if not (isinstance(target, int) or target in ("pneumonia", "predicted")):
-            raise GradCamError(
-                f"Grad-CAM target must be 'pneumonia', 'predicted' or an output index, got {target!r}"
-            )
-        if target == "pneumonia":
+        if check_target(target) == "pneumonia":
             target = pneumonia_output(model)
         if batch_size < 1:
             raise GradCamError(f"Grad-CAM batch_size must be >= 1, got {batch_size}")

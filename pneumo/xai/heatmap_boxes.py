@@ -28,7 +28,10 @@ import torch.nn.functional as F
 
 from pneumo.errors import ConfigError
 from pneumo.nih.boxes import scaled_to
+from pneumo.xai.localization import DEFAULT_THRESHOLD
 
+#: Boxes kept per heatmap unless told (``boxes.top_k``).
+DEFAULT_TOP_K = 1
 #: Wang et al. 2017's thresholds of the localisation table.
 WANG_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -67,8 +70,8 @@ def connected_regions(mask: np.ndarray) -> np.ndarray:
 
 def heatmap_boxes(
     heatmap: np.ndarray,
-    threshold: float = 0.5,
-    top_k: int = 1,
+    threshold: float = DEFAULT_THRESHOLD,
+    top_k: int = DEFAULT_TOP_K,
     source_shape: tuple[int, int] | None = None,
 ) -> list[HeatBox]:
     """The boxes of the regions where ``heatmap >= threshold``, by heat mass (largest first), at most ``top_k``.

@@ -30,6 +30,8 @@ BOX_COLOR = (0, 255, 0)
 #: Colour of boxes predicted from the heatmap (``pneumo.xai.heatmap_boxes``).
 PREDICTED_BOX_COLOR = (255, 0, 255)
 CLASS_NAMES = ("no pneumonia", "pneumonia")
+#: Weight of the heatmap's colour at its maximum, and its matplotlib colour map (``overlay.alpha``/``cmap``).
+DEFAULT_ALPHA, DEFAULT_CMAP = 0.45, "jet"
 
 
 def caption_text(probability: float | None, predicted: int | None = None, truth: int | None = None) -> str:
@@ -45,7 +47,7 @@ def caption_text(probability: float | None, predicted: int | None = None, truth:
     return text
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow built without FreeType: fixed-size bitmap font
@@ -68,11 +70,15 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if arr.shape == size:
         return arr
     return np.asarray(
-        Image.fromarray(arr.astype(np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR)
+        Image.fromarray(arr.astype(np.float32), mode="F").resize(
+            (size[1], size[0]), Image.Resampling.BILINEAR
+        )
     )
 
 
-def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+def blend(
+    image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_CMAP
+) -> np.ndarray:
     """Colour ``heatmap`` (in [0, 1]) with ``cmap`` and blend it over ``image``: ``(H, W, 3)`` uint8.
 
     The colour's weight grows with the heatmap value (``alpha`` at the maximum), so cold regions show the
@@ -94,8 +100,8 @@ def render_overlay(
     boxes: np.ndarray | None = None,
     caption: str | None = None,
     size: int = 256,
-    alpha: float = 0.45,
-    cmap: str = "jet",
+    alpha: float = DEFAULT_ALPHA,
+    cmap: str = DEFAULT_CMAP,
     predicted_boxes: np.ndarray | None = None,
 ) -> np.ndarray:
     """The overlay picture: ``size`` px wide, ground-truth ``boxes`` (green) and ``predicted_boxes`` (magenta,
