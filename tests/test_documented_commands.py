@@ -154,8 +154,9 @@ def _hydra_args(args: list[str]) -> list[str]:
                 value = CKPT if key == "ckpt_path" else PLACEHOLDER
             if multirun and not key.startswith("hydra.sweeper.params"):
                 value = _first_of_sweep(value)
-            arg = f"{key}={value}"
-        out.append(arg)
+            out.append(f"{key}={value}")
+        else:
+            out.append(arg)
     if "--cfg" not in out and "-c" not in out:
         out += ["--cfg", "job"]
     return out
@@ -180,6 +181,8 @@ def classify(tokens: list[str], shown: str) -> Command | None:
         if not scripts:
             return None
         program, args = "python", args[scripts[0] :]
+    if program == "pneumo":  # the console script of python -m pneumo
+        program, args = "python", ["-m", "pneumo", *args]
     if program in CONSOLE_SCRIPTS:
         target = console_scripts().get(program)
         if target is None:
