@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import pneumo.io  # noqa: F401 - first: sets gcsfs's environment before anything imports gcsfs
 from pneumo.nih.shipped import register_resolver as _register_nih_resolver

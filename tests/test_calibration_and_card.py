@@ -130,7 +130,11 @@ def test_model_card_of_a_tiny_run(tiny_run: dict, demo_root: Path) -> None:
     assert "Patient-disjoint split" in card
     # initial weights, seed, version, commit, config
     assert rows["initial weights"] == "random" and rows["seed"] == "42" and rows["task"] == "multilabel"
-    assert rows["pneumo version"] == "0.1.0"
+    import importlib.metadata
+
+    import pneumo
+
+    assert rows["pneumo version"] == pneumo.__version__ == importlib.metadata.version("pneumo")
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()

@@ -1,7 +1,7 @@
 """``python -m pneumo.evaluation predictions=PATH out_dir=DIR [val_predictions=PATH] [labels_url=URL]
 [eval.threshold=...] [recalibrate=true]``: the evaluation report of any predictions file.
 
-See ``conf/evaluate.yaml``, ``pneumo.pipelines.evaluate`` and README, "Evaluate any predictions". A file or a
+See ``conf/evaluate.yaml``, ``pneumo.pipelines.evaluate`` and docs/evaluation.md, "Evaluate any predictions". A file or a
 setting that cannot be used stops with one line naming it (exit status 2).
 """
 

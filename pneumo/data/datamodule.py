@@ -389,7 +389,7 @@ class NIHDataModule(L.LightningDataModule):
         return (
             "Generate the demo set with `python -m pneumo synthetic DIR` (or run `python train.py`, "
             "which writes it under paths.data_dir), or set data.images_url / data.labels_url to NIH's data "
-            "(see README, 'Real NIH data')."
+            "(see docs/data-and-gcs.md)."
         )
 
     # ------------------------------------------------------------------ loaders

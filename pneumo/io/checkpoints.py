@@ -63,7 +63,7 @@ def read_checkpoint(
 
     Args:
         location: path or URL of the file.
-        key: the config key that named it (for messages), e.g. ``ckpt_path`` or ``model.init_weights``.
+        key: the config key that named it (for messages), e.g. ``ckpt_path`` or ``model.pretrained``.
         storage_options: fsspec options of ``location`` (``StorageSettings.options_for``).
         map_location: where tensors go.
         io: I/O limits of the read (``StorageSettings.io``): transient failures are retried

@@ -9,7 +9,7 @@ The operating point is ``eval.threshold``: a number, or a rule (``youden``, ``se
 to a second file of **validation** images' predictions (``val_predictions``); never to the evaluated images
 unless ``choose_on_evaluated=true``, and then the report's notes say so. With ``recalibrate=true`` a
 temperature is fitted on the validation predictions (NLL) first and applied to both files: the "new site"
-workflow (README, "Evaluate any predictions").
+workflow (docs/evaluation.md, "Evaluate any predictions").
 
 Example:
     >>> settings = EvaluateSettings(predictions="test_preds.csv", out_dir="out", val_predictions="val_preds.csv")

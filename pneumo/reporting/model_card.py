@@ -38,7 +38,7 @@ LIMITS = (
     "The demo data set (`data=demo`) is **synthetic**: drawn shapes in NIH's file layout. Any figure from "
     "it says the pipeline works, nothing about chest X-rays.",
     "One hospital's images (NIH Clinical Center, 1992-2015): performance on another site's images, "
-    "scanners and population is unknown until measured there (README, 'A new site').",
+    "scanners and population is unknown until measured there (docs/evaluation.md, 'A new site').",
 )
 
 
