@@ -1,6 +1,6 @@
 """Explain a trained classifier's predictions with Grad-CAM: ``python explain.py ckpt_path=CKPT inputs=PATH``.
 
-See ``conf/explain.yaml`` and README, "Explain predictions". Exit status: 0 when every image was explained,
+See ``conf/explain.yaml`` and docs/explanations.md. Exit status: 0 when every image was explained,
 1 when some inputs could not be read (the others are still written), 2 when nothing could run (missing or
 incompatible checkpoint, inputs that do not exist).
 """

@@ -104,7 +104,7 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
     assert (crashed["epoch"], crashed["global_step"]) == (0, batches)  # the end of epoch 0, intact
     assert not list(ckpt_dir.glob(".*.tmp"))
 
-    # resume in place, from the run's own saved config (README, "Resume"), without the stalling probe
+    # resume in place, from the run's own saved config (docs/scaling-and-sweeps.md, "Resume"), without the stalling probe
     epochs_seen = tmp_path / "epochs.json"
     proc = _popen(
         [

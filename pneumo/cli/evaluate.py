@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
-from pneumo.pipelines.evaluate import EvaluateSettings, evaluate_files
 
 log = logging.getLogger("pneumo.evaluation")
 # Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
@@ -23,6 +22,9 @@ protect_output()
 
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="evaluate.yaml")
 def main(cfg: DictConfig) -> None:
+    # torch and Lightning load here, not at import: --help answers in a second.
+    from pneumo.pipelines.evaluate import EvaluateSettings, evaluate_files
+
     with user_errors(log):
         report = evaluate_files(EvaluateSettings.from_config(cfg))
     m, t = report["metrics"]["auroc"], report["threshold"]

@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
-from pneumo.pipelines.explain import ExplainSettings, explain_images, format_summary
 
 log = logging.getLogger("explain")
 # Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
@@ -25,6 +24,9 @@ protect_output()
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="explain.yaml")
 def main(cfg: DictConfig) -> None:
     # A user error: one line on stderr, exit 2, traceback in explain.log only; a bug keeps its traceback.
+    # torch, Lightning and MONAI load here, not at import: --help and a bad override answer in a second.
+    from pneumo.pipelines.explain import ExplainSettings, explain_images, format_summary
+
     with user_errors(log):
         result = explain_images(ExplainSettings.from_config(cfg))
     n_ok, n_bad = len(result.predictions), len(result.failed)

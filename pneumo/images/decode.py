@@ -11,7 +11,15 @@ from PIL import Image
 
 from pneumo.images.limits import DICOM_SUFFIXES, MAX_PIXELS, BadImageError
 
-__all__ = ["DICOM_SUFFIXES", "MAX_PIXELS", "BadImageError", "decode_grayscale", "image_shape", "is_dicom"]
+__all__ = [
+    "DICOM_SUFFIXES",
+    "MAX_PIXELS",
+    "BadImageError",
+    "decode_grayscale",
+    "image_shape",
+    "is_dicom",
+    "to_uint8",
+]
 
 
 def decode_grayscale(data: bytes, name: str, dicom_voi: str = "auto") -> np.ndarray:
@@ -41,7 +49,7 @@ def decode_grayscale(data: bytes, name: str, dicom_voi: str = "auto") -> np.ndar
                         f"{name}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS} limit"
                     )
                 img.load()
-                return _to_uint8(img)
+                return to_uint8(img)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -81,7 +89,13 @@ def is_dicom(data: bytes, name: str = "") -> bool:
     return data[128:132] == b"DICM" or str(name).lower().endswith(DICOM_SUFFIXES)
 
 
-def _to_uint8(img: Image.Image) -> np.ndarray:
+def to_uint8(img: Image.Image) -> np.ndarray:
+    """A Pillow image as ``(H, W)`` uint8 grey: colour to luminance, 16/32-bit scaled over its own range.
+
+    Example:
+        >>> to_uint8(Image.new("RGB", (2, 1), (255, 255, 255))).tolist()
+        [[255, 255]]
+    """
     if img.mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

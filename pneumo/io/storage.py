@@ -183,7 +183,12 @@ class ScrubbingStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(scrub(text))
+        try:
+            self._stream.write(scrub(text))
+        except BrokenPipeError:
+            # The reader has gone (``... --help | head``): point the stream at devnull so that later writes
+            # and the interpreter's final flush are silent instead of a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
         return len(text)
 
     def flush(self) -> None:

@@ -1,6 +1,6 @@
 """NIH ChestX-ray14's own metadata files, shipped inside pneumo (no images).
 
-See ``files/ATTRIBUTION.md`` beside this file (and README, "Real NIH data") for provenance and the attribution
+See ``files/ATTRIBUTION.md`` beside this file (and docs/data-and-gcs.md) for provenance and the attribution
 the data providers require. Each file is verified by its sha256 when it is read (``verified``, called by the
 readers of labels, lists and boxes) or when its path is asked for (``shipped_path``): a changed or truncated
 file is an error that says so, never a silently different table.

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from pneumo.data.inputs import ImageRef, InputError, load_image, resolve_inputs
+from pneumo.images.decode import to_uint8
 from pneumo.images.dicom import check_voi
 from pneumo.images.preprocess import Preprocessor
 from pneumo.io.store import absolute_location
@@ -80,7 +81,7 @@ def _grey(array: np.ndarray, where: str) -> np.ndarray:
     if array.dtype == np.uint8 and array.ndim == 2:
         return array
     if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] in (3, 4):
-        return np.asarray(Image.fromarray(np.ascontiguousarray(array)).convert("L"), dtype=np.uint8)
+        return to_uint8(Image.fromarray(np.ascontiguousarray(array)))  # the decode step's own conversion
     raise InputError(
         f"{where}: a numpy image must be (H, W) or (H, W, 3|4) uint8, got {array.dtype} {array.shape}; "
         "convert it (e.g. np.clip(x * 255, 0, 255).astype(np.uint8)) or pass the file's path"
