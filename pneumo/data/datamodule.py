@@ -24,6 +24,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from monai.data.utils import set_rnd
+from monai.data.utils import worker_init_fn as monai_worker_init_fn
 from torch.utils.data import DataLoader
 
 from pneumo.config import to_plain
@@ -283,6 +287,9 @@ class NIHDataModule(L.LightningDataModule):
         transform = build_tensor_transforms(
             self.image_settings.size, self.image_settings.augment if use_aug else None
         )
+        # MONAI's random transforms draw from their own RandomState, seeded from the OS unless set: seed it
+        # from torch's seed (``seed_everything``), so a run's augmentations repeat with its seed.
+        set_rnd(transform, seed=torch.initial_seed())
         source: CachedSource | StreamingSource
         if self.image_cache is not None:
             source = self.image_cache.source(list(sub.images))
@@ -421,6 +428,7 @@ class NIHDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.loader_settings.pin_memory,
             persistent_workers=workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -435,3 +443,11 @@ class NIHDataModule(L.LightningDataModule):
     def teardown(self, stage: str | None = None) -> None:
         if self._store is not None and self._store._state_pid == os.getpid():  # noqa: SLF001 - issue 21
             self._store.close()
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the data loaders: Lightning's per-worker seeds (numpy, random, torch) and a seed of
+    each worker's own for the MONAI random transforms of its dataset copy (else every worker would repeat the
+    same augmentations); both follow the run's seed."""
+    pl_worker_init_function(worker_id)
+    monai_worker_init_fn(worker_id)
