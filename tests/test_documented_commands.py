@@ -334,7 +334,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], s
 
 
 #: The Hydra plugins of the ``sweeps`` extra (Optuna sweeper, SLURM and joblib launchers).
-SWEEPS_INSTALLED = all(
+SWEEPS_INSTALLED = importlib.util.find_spec("hydra_plugins") is not None and all(
     importlib.util.find_spec(f"hydra_plugins.{name}") is not None
     for name in ("hydra_optuna_sweeper", "hydra_submitit_launcher", "hydra_joblib_launcher")
 )
