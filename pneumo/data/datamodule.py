@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from monai.data.utils import set_rnd
-from monai.data.utils import worker_init_fn as monai_worker_init_fn
 from torch.utils.data import DataLoader
 
 from pneumo.config import to_plain
@@ -448,6 +447,9 @@ class NIHDataModule(L.LightningDataModule):
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn`` of the data loaders: Lightning's per-worker seeds (numpy, random, torch) and a seed of
     each worker's own for the MONAI random transforms of its dataset copy (else every worker would repeat the
-    same augmentations); both follow the run's seed."""
+    same augmentations); both follow the run's seed. Only the dataset's transforms are walked (MONAI's own
+    ``worker_init_fn`` walks the whole dataset, image store and filesystem included, and recurses too deep)."""
     pl_worker_init_function(worker_id)
-    monai_worker_init_fn(worker_id)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "transform"):
+        set_rnd(info.dataset.transform, seed=info.seed)
