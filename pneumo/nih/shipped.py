@@ -21,7 +21,7 @@ Example:
     >>> shipped_path("nope.csv")
     Traceback (most recent call last):
     ...
-    pneumo.nih.shipped.ShippedFileError: no shipped NIH file 'nope.csv'; shipped: BBox_List_2017.csv.gz, Data_Entry_2017_v2020.csv.gz, google2019_nih-chest-xray-labels.csv.gz, test_list.txt, train_val_list.txt
+    pneumo.nih.shipped.ShippedFileError: no shipped NIH file 'nope.csv'; shipped: BBox_List_2017.csv.gz, Data_Entry_2017_v2020.csv.gz, google2019_nih-chest-xray-labels.csv.gz, rsna_pneumonia_nih.csv.gz, test_list.txt, train_val_list.txt
 """
 
 from __future__ import annotations
@@ -44,13 +44,15 @@ SHIPPED: dict[str, str] = {
     "BBox_List_2017.csv.gz": "cf9dc6029f65daa8b389415b0546af0eeeb91fbac7d63ec49d7f8de2fd8f40cd",
     "Data_Entry_2017_v2020.csv.gz": "9d4de640ee4f760215d8be98376b20387ca52f9c6b4d1b727cb588fb82f40b80",
     "google2019_nih-chest-xray-labels.csv.gz": "1d1b846e463753ed0219f67e21b10c8aef381897dbd64865c8191aa5794e8048",
+    # RSNA Pneumonia Detection Challenge labels and boxes keyed by NIH image (not NIH's release; see ATTRIBUTION.md)
+    "rsna_pneumonia_nih.csv.gz": "1204a411e5d617863379e85d1fbdcf193102350e3731c8bad3c2ad41f16570c6",
     "test_list.txt": "38ca5ef7f756092946f57c1a59faca882ed589a1ab1f72590b45dc06c6d5e1cc",
     "train_val_list.txt": "61fbe896321c1c1c8b75f3e4f3a08e4fef6486d95ef8a667c31d4d60dca6cb81",
 }
 
 
 class ShippedFileError(PneumoError, ValueError):
-    """A shipped NIH file that is unknown, missing or not byte-identical to NIH's release."""
+    """A shipped NIH file that is unknown, missing or not byte-identical to its published release."""
 
 
 @cache
