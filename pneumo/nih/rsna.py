@@ -114,7 +114,9 @@ class RSNALabels:
         unusable = box.isna().any(axis=1) | (box["width"] <= 0) | (box["height"] <= 0)
         if unusable.any():
             line = int(np.flatnonzero(positive)[np.flatnonzero(unusable.to_numpy())[0]]) + 2
-            raise RSNAFileError(f"{source}, line {line}: Target 1 needs a box with x, y and width, height > 0")
+            raise RSNAFileError(
+                f"{source}, line {line}: Target 1 needs a box with x, y and width, height > 0"
+            )
         boxes = pd.DataFrame(
             {
                 "image": image[positive].to_numpy(dtype=object),
