@@ -87,8 +87,14 @@ def test_items_shapes_dtypes_ranges(demo_root: Path) -> None:
     dm.setup("fit")
     sizes = {k: len(v) for k, v in dm.datasets.items()}
     assert sum(sizes.values()) == 80 and min(sizes.values()) > 0
-    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
-        batch = next(iter(loader))
+    for step, loader in (
+        (0, dm.train_dataloader()),
+        (None, dm.val_dataloader()),
+        (None, dm.test_dataloader()),
+    ):
+        raw = next(iter(loader))  # the loaders give uint8; the data module's per-batch step finishes them
+        assert raw["image"].shape == (8, 1, 48, 48) and raw["image"].dtype == torch.uint8
+        batch = dm.finish_batch(raw, step=step)
         x = batch["image"]
         assert x.shape == (8, 1, 48, 48) and x.dtype == torch.float32
         assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.std()) > 0.05
@@ -143,7 +149,8 @@ def test_missing_labels(demo_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_augmented_batches_repeat_with_the_seed(demo_root: Path, workers: int) -> None:
-    """MONAI's random transforms follow the run's seed (in worker processes too): same seed, same batches."""
+    """The per-batch augmentation follows the run's seed (loader worker processes or not): same seed, same
+    batches; and so do MONAI's per-item random transforms of the train dataset (its item contract)."""
     import lightning as L
 
     augment = {"enabled": True, "prob": 1.0, "rotate_degrees": 10, "scale": 0.1, "translate": 0.05}
@@ -152,7 +159,9 @@ def test_augmented_batches_repeat_with_the_seed(demo_root: Path, workers: int) -
         L.seed_everything(seed, workers=True, verbose=False)
         dm = make_dm(demo_root, images={"augment": augment}, loader={"num_workers": workers})
         dm.setup("fit")
-        return next(iter(dm.train_dataloader()))["image"]
+        batches = iter(dm.train_dataloader())
+        images = [dm.finish_batch(next(batches), step=k)["image"] for k in range(2)]
+        return torch.cat([*images, dm.datasets["train"][0]["image"][None]])
 
     a, b, other = first_batch(7), first_batch(7), first_batch(8)
     assert torch.equal(a, b)

@@ -7,6 +7,13 @@ The demo set and the real data take the same code path; only the URLs differ (``
 (``pneumo.data.cache``) and the loaders read only that; otherwise every item is streamed from the image store
 (fetched concurrently per batch, in DataLoader workers).
 
+The loaders hand out whole batches of uint8 pixels (``UInt8Batches``: one read per batch from the cache, a
+quarter of float32's bytes to copy to the device); ``on_after_batch_transfer`` turns them into the network's
+float32 input where they arrived (on the GPU when there is one): scaled to [0, 1] exactly as the per-item
+transforms do and, for training batches, augmented per batch with the same distributions, seeded from the
+run's seed and the batch's index (``pneumo.images.batch``). The datasets themselves (``dm.datasets``) keep their
+per-item contract: float32 items with the transforms applied.
+
 Example:
     >>> dm = NIHDataModule(images_url="data/nih_demo/images", labels_url="data/nih_demo/Data_Entry_2017.csv",
     ...                    images={"size": 64}, cache={"enabled": True, "dir": "data/cache"})  # doctest: +SKIP
@@ -31,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from pneumo.config import to_plain
 from pneumo.data.cache import BAD, CACHED, MISSING, CachedSource, ImageCache
-from pneumo.data.dataset import NIHImageDataset, StreamingSource
+from pneumo.data.dataset import NIHImageDataset, StreamingSource, UInt8Batches, collated
 from pneumo.data.settings import (
     CacheSettings,
     ImageSettings,
@@ -41,6 +48,7 @@ from pneumo.data.settings import (
     group_settings,
 )
 from pneumo.errors import ConfigError, PneumoError
+from pneumo.images.batch import BatchTransform
 from pneumo.images.preprocess import build_tensor_transforms
 from pneumo.io.reading import translate_error
 from pneumo.io.storage import StorageSettings, redact_url
@@ -143,6 +151,9 @@ class NIHDataModule(L.LightningDataModule):
         self.recorded_skipped: dict[str, list[str]] | None = None
         self.datasets: dict[str, NIHImageDataset] = {}
         self._store: ImageStore | None = None
+        #: Seed of the per-batch augmentation (torch's seed at ``setup``: ``seed_everything``'s).
+        self.augment_seed: int | None = None
+        self._batch_transform: BatchTransform | None = None
 
     def _set_locations(
         self,
@@ -251,6 +262,8 @@ class NIHDataModule(L.LightningDataModule):
             self.recorded_skipped = {str(k): [str(x) for x in v] for k, v in skipped.items()}
 
     def setup(self, stage: str | None = None) -> None:
+        if self.augment_seed is None:
+            self.augment_seed = torch.initial_seed()
         if self.split is None:
             split, index = self.planned_split(), self._read_index()
             if self.cache_settings.enabled:
@@ -323,7 +336,7 @@ class NIHDataModule(L.LightningDataModule):
             on_missing=self.image_settings.on_missing,
             on_bad_image=self.image_settings.on_bad_image,
             progress=self.cache_settings.progress,
-            workers=self.loader_settings.num_workers,
+            workers=self.loader_settings.workers(decoding=True),
         )
 
     def _drop_unusable(self, split: PatientSplit, cache: ImageCache) -> PatientSplit:
@@ -419,16 +432,54 @@ class NIHDataModule(L.LightningDataModule):
         return findings.sum(axis=0), len(findings)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        workers = self.loader_settings.num_workers
+        """Whole uint8 batches (``UInt8Batches``); ``on_after_batch_transfer`` finishes them on the device."""
+        workers = self.loader_settings.workers(decoding=self.image_cache is None)
         return DataLoader(
-            self.datasets[split],
+            UInt8Batches(self.datasets[split]),
             batch_size=self.loader_settings.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            pin_memory=self.loader_settings.pin_memory,
+            collate_fn=collated,
+            pin_memory=self.loader_settings.pinned(),
             persistent_workers=workers > 0,
             worker_init_fn=seed_worker if workers > 0 else None,
         )
+
+    # ------------------------------------------------------------------ the per-batch step
+    def finish_batch(self, batch: dict, step: int | None = None, rank: int = 0) -> dict:
+        """A loader's uint8 batch -> the network's float32 batch, where it is (``pneumo.images.batch``): each
+        image scaled to [0, 1] as ``build_tensor_transforms`` does (bit-identical without augmentation) and,
+        given the train ``step`` (the batch's index in the run), the train augmentation drawn from a seed of
+        the run's seed, ``rank`` and ``step``. A batch that is not uint8 is returned as it is.
+
+        Example:
+            >>> batch = dm.finish_batch(next(iter(dm.train_dataloader())), step=0)  # doctest: +SKIP
+        """
+        images = batch.get("image") if isinstance(batch, Mapping) else None
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            return batch
+        if self._batch_transform is None:
+            self._batch_transform = BatchTransform(self.image_settings.size, self.image_settings.augment)
+        seed = None
+        if step is not None:
+            base = self.augment_seed if self.augment_seed is not None else torch.initial_seed()
+            seed = int(np.random.SeedSequence([base, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+        return {**batch, "image": self._batch_transform(images, seed)}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning's hook after a batch reached the device: ``finish_batch`` there (on the GPU when training
+        runs on one), augmenting training batches, seeded by the run's seed, the process's rank and the batch's
+        index in the fit (Lightning's progress counter, kept in checkpoints, so a resumed run goes on with the
+        same seeds)."""
+        trainer = self.trainer
+        if trainer is None:
+            return self.finish_batch(batch)
+        step = None
+        if trainer.training:
+            step = int(trainer.fit_loop.epoch_loop.batch_progress.total.ready)
+        batch = self.finish_batch(batch, step=step, rank=trainer.global_rank)
+        # "true" half precision casts float inputs before the transfer, when the images were still uint8.
+        return trainer.precision_plugin.convert_input(batch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from pneumo.data.cache import PixelDecoder
 from pneumo.data.settings import check_policy
@@ -135,6 +135,37 @@ class NIHImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self._item(i, self.source(i))
 
+    def batch(self, indices: Sequence[int]) -> dict:
+        """A whole collated batch as the loaders give it: ``{"image": (B, 1, S, S) uint8, "label": (B,) int64,
+        "findings": (B, 14) float32, "image_id": [str]}``, untransformed (``pneumo.images.batch`` finishes it).
+
+        A cached source reads the batch in one call (``CachedSource.many``); a streamed one fetches it
+        concurrently. Images skipped by policy are left out, their labels with them; a batch in which every
+        image was skipped raises ``SkippedBatchError``.
+        """
+        rows = np.asarray(indices, dtype=np.int64)
+        many = getattr(self.source, "many", None)
+        pixels = many(rows.tolist()) if many is not None else np.stack([self.source(i) for i in rows])
+        if not isinstance(pixels, np.ndarray):  # a streamed batch: a list with None where skipped
+            kept = [k for k, p in enumerate(pixels) if p is not None]
+            if not kept:
+                self._all_skipped(rows)
+            rows = rows[kept]
+            pixels = np.stack([pixels[k] for k in kept])
+        return {
+            "image": torch.from_numpy(pixels).unsqueeze(1),
+            "label": torch.from_numpy(self._labels[rows]),
+            "findings": torch.from_numpy(self._findings[rows]),
+            "image_id": [str(x) for x in self._names[rows]],
+        }
+
+    def _all_skipped(self, indices: Sequence[int] | np.ndarray) -> None:
+        first = self._names[indices[0]] if len(indices) else "?"
+        raise SkippedBatchError(
+            f"all {len(indices)} images of a batch were skipped as missing or bad (first: {first}): "
+            "check data.images_url and the label index"
+        )
+
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """A batch of items (the DataLoader calls this): streamed sources fetch the batch concurrently.
 
@@ -147,9 +178,39 @@ class NIHImageDataset(Dataset):
         pixels = many(list(indices))
         items = [self._item(i, p) for i, p in zip(indices, pixels) if p is not None]
         if not items:
-            first = self._names[indices[0]] if len(indices) else "?"
-            raise SkippedBatchError(
-                f"all {len(indices)} images of a batch were skipped as missing or bad (first: {first}): "
-                "check data.images_url and the label index"
-            )
+            self._all_skipped(indices)
         return items
+
+
+class UInt8Batches(Dataset):
+    """What the data module's loaders read: ``dataset``'s whole uint8 batches (``NIHImageDataset.batch``), one
+    call per batch (the ``DataLoader`` passes a batch's indices to ``__getitems__``; use ``collate_fn=
+    collated``). The per-item dataset (float32 items, transforms applied) stays as it is for other callers.
+
+    Example:
+        >>> loader = DataLoader(UInt8Batches(ds), batch_size=32, collate_fn=collated)  # doctest: +SKIP
+        >>> next(iter(loader))["image"].dtype  # doctest: +SKIP
+        torch.uint8
+    """
+
+    def __init__(self, dataset: NIHImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        batch = self.dataset.batch([i])
+        return {"image": batch["image"][0], "label": batch["label"][0], "findings": batch["findings"][0],
+                "image_id": batch["image_id"][0]}  # fmt: skip
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        return self.dataset.batch(indices)
+
+
+def collated(batch: dict | list) -> dict:
+    """The loaders' ``collate_fn``: a batch from ``UInt8Batches.__getitems__`` is collated already; a list of
+    items (a dataset without ``__getitems__``) goes through torch's ``default_collate``."""
+    if isinstance(batch, dict):
+        return batch
+    return default_collate(batch)

@@ -8,7 +8,7 @@ The locations stay flat at ``data.`` (``images_url``, ``labels_url``, ``split_li
 - ``data.images`` (``ImageSettings``): how one image is read and turned into the network input: ``size``,
   ``suffix``, ``dicom_voi``, ``augment``, and what a missing or unusable one does (``on_missing``,
   ``on_bad_image``: with or without the cache);
-- ``data.loader`` (``LoaderSettings``): ``batch_size``, ``num_workers``, ``pin_memory``;
+- ``data.loader`` (``LoaderSettings``): ``batch_size``, ``num_workers``, ``pin_memory`` (both may be ``auto``);
 - ``data.cache`` (``CacheSettings``): the local uint8 image cache: ``enabled``, ``dir``, ``progress``.
 
 ``MOVED`` maps every key of the flat layout (before issue 21) to its new place: ``grouped`` rebuilds a
@@ -28,11 +28,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pneumo.config import checked_number, choice, settings_from, to_plain
+from pneumo.config import checked_number, choice, choice_error, settings_from, to_plain
 from pneumo.errors import ConfigError
 from pneumo.images.dicom import check_voi
 
@@ -120,19 +121,77 @@ class ImageSettings:
                                    high_open=high_open)  # fmt: skip
 
 
+#: Most loader processes ``num_workers=auto`` gives a cached source: each reads ~70,000 uint8 images/s
+#: (``benchmarks/loader.py``), and the scaling and augmentation run after the copy to the device.
+AUTO_CACHED_WORKERS = 2
+#: Most loader processes ``num_workers=auto`` gives streaming (decoding, ~110 images/s per core).
+AUTO_STREAMING_WORKERS = 16
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: containers and ``taskset`` limit it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass
 class LoaderSettings:
     """``data.loader``: the ``DataLoader`` settings; the cache build decodes in ``num_workers`` processes
-    too (0 = threads of the main process)."""
+    too (0 = threads of the main process).
+
+    ``num_workers: auto`` chooses from the machine (``workers``): the cores of this process's affinity mask,
+    shared among the training processes of the node (``LOCAL_WORLD_SIZE``), less one for the main process;
+    at most ``AUTO_CACHED_WORKERS`` (2) reading the cache, at most ``AUTO_STREAMING_WORKERS`` (16) decoding
+    (streaming and the cache build). ``pin_memory: auto`` pins the loaders' batches when CUDA is available
+    (Lightning's copy to a GPU is then asynchronous: ``non_blocking``).
+    """
 
     batch_size: int = 32
-    num_workers: int = 4
-    pin_memory: bool = False
+    num_workers: int | str = 4
+    pin_memory: bool | str = False
 
     def __post_init__(self) -> None:
         self.batch_size = int(checked_number(self.batch_size, "data.loader.batch_size", int, 1))
-        self.num_workers = int(checked_number(self.num_workers, "data.loader.num_workers", int, 0))
-        self.pin_memory = bool(self.pin_memory)
+        if _is_auto(self.num_workers):
+            self.num_workers = "auto"
+        else:
+            try:
+                self.num_workers = int(checked_number(self.num_workers, "data.loader.num_workers", int, 0))
+            except ConfigError as err:
+                raise ConfigError(f"{err} or auto (chosen from the machine)") from None
+        if _is_auto(self.pin_memory):
+            self.pin_memory = "auto"
+        elif not isinstance(self.pin_memory, bool):
+            raise choice_error(self.pin_memory, "data.loader.pin_memory", (True, False, "auto"))
+
+    def workers(self, decoding: bool = False) -> int:
+        """The loader (``decoding``: decode) processes to start: ``num_workers``, or the ``auto`` rule.
+
+        Example:
+            >>> LoaderSettings(num_workers=3).workers()
+            3
+            >>> 0 <= LoaderSettings(num_workers="auto").workers() <= AUTO_CACHED_WORKERS
+            True
+        """
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        spare = max(0, usable_cores() // ranks - 1)
+        return min(spare, AUTO_STREAMING_WORKERS if decoding else AUTO_CACHED_WORKERS)
+
+    def pinned(self) -> bool:
+        """Whether the loaders pin their batches (``pin_memory``; ``auto``: when CUDA is available)."""
+        if self.pin_memory == "auto":
+            import torch
+
+            return bool(torch.cuda.is_available())
+        return bool(self.pin_memory)
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
 
 
 @dataclass

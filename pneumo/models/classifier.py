@@ -48,6 +48,7 @@ from torchmetrics import Metric
 
 from pneumo.config import choice_error, to_plain
 from pneumo.errors import ConfigError
+from pneumo.images.batch import scale_batch
 from pneumo.models.nets import build_net
 from pneumo.models.pretrained import IMAGENET, IMAGENET_URL, PretrainedWeights, input_adapter
 from pneumo.models.tasks import pneumonia_column, task_named
@@ -290,7 +291,11 @@ class PneumoniaClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of grey ``(B, 1, H, W)`` images in [0, 1] (normalised here as the network expects)."""
+        """Logits of grey ``(B, 1, H, W)`` images in [0, 1] (normalised here as the network expects); a uint8
+        batch straight from a data module's loader (``trainer.predict(model, dataloaders=dm.test_dataloader())``
+        passes no data module to finish it) is scaled first, as the data module would."""
+        if x.dtype == torch.uint8:
+            x = scale_batch(x)
         return self.net(self.input_adapter(x))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
