@@ -4,7 +4,10 @@
    device (the ceiling: no data loading, no Lightning).
 2. **end-to-end**: ``trainer.fit`` of the same model on the configured data module (its cache when it has
    one, else the images it streams), with the configured trainer and speed callbacks; validation,
-   checkpoints and loggers are off so only the training loop is timed.
+   checkpoints and loggers are off so only the training loop is timed. The loaders give uint8 batches and
+   the data module scales and augments them after the copy, on the device (``on_after_batch_transfer``):
+   that work is part of the end-to-end figure. The loader's workers and pinning (``auto`` resolved) and the
+   bytes per image copied to the device are printed with it.
 
 The model-only figure is measured before and after the end-to-end run; the ratio end-to-end / mean
 model-only says how much the input pipeline and the training loop cost (target on a GPU: >= 0.90), and the
@@ -132,7 +135,8 @@ class StepTimer(L.Callback):
 
 
 def end_to_end(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, str, int]:
-    """Images per second of ``trainer.fit`` (training loop only), the image source, the batches timed."""
+    """Images per second of ``trainer.fit`` (training loop only), the image source (and how the loader ran),
+    the batches timed."""
     datamodule = hydra.utils.instantiate(cfg.data)
     # no LR scheduler: a plateau scheduler would wait for the validation metric of the skipped validation
     model = hydra.utils.instantiate(cfg.model, scheduler=None, _recursive_=False)
@@ -155,7 +159,13 @@ def end_to_end(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, str, in
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=datamodule)
-    source = type(datamodule.datasets["train"].source).__name__
+    loader = trainer.train_dataloader
+    images = next(iter(loader))["image"]  # a batch as the loader hands it over, before the copy
+    source = (
+        f"{type(datamodule.datasets['train'].source).__name__}; {loader.num_workers} loader workers, "
+        f"pin_memory {loader.pin_memory}, {images.nbytes / len(images):,.0f} bytes/image to the device "
+        f"({str(images.dtype).replace('torch.', '')})"
+    )
     if timer.images == 0 or timer.seconds <= 0:
         raise SystemExit(
             f"the train split gave fewer than {warmup + steps} batches; lower --warmup/--steps or data.loader.batch_size"

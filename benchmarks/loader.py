@@ -11,9 +11,12 @@ requests concurrently, each after a modelled latency (``--latency-ms``, default 
 (c) pneumo cache build (``prepare_data``, the first epoch with ``data.cache.enabled=true``), decoding in
     ``--workers`` processes with ``--concurrency`` requests in flight each, then
 (d) pneumo from cache: an epoch from the memory-mapped uint8 cache, ``num_workers=0``;
-(e) MONAI's ``PersistentDataset`` in place of (c)+(d) (one ``torch.save`` file per image), for comparison.
+(e) MONAI's ``PersistentDataset`` in place of (c)+(d) (one ``torch.save`` file per image), for comparison;
+(f) the data module's path since issue 27: whole uint8 batches from the cache (``UInt8Batches``), finished per
+    batch as ``on_after_batch_transfer`` does (on the CPU here): scaled only, and scaled + augmented (the
+    ``data=nih`` augmentation); and the bytes per image that cross to the device.
 
-(a) and (d) run in one process with ``torch.set_num_threads(1)``: their images/s are per core. A last part
+(a), (d), (e)'s read and (f) run in one process with ``torch.set_num_threads(1)``: their images/s are per core. A last part
 measures the peak RSS of a process reading a cached epoch of ``--rss-images`` images at 224 px (the cache
 array is written directly from the resized benchmark images, tiled, instead of being built from PNGs).
 
@@ -29,6 +32,7 @@ Usage::
     python benchmarks/loader.py                      # ~3-5 minutes on 2 cores
     python benchmarks/loader.py --images 128 --rss-images 2000 --seed-images 32   # a quick look
     python benchmarks/loader.py --decode-only --decode-folder DIR_OF_PNGS   # decode cost only (~1 minute)
+    python benchmarks/loader.py --reads-only         # cache build and the reads (d), (e), (f) only (~1 minute)
 """
 
 from __future__ import annotations
@@ -243,16 +247,52 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def throughput(loader: DataLoader, limit: int | None = None) -> dict:
-    """Images/s over a whole pass (worker start-up and the first batch included), CPU seconds of this process."""
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    for batch in loader:
-        n += len(batch["label"])
-        assert batch["image"].shape[-2:] == (224, 224)
-        if limit is not None and n >= limit:
-            break
+def throughput(loader: DataLoader, limit: int | None = None, epochs: int = 1, finish=None) -> dict:
+    """Images/s over ``epochs`` whole passes (worker start-up and the first batch included), CPU seconds of
+    this process; ``finish(batch, k)`` is applied to the ``k``-th batch (the per-batch step) and timed with it."""
+    n, k, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
+    for _ in range(epochs):
+        for raw in loader:
+            batch = raw if finish is None else finish(raw, k)
+            assert finish is None or batch["image"].dtype == torch.float32
+            n, k = n + len(batch["label"]), k + 1
+            assert batch["image"].shape[-2:] == (224, 224)
+            if limit is not None and n >= limit:
+                break
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"images": n, "seconds": round(wall, 2), "img_per_s": round(n / wall, 1), "cpu_s": round(cpu, 2)}
+
+
+#: The train augmentation of ``conf/data/nih.yaml`` (224 px), which (d') and (d'') use.
+NIH_AUGMENT = {"enabled": True, "prob": 0.5, "rotate_degrees": 7, "scale": 0.1, "translate": 0.05}
+
+
+def cached_batches(cache, index, names: list[str], epochs: int) -> dict:
+    """(f) The data module's path from the cache: whole uint8 batches (``UInt8Batches``, shuffled, one process,
+    one thread), finished per batch as ``on_after_batch_transfer`` does (here on the CPU): scaled only, and
+    scaled + augmented; and the bytes per image that would cross to the device, uint8 and float32."""
+    from pneumo.data.dataset import NIHImageDataset, UInt8Batches, collated
+    from pneumo.images.batch import BatchTransform
+    from pneumo.images.preprocess import build_tensor_transforms
+
+    dataset = NIHImageDataset(index, cache.source(names), build_tensor_transforms(224))
+    loader = DataLoader(
+        UInt8Batches(dataset), batch_size=32, shuffle=True, num_workers=0, collate_fn=collated
+    )
+    plain, augmented = BatchTransform(224), BatchTransform(224, NIH_AUGMENT)
+    out = {
+        "read_scaled": throughput(
+            loader, epochs=epochs, finish=lambda b, k: {**b, "image": plain(b["image"])}
+        ),
+        "read_augmented": throughput(
+            loader, epochs=epochs, finish=lambda b, k: {**b, "image": augmented(b["image"], seed=k)}
+        ),
+        "read_uint8_only": throughput(loader, epochs=epochs),
+    }
+    batch = next(iter(loader))
+    per_image = batch["image"].nbytes / len(batch["label"])
+    out["bytes_to_device_per_image"] = {"uint8": int(per_image), "float32_before": int(per_image * 4)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- rss
@@ -261,11 +301,11 @@ import json, resource, sys, time
 import numpy as np, pandas as pd, torch
 from torch.utils.data import DataLoader
 from pneumo.data.cache import ImageCache
-from pneumo.data.dataset import NIHImageDataset
+from pneumo.data.dataset import NIHImageDataset, UInt8Batches, collated
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.images.preprocess import build_tensor_transforms
 torch.set_num_threads(1)
-cache_dir, n, release = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+cache_dir, n, release, batches = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "batches"
 names = [f"{i + 1:08d}_000.png" for i in range(n)]
 cache = ImageCache(cache_dir, "gs://nih-bench/png", names, 224)
 raw = pd.DataFrame({"Image Index": names, "Finding Labels": "No Finding", "Follow-up #": "0",
@@ -281,13 +321,16 @@ def rss_mb():
     return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
 before = rss_mb()
 t0, seen = time.perf_counter(), 0
-for batch in DataLoader(ds, batch_size=64, shuffle=True, num_workers=0):
+loader = (DataLoader(UInt8Batches(ds), batch_size=64, shuffle=True, num_workers=0, collate_fn=collated) if batches
+          else DataLoader(ds, batch_size=64, shuffle=True, num_workers=0))
+for batch in loader:
     seen += len(batch["label"])
 wall = time.perf_counter() - t0
 after = rss_mb()
 print(json.dumps({"images": seen, "img_per_s": round(seen / wall, 1), "rss_before_mb": round(before["VmRSS"]),
                   "peak_rss_mb": round(after["VmHWM"]), "rss_file_end_mb": round(after["RssFile"]),
-                  "rss_anon_end_mb": round(after["RssAnon"]), "release_pages": release}))
+                  "rss_anon_end_mb": round(after["RssAnon"]), "release_pages": release,
+                  "path": "uint8 batches (preadv)" if batches else "items (memory map)"}))
 """
 
 
@@ -310,9 +353,17 @@ def write_rss_cache(cache_dir: Path, n: int, tiles: np.ndarray) -> None:
     cache._finish(status, fetched=0, seconds=0.0)
 
 
-def measure_rss(cache_dir: Path, n: int, release: bool) -> dict:
+def measure_rss(cache_dir: Path, n: int, release: bool, batches: bool = False) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", RSS_SCRIPT, str(cache_dir), str(n), "1" if release else "0"],
+        [
+            sys.executable,
+            "-c",
+            RSS_SCRIPT,
+            str(cache_dir),
+            str(n),
+            "1" if release else "0",
+            "batches" if batches else "items",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -321,6 +372,32 @@ def measure_rss(cache_dir: Path, n: int, release: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def remote_loaders(results: dict, emulator, storage, index, names: list[str], args) -> None:
+    """(a) the seed-style loader and (b) pneumo streaming, both from the emulator (figures into ``results``)."""
+    from pneumo.data.dataset import NIHImageDataset, StreamingSource
+    from pneumo.images.preprocess import build_tensor_transforms
+    from pneumo.io.store import ImageStore
+
+    eval_tf = build_tensor_transforms(224)
+    # (a) seed-style, one process, one request at a time
+    seed = SeedStyleDataset(emulator.endpoint, names, index.pneumonia, 224)
+    server_cpu = emulator.cpu_seconds()
+    results["seed_style"] = throughput(DataLoader(seed, batch_size=16, num_workers=0), limit=args.seed_images)
+    results["seed_style"]["server_cpu_s"] = round(emulator.cpu_seconds() - server_cpu, 2)
+    print("seed-style:", results["seed_style"], flush=True)
+
+    # (b) pneumo streaming: concurrent fetch per batch, in worker processes
+    torch.set_num_threads(1)
+    store = ImageStore.from_settings(storage, f"gs://{BUCKET}/png")
+    stream_ds = NIHImageDataset(index, StreamingSource(store, index.images, 224), eval_tf)
+    loader = DataLoader(stream_ds, batch_size=32, num_workers=args.workers, persistent_workers=False)
+    server_cpu, workers_cpu = emulator.cpu_seconds(), children_cpu_seconds()
+    results["streaming"] = throughput(loader)
+    results["streaming"]["server_cpu_s"] = round(emulator.cpu_seconds() - server_cpu, 2)
+    results["streaming"]["workers_cpu_s"] = round(children_cpu_seconds() - workers_cpu, 2)  # incl. warm-up
+    print("streaming:", results["streaming"], flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="images in the benchmark bucket")
@@ -339,10 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-folder", help="a folder of PNGs whose DICOM decode cost is measured too")
     parser.add_argument("--decode-repeats", type=int, default=5, help="timed decodes of each file")
     parser.add_argument("--decode-only", action="store_true", help="measure the decode cost only")
+    parser.add_argument(
+        "--reads-only",
+        action="store_true",
+        help="only the cache build and the reads (d), (f) and (e): no decode costs, (a), (b) or RSS test",
+    )
     args = parser.parse_args(argv)
 
     from pneumo.data.cache import ImageCache
-    from pneumo.data.dataset import NIHImageDataset, StreamingSource
+    from pneumo.data.dataset import NIHImageDataset
     from pneumo.images.preprocess import build_tensor_transforms
     from pneumo.io.storage import StorageSettings
     from pneumo.io.store import ImageStore
@@ -359,12 +441,16 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         results["data"] = write_benchmark_set(tmp / "set", args.images, args.distinct, args.noise)
         torch.set_num_threads(1)
-        results["decode"] = {
-            "synthetic_1024": decode_costs(
-                sorted((tmp / "set" / "distinct" / "images").glob("*.png")), args.decode_repeats
-            )
-        }
-        print("decode cost, synthetic:", results["decode"]["synthetic_1024"], flush=True)
+        results["decode"] = (
+            {}
+            if args.reads_only
+            else {
+                "synthetic_1024": decode_costs(
+                    sorted((tmp / "set" / "distinct" / "images").glob("*.png")), args.decode_repeats
+                )
+            }
+        )
+        print("decode cost, synthetic:", results["decode"].get("synthetic_1024"), flush=True)
         if args.decode_folder:
             folder = sorted(Path(args.decode_folder).glob("*.png"))
             if not folder:
@@ -395,27 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_tf = build_tensor_transforms(224)
         torch.set_num_threads(1)
 
-        # (a) seed-style, one process, one request at a time
-        seed = SeedStyleDataset(emulator.endpoint, names, index.pneumonia, 224)
-        server_cpu = emulator.cpu_seconds()
-        results["seed_style"] = throughput(
-            DataLoader(seed, batch_size=16, num_workers=0), limit=args.seed_images
-        )
-        results["seed_style"]["server_cpu_s"] = round(emulator.cpu_seconds() - server_cpu, 2)
-        print("seed-style:", results["seed_style"], flush=True)
-
-        # (b) pneumo streaming: concurrent fetch per batch, in worker processes
-        torch.set_num_threads(1)
-        store = ImageStore.from_settings(storage, f"gs://{BUCKET}/png")
-        stream_ds = NIHImageDataset(index, StreamingSource(store, index.images, 224), eval_tf)
-        loader = DataLoader(stream_ds, batch_size=32, num_workers=args.workers, persistent_workers=False)
-        server_cpu, workers_cpu = emulator.cpu_seconds(), children_cpu_seconds()
-        results["streaming"] = throughput(loader)
-        results["streaming"]["server_cpu_s"] = round(emulator.cpu_seconds() - server_cpu, 2)
-        results["streaming"]["workers_cpu_s"] = round(
-            children_cpu_seconds() - workers_cpu, 2
-        )  # incl. warm-up
-        print("streaming:", results["streaming"], flush=True)
+        if not args.reads_only:
+            remote_loaders(results, emulator, storage, index, names, args)
 
         # (c) pneumo cache build = the first epoch with data.cache.enabled=true
         build_store = ImageStore.from_settings(storage, f"gs://{BUCKET}/png")
@@ -436,9 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         cached_ds = NIHImageDataset(index, cache.source(names), eval_tf)
         epochs = DataLoader(torch.utils.data.ConcatDataset([cached_ds] * 4), batch_size=32, num_workers=0)
         results["cached"] = throughput(epochs)
-        train_tf = build_tensor_transforms(
-            224, {"enabled": True, "prob": 0.5, "rotate_degrees": 7, "scale": 0.1, "translate": 0.05}
-        )
+        train_tf = build_tensor_transforms(224, NIH_AUGMENT)
         aug_ds = NIHImageDataset(index, cache.source(names), train_tf)
         results["cached_train_aug"] = throughput(
             DataLoader(aug_ds, batch_size=32, num_workers=0, shuffle=True)
@@ -446,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "cached:", results["cached"], "with train augmentation:", results["cached_train_aug"], flush=True
         )
+
+        # (f) the data module's path now: uint8 batches, per-batch scaling / augmentation (issue 27)
+        results["cached_batches"] = cached_batches(cache, index, names, epochs=4)
+        print("cached uint8 batches:", results["cached_batches"], flush=True)
 
         # (e) the MONAI alternative to (c)+(d): PersistentDataset, one torch.save file per image
         results["monai_persistent"] = monai_persistent(
@@ -459,32 +528,49 @@ def main(argv: list[str] | None = None) -> int:
         emulator = None
 
         # RSS of a cached epoch over --rss-images images (cache written directly, tiled)
+        if args.reads_only:
+            return finish(results, args)
         tiles = cache.open()[: args.distinct]
         t = time.perf_counter()
         write_rss_cache(tmp / "rss", args.rss_images, np.asarray(tiles))
         results["rss_cache_write_s"] = round(time.perf_counter() - t, 1)
         results["rss"] = measure_rss(tmp / "rss", args.rss_images, release=True)
         results["rss_without_page_release"] = measure_rss(tmp / "rss", args.rss_images, release=False)
+        results["rss_uint8_batches"] = measure_rss(tmp / "rss", args.rss_images, release=True, batches=True)
+        print("rss, uint8 batches:", results["rss_uint8_batches"])
         print("rss:", results["rss"], "\nrss without page release:", results["rss_without_page_release"])
     finally:
         if emulator is not None:
             emulator.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    seed_rate, seed_cpu = results["seed_style"]["img_per_s"], results["seed_style"]["cpu_s"]
-    results["ratios"] = {
-        "cached_vs_monai_persistent_read": round(
-            results["cached"]["img_per_s"] / results["monai_persistent"]["read"]["img_per_s"], 1
+    return finish(results, args)
+
+
+def finish(results: dict, args: argparse.Namespace) -> int:
+    """Add the ratios of the parts that ran, print the figures as JSON (and write them to ``--json``)."""
+    batches, monai_read = results["cached_batches"], results["monai_persistent"]["read"]["img_per_s"]
+    ratios = {
+        "cached_vs_monai_persistent_read": round(results["cached"]["img_per_s"] / monai_read, 2),
+        "cached_batches_vs_monai_persistent_read": round(batches["read_scaled"]["img_per_s"] / monai_read, 2),
+        "cached_batches_augmented_vs_per_item_augmented": round(
+            batches["read_augmented"]["img_per_s"] / results["cached_train_aug"]["img_per_s"], 2
         ),
-        "cached_vs_seed_per_core": round(results["cached"]["img_per_s"] / seed_rate, 1),
-        "cached_vs_seed_per_cpu_second": round(
-            (results["cached"]["images"] / results["cached"]["cpu_s"])
-            / (results["seed_style"]["images"] / seed_cpu),
-            1,
-        ),
-        "streaming_vs_seed": round(results["streaming"]["img_per_s"] / seed_rate, 1),
-        "cache_build_vs_seed": round(results["cache_build"]["img_per_s"] / seed_rate, 1),
+        "cached_batches_augmented_vs_678": round(batches["read_augmented"]["img_per_s"] / 678, 2),
     }
+    if "seed_style" in results:
+        seed_rate, seed_cpu = results["seed_style"]["img_per_s"], results["seed_style"]["cpu_s"]
+        ratios.update({
+            "cached_vs_seed_per_core": round(results["cached"]["img_per_s"] / seed_rate, 1),
+            "cached_vs_seed_per_cpu_second": round(
+                (results["cached"]["images"] / results["cached"]["cpu_s"])
+                / (results["seed_style"]["images"] / seed_cpu),
+                1,
+            ),
+            "streaming_vs_seed": round(results["streaming"]["img_per_s"] / seed_rate, 1),
+            "cache_build_vs_seed": round(results["cache_build"]["img_per_s"] / seed_rate, 1),
+        })  # fmt: skip
+    results["ratios"] = ratios
     results["load_average_end"] = os.getloadavg()
     results["peak_rss_this_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(results, indent=2))
