@@ -139,9 +139,9 @@ def affine_theta(
     ``scale`` on the row axis; converted to ``grid_sample``'s normalised (x, y) coordinates.
 
     Example:
-        >>> affine_theta(torch.zeros(1), torch.zeros(1), torch.ones(1), (8, 8))[0]
-        tensor([[1., 0., 0.],
-                [0., 1., 0.]], dtype=torch.float64)
+        >>> theta = affine_theta(torch.tensor([math.pi / 2]), torch.zeros(1), torch.ones(1), (8, 8))
+        >>> (theta[0].round(decimals=6) + 0.0).tolist()  # a quarter turn
+        [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
     """
     height, width = int(size[0]), int(size[1])
     cos, sin = torch.cos(angle), torch.sin(angle)
