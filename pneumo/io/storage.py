@@ -212,9 +212,11 @@ def protect_output() -> None:
 
     Idempotent; called first thing by every command (before Hydra prints anything) and whenever
     ``StorageSettings`` are made (then the handlers Hydra added since are covered too). The value of
-    ``$PNEUMO_GCS_TOKEN`` is registered as a secret.
+    ``$PNEUMO_GCS_TOKEN`` and the values of credential-looking overrides in ``sys.argv``
+    (``register_override_secrets``) are registered as secrets.
     """
     register_secret(os.environ.get(TOKEN_ENV))
+    register_override_secrets(sys.argv[1:])
     for name in (None, *list(logging.Logger.manager.loggerDict)):
         logger = logging.getLogger(name)
         for handler in getattr(logger, "handlers", []):
@@ -226,9 +228,113 @@ def protect_output() -> None:
             setattr(sys, name, ScrubbingStream(stream))
 
 
+def is_secret_value(key: str, value: Any) -> bool:
+    """Whether ``value``, found under config key ``key``, is a credential to keep out of every file and message:
+    a non-empty string under a secret-looking key (``token``, ``*_secret``, ``password``, ...) that is neither
+    a credential method (``anon``, ``google_default``, ...) nor the path of an existing key file.
+
+    Example:
+        >>> is_secret_value("data.storage.options.token", "ya29.abc"), is_secret_value("token", "anon")
+        (True, False)
+    """
+    if not key or not _SECRET_KEY.search(str(key)) or not isinstance(value, str):
+        return False
+    text = value.strip().strip("'\"")
+    if text.lower() in ("", "null", "none", "true", "false", "???") or text in TOKEN_METHODS:
+        return False
+    return not os.path.isfile(os.path.expanduser(text))  # a key file's path is not the key
+
+
+def register_override_secrets(args: Any) -> list[str]:
+    """Register the values of command-line overrides whose key looks like a credential
+    (``+data.storage.options.token=ya29...``, ``+logger.x.api_key=...``) as secrets; returns them.
+
+    Called by ``protect_output`` with ``sys.argv``, before Hydra reads the overrides: whatever quotes them
+    afterwards (Hydra's errors, its saved ``.hydra/*.yaml``, logs) is scrubbed.
+
+    Example:
+        >>> register_override_secrets(["trainer.max_epochs=1", "+data.storage.options.token=opaque-1234"])
+        ['opaque-1234']
+    """
+    found = []
+    for arg in args or ():
+        key, sep, value = str(arg).partition("=")
+        if sep and is_secret_value(key.lstrip("+~"), value):
+            found.append(value.strip().strip("'\""))
+            register_secret(found[-1])
+    return found
+
+
+def register_config_secrets(tree: Any, key: str = "") -> list[str]:
+    """Register every credential of a plain config tree (``is_secret_value``), and the values of
+    ``key=value`` override strings under secret-looking keys (Hydra's ``hydra.overrides.task``); returns them.
+
+    Example:
+        >>> register_config_secrets({"notes": {"api_key": "k-0123456789"}, "hydra": {"x": ["a.token=t-0123456789"]}})
+        ['k-0123456789', 't-0123456789']
+    """
+    found: list[str] = []
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            found += register_config_secrets(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            found += register_override_secrets([v]) if isinstance(v, str) and "=" in v else []
+            found += register_config_secrets(v, key) if not isinstance(v, str) else []
+    elif is_secret_value(key, tree):
+        found.append(str(tree).strip())
+        register_secret(found[-1])
+    return found
+
+
+def scrub_file(path: str | os.PathLike) -> bool:
+    """Rewrite a text file without credentials (``scrub``); returns whether it held any. Binary files (a NUL
+    byte, or not UTF-8) are left as they are: the writers of checkpoints and event files redact at source.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "overrides.yaml"
+        >>> _ = f.write_text("- +token=ya29.abcdef\\n")
+        >>> scrub_file(f), f.read_text()
+        (True, '- +token=***\\n')
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if "\0" in text:
+        return False
+    clean = scrub(text)
+    if clean == text:
+        return False
+    # In place, not a renamed copy: a log handler may hold the file open and goes on appending to it.
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(clean)
+    return True
+
+
+def scrub_folder(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """``scrub_file`` on every file of ``folder`` (and below it, unless not ``recursive``); returns the files
+    that held credentials (none when ``folder`` does not exist)."""
+    changed: list[str] = []
+    if not os.path.isdir(folder):
+        return changed
+    for here, dirs, files in os.walk(os.fspath(folder)):
+        for name in sorted(files):
+            path = os.path.join(here, name)
+            if not os.path.islink(path) and scrub_file(path):
+                changed.append(path)
+        if not recursive:
+            dirs.clear()
+    return changed
+
+
 def _scrub_saved_config(secret: str) -> str:
-    """Replace ``secret`` in the config files Hydra saved for this run (``.hydra/*.yaml``, written before any
-    pneumo code runs); returns their folder, or ``""`` when there is none or nothing held it."""
+    """Scrub ``secret`` (registered) from the config files Hydra saved for this run (``.hydra/*.yaml``,
+    written before any pneumo code runs); returns their folder, or ``""`` when there is none or nothing held it."""
+    register_secret(secret)
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -238,16 +344,7 @@ def _scrub_saved_config(secret: str) -> str:
         folder = os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir or ".hydra")
     except Exception:  # noqa: BLE001 - no Hydra run: nothing was saved
         return ""
-    changed = False
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name)
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-        if secret in text:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text.replace(secret, REDACTED))
-            changed = True
-    return folder if changed else ""
+    return folder if scrub_folder(folder, recursive=False) else ""
 
 
 def check_io_limits(**io_limits: float) -> dict:
