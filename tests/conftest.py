@@ -131,3 +131,39 @@ def nih_bucket(gcs_emulator, demo_root: Path) -> str:
         em.upload_nih_layout(demo_root, NIH_BUCKET)
     em.requests.clear()
     return NIH_BUCKET
+
+
+# ---------------------------------------------------------------- BigQuery emulator (issue 24: bq:// sources)
+@pytest.fixture(scope="session")
+def bigquery_emulator():
+    """``bqemulator`` as a subprocess on 127.0.0.1 (random ports), from its own environment (.bqemu-venv,
+    made by .ci/run); ``$BIGQUERY_EMULATOR_HOST`` points at it for the session (child processes inherit it).
+    Skips with the install line when the environment or google-cloud-bigquery is missing."""
+    import os
+
+    pytest.importorskip("google.cloud.bigquery", reason='pip install "pneumo[bigquery]"')
+    from pneumo.testing.bigquery_emulator import BigQueryEmulator, EmulatorUnavailable, emulator_python
+
+    try:
+        emulator_python()
+    except EmulatorUnavailable as err:
+        pytest.skip(str(err))
+    em = BigQueryEmulator(project="test").start()
+    old = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    os.environ["BIGQUERY_EMULATOR_HOST"] = em.endpoint
+    yield em
+    if old is None:
+        os.environ.pop("BIGQUERY_EMULATOR_HOST", None)
+    else:
+        os.environ["BIGQUERY_EMULATOR_HOST"] = old
+    em.stop()
+
+
+@pytest.fixture(scope="session")
+def bq_demo(bigquery_emulator, demo_root: Path) -> str:
+    """Dataset ``test.nih`` holding the tiny demo set, uploaded by pneumo's own command code once per
+    session; returns ``"test.nih"``."""
+    from pneumo.data.bigquery import upload
+
+    upload("test.nih", str(demo_root))
+    return "test.nih"

@@ -1,7 +1,7 @@
 """``NIHDataModule``: NIH ChestX-ray14 (or the synthetic demo in the same layout) as Lightning data loaders.
 
 The demo set and the real data take the same code path; only the URLs differ (``conf/data/demo.yaml``,
-``conf/data/nih.yaml``). Its settings come in four groups (``pneumo.data.settings``: ``split``, ``images``,
+``conf/data/nih.yaml``). Its settings come in groups (``pneumo.data.settings``: ``split``, ``images``,
 ``loader``, ``cache``) beside the flat locations. With ``cache.enabled`` (the default in both configs)
 ``prepare_data`` fetches, decodes and resizes every indexed image once into a memory-mapped uint8 cache
 (``pneumo.data.cache``) and the loaders read only that; otherwise every item is streamed from the image store
@@ -37,10 +37,19 @@ from monai.data.utils import set_rnd
 from torch.utils.data import DataLoader
 
 from pneumo.config import to_plain
+from pneumo.data.bigquery import (
+    Cohort,
+    check_table_url,
+    read_table_index,
+    read_table_list,
+    require_bigquery,
+    select_cohort,
+)
 from pneumo.data.cache import BAD, CACHED, MISSING, CachedSource, ImageCache
 from pneumo.data.dataset import NIHImageDataset, StreamingSource, UInt8Batches, collated
 from pneumo.data.settings import (
     CacheSettings,
+    CohortSettings,
     ImageSettings,
     LoaderSettings,
     SplitSettings,
@@ -90,9 +99,10 @@ class NIHDataModule(L.LightningDataModule):
     Args:
         images_url: folder or fsspec URL holding the images named by ``Image Index`` (``gs://bucket/png``),
             PNG, JPEG or DICOM (``gs://bucket/dicom`` with ``images.suffix=".dcm"``).
-        labels_url: NIH ``Data_Entry_2017*.csv`` (path or URL, plain or ``.gz``).
-        split_lists: ``{"train_val": URL, "test": URL}`` (NIH's official lists) or ``None`` for a seeded
-            patient-grouped split.
+        labels_url: NIH ``Data_Entry_2017*.csv`` (path or URL, plain or ``.gz``), or a BigQuery table in NIH's
+            layout, ``bq://PROJECT.DATASET.TABLE`` (``pneumo.data.bigquery``).
+        split_lists: ``{"train_val": URL, "test": URL}`` (NIH's official lists; files or ``bq://`` tables with
+            a column ``image_index``) or ``None`` for a seeded patient-grouped split.
         bbox_url: ``BBox_List_2017.csv`` (for Grad-CAM localization), optional.
         synthetic: parameters of ``pneumo.synthetic.demo`` plus ``root``: generate the demo set there
             once (in ``prepare_data``); ``None`` for real data.
@@ -103,6 +113,8 @@ class NIHDataModule(L.LightningDataModule):
             (``ImageSettings`` or its mapping).
         loader: ``DataLoader`` batch size, workers, pinned memory (``LoaderSettings`` or its mapping).
         cache: the local uint8 image cache (``CacheSettings`` or its mapping: enabled, dir, progress).
+        cohort: a BigQuery query restricting the index before the split (``CohortSettings`` or its mapping:
+            query, params, maximum_bytes_billed).
     """
 
     def __init__(  # noqa: PLR0913 - one argument per key of conf/data/*.yaml: 6 locations, 4 settings groups
@@ -117,15 +129,19 @@ class NIHDataModule(L.LightningDataModule):
         images: ImageSettings | Mapping | None = None,
         loader: LoaderSettings | Mapping | None = None,
         cache: CacheSettings | Mapping | None = None,
+        cohort: CohortSettings | Mapping | None = None,
     ) -> None:
         super().__init__()
         groups = group_settings(
             {"split_lists": to_plain(split_lists), "split": split, "images": images, "loader": loader,
-             "cache": cache}
+             "cache": cache, "cohort": cohort}
         )  # fmt: skip
         self.split_settings: SplitSettings = groups["split"]
         self.image_settings: ImageSettings = groups["images"]
         self.loader_settings: LoaderSettings = groups["loader"]
+        self.cohort_settings: CohortSettings = groups["cohort"]
+        if self.cohort_settings.query:
+            require_bigquery("data.cohort.query")
         cache_dir = groups["cache"].dir
         self.cache_settings: CacheSettings = dataclasses.replace(
             groups["cache"], dir=absolute_location(cache_dir) if cache_dir else None
@@ -144,6 +160,10 @@ class NIHDataModule(L.LightningDataModule):
         # Saved in checkpoints so explain/eval rebuild the same data and preprocessing; credentials stay out.
         self.save_hyperparameters(self.saved_settings())
         self.index: NIHLabelIndex | None = None
+        #: What the cohort query returned (``pneumo.data.bigquery.Cohort``), and how each bq:// table read
+        #: looked (``{url: {"modified", "rows", "sha256"}}``) for the model card.
+        self.cohort: Cohort | None = None
+        self.tables: dict[str, dict[str, Any]] = {}
         self.split: PatientSplit | None = None
         self.image_cache: ImageCache | None = None
         self.skipped: dict[str, list[str]] = {"missing": [], "bad image": []}
@@ -169,6 +189,12 @@ class NIHDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.split_lists must have keys train_val and test, got {sorted(split_lists)}"
             )
+        for key, url in (
+            ("data.labels_url", labels_url),
+            *((f"data.split_lists.{k}", v) for k, v in (split_lists or {}).items()),
+        ):
+            if str(url).startswith("bq://"):
+                check_table_url(str(url), key)  # a malformed URL or a missing extra: now, not after the cache
         self.images_url = absolute_location(images_url)
         self.labels_url = absolute_location(relocated(labels_url))
         self.split_lists = (
@@ -193,6 +219,7 @@ class NIHDataModule(L.LightningDataModule):
             "images": as_config(self.image_settings),
             "loader": as_config(self.loader_settings),
             "cache": as_config(self.cache_settings),
+            "cohort": as_config(self.cohort_settings),
         }
 
     # ------------------------------------------------------------------ storage
@@ -368,12 +395,25 @@ class NIHDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ inputs
     def _read_index(self) -> NIHLabelIndex:
-        """The label index, read once per process (``prepare_data`` and ``setup`` both need it)."""
+        """The label index (restricted to the cohort, when a query chooses one), read once per process
+        (``prepare_data`` and ``setup`` both need it)."""
         if self.index is not None:
             return self.index
         # One small request per storage endpoint first: an unreachable one fails in seconds, in one line.
         for url in (self.images_url, self.labels_url, *(self.split_lists or {}).values()):
             self.storage.probe(url)
+        views = self.split_settings.views
+        if self.labels_url.startswith("bq://"):
+            index, self.tables[self.labels_url] = read_table_index(self.labels_url, self.storage, views)
+        else:
+            index = self._read_csv_index(views)
+        if self.cohort_settings.query:
+            self.cohort = select_cohort(index, self.cohort_settings, self.storage, self.labels_url)
+            index = index.subset(self.cohort.images_in_index)
+        self.index = index
+        return index
+
+    def _read_csv_index(self, views: list[str] | None) -> NIHLabelIndex:
         options = self.storage.options_for(self.labels_url)
         with _explained(self.labels_url):
             exists = location_exists(self.labels_url, options, self.storage.io)
@@ -382,12 +422,12 @@ class NIHDataModule(L.LightningDataModule):
                 f"label file {redact_url(self.labels_url)} does not exist. {self._how_to_get_data()}"
             )
         with _explained(self.labels_url):
-            self.index = NIHLabelIndex.from_csv(
-                self.labels_url, options, views=self.split_settings.views, io=self.storage.io
-            )
-        return self.index
+            return NIHLabelIndex.from_csv(self.labels_url, options, views=views, io=self.storage.io)
 
     def _read_list(self, url: str) -> list[str]:
+        if url.startswith("bq://"):
+            names, self.tables[url] = read_table_list(url, self.storage)
+            return names
         with _explained(url):
             return read_image_list(url, self.storage.options_for(url), self.storage.io)
 

@@ -9,7 +9,9 @@ The locations stay flat at ``data.`` (``images_url``, ``labels_url``, ``split_li
   ``suffix``, ``dicom_voi``, ``augment``, and what a missing or unusable one does (``on_missing``,
   ``on_bad_image``: with or without the cache);
 - ``data.loader`` (``LoaderSettings``): ``batch_size``, ``num_workers``, ``pin_memory`` (both may be ``auto``);
-- ``data.cache`` (``CacheSettings``): the local uint8 image cache: ``enabled``, ``dir``, ``progress``.
+- ``data.cache`` (``CacheSettings``): the local uint8 image cache: ``enabled``, ``dir``, ``progress``;
+- ``data.cohort`` (``CohortSettings``): a BigQuery query choosing the images (``query``, ``params``,
+  ``maximum_bytes_billed``; ``pneumo.data.bigquery``).
 
 ``MOVED`` maps every key of the flat layout (before issue 21) to its new place: ``grouped`` rebuilds a
 checkpoint saved with the flat layout, and a run given an old key is told where it went.
@@ -212,12 +214,40 @@ class CacheSettings:
             )
 
 
+@dataclass
+class CohortSettings:
+    """``data.cohort``: restrict the label index to the images a BigQuery query returns (before the split).
+
+    Attributes:
+        query: Standard SQL returning a column ``image_index`` (``null``: no cohort); values come in as query
+            parameters (``@name``), never by string formatting.
+        params: the query parameters, ``{name: value}`` (strings, numbers, booleans or lists of one type).
+        maximum_bytes_billed: refuse the query when its dry run estimates more bytes (and pass the limit to
+            the job); ``null`` = no limit.
+    """
+
+    query: str | None = None
+    params: dict[str, Any] | None = None
+    maximum_bytes_billed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.query = str(self.query).strip() or None if self.query is not None else None
+        self.params = dict(to_plain(self.params) or {})
+        if self.params and not self.query:
+            raise ConfigError("data.cohort.params are set but data.cohort.query is not: give the query")
+        if self.maximum_bytes_billed is not None:
+            self.maximum_bytes_billed = int(
+                checked_number(self.maximum_bytes_billed, "data.cohort.maximum_bytes_billed", int, 1)
+            )
+
+
 #: The groups: ``NIHDataModule``'s argument (and ``data.<name>`` key) -> its settings class.
 GROUPS: dict[str, type] = {
     "split": SplitSettings,
     "images": ImageSettings,
     "loader": LoaderSettings,
     "cache": CacheSettings,
+    "cohort": CohortSettings,
 }
 
 #: Every key of the flat ``data.`` layout (checkpoints and configs before issue 21) -> its place now.
@@ -274,7 +304,7 @@ def grouped(data: Mapping) -> dict[str, Any]:
 
 
 def group_settings(data: Mapping) -> dict[str, Any]:
-    """The four groups of a (grouped) data config, built and checked: ``{"split": SplitSettings, ...}``;
+    """The groups of a (grouped) data config, built and checked: ``{"split": SplitSettings, ...}``;
     a group absent from ``data`` takes its defaults, a key that is not a setting is a ``ConfigError``
     naming ``data.<group>.<key>``. The fractions must leave train patients when there are no split lists.
     """

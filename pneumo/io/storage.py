@@ -505,7 +505,13 @@ class StorageSettings:
 
     # ------------------------------------------------------------------ probe
     def endpoint_of(self, url: str) -> str | None:
-        """The HTTP endpoint serving ``url`` (``gs://`` only; ``None`` for local paths and other protocols)."""
+        """The HTTP endpoint serving ``url`` (``gs://`` and ``bq://``; ``None`` for local paths and other
+        protocols)."""
+        if str(url).startswith("bq://"):  # BigQuery: its emulator ($BIGQUERY_EMULATOR_HOST) or the service
+            host = os.environ.get("BIGQUERY_EMULATOR_HOST", "").strip()
+            if not host:
+                return "https://bigquery.googleapis.com"
+            return host if host.startswith(("http://", "https://")) else f"http://{host}"
         if not _is_gcs(url):
             return None
         endpoint = self.options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST", "")
@@ -531,7 +537,11 @@ class StorageSettings:
         port = parts.port or (443 if https else 80)
         timeout = min(self.io["request_timeout_s"], 10.0)
         where = f"storage endpoint {endpoint} (for {redact_url(url)})"
-        fix = "check the network, $STORAGE_EMULATOR_HOST or data.storage.options.endpoint_url"
+        fix = (
+            "check the network or $BIGQUERY_EMULATOR_HOST"
+            if str(url).startswith("bq://")
+            else "check the network, $STORAGE_EMULATOR_HOST or data.storage.options.endpoint_url"
+        )
         try:
             socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as err:

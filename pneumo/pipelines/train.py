@@ -256,5 +256,8 @@ def write_card(
         model.model_card = card  # type: ignore[assignment]
     if card is not None:
         log.info("model card: %s", write_model_card(card, report, cfg.paths.output_dir))
+    cohort = getattr(datamodule, "cohort", None)
+    if cohort is not None:  # the images a data.cohort.query chose, so the cohort can be re-created
+        log.info("cohort: %s", cohort.write_csv(cfg.paths.output_dir))
     if report is not None and cfg.get("train") and ckpt:  # the checkpoint this run wrote and tested
         record_test_results(ckpt, report)

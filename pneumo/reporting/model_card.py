@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import subprocess
 from collections.abc import Mapping
@@ -72,26 +73,32 @@ def data_fields(datamodule: Any) -> dict:
     index, split, split_settings = datamodule.index, datamodule.split, datamodule.split_settings
     parts = split.as_dict()
     split.check_disjoint(index)  # raises if a patient is in two splits: never a card that claims otherwise
-    counts = {}
+    counts: dict[str, dict[str, Any]] = {}
     for name, images in parts.items():
         sub = index.subset(images)
         counts[name] = {
             "images": len(images),
             "patients": int(sub.table["patient"].nunique()),
             "pneumonia": int(sub.pneumonia.sum()),
+            "sha256": image_list_sha256(images),
         }
-    used = sum(c["images"] for c in counts.values())
+    used = sum(int(c["images"]) for c in counts.values())
+    tables, cohort = dict(getattr(datamodule, "tables", None) or {}), getattr(datamodule, "cohort", None)
+
+    def digest(url: str) -> str | None:
+        # A bq:// table: the sha256 of its rows as read (sorted CSV); a file: of its bytes.
+        return tables[url]["sha256"] if url in tables else sha256_of(url, options(url), io=io)
+
     skipped = {kind: len(names) for kind, names in getattr(datamodule, "skipped", {}).items()}
     return {
         "labels": {
             "url": hp["labels_url"],
-            "sha256": sha256_of(datamodule.labels_url, options(datamodule.labels_url), io=io),
+            "sha256": digest(datamodule.labels_url),
+            **({"table": tables[datamodule.labels_url]} if datamodule.labels_url in tables else {}),
         },
-        "split_lists": {
-            name: {"url": lists[name], "sha256": sha256_of(url, options(url), io=io)}
-            for name, url in raw_lists.items()
-        }
+        "split_lists": {name: {"url": lists[name], "sha256": digest(url)} for name, url in raw_lists.items()}
         or None,
+        "cohort": cohort.record() if cohort is not None else None,
         "split_rule": (
             "official lists (patient-disjoint), validation carved from train_val by patient"
             if raw_lists
@@ -110,6 +117,18 @@ def data_fields(datamodule: Any) -> dict:
         "images_url": hp["images_url"],
         "synthetic": bool(hp.get("synthetic")),
     }
+
+
+def image_list_sha256(images: Any) -> str:
+    """sha256 of a split's image names, sorted, one per line: equal lists give equal digests, whatever the
+    label source (CSV, table) or order.
+
+    Example:
+        >>> image_list_sha256(["b.png", "a.png"]) == image_list_sha256(["a.png", "b.png"])
+        True
+    """
+    text = "\n".join(sorted(str(x) for x in images)) + "\n"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def initial_weights(model: Any) -> dict:
@@ -224,15 +243,42 @@ def _data_lines(data: Mapping) -> list[str]:
         ),
         _row("indexed images in no split", img["not_in_any_split"]),
         "",
+        *_cohort_lines(data.get("cohort")),
         "Patient-disjoint split (no patient in two splits; checked when this card was written):",
         "",
-        "| split | images | patients | pneumonia |",
-        "|---|---|---|---|",
+        "| split | images | patients | pneumonia | sha256 of the image list |",
+        "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} |" for n, c in data["splits"].items()
+        f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} | {c.get('sha256') or 'n/a'} |"
+        for n, c in data["splits"].items()
     ]
     return [*lines, ""]
+
+
+def _cohort_lines(cohort: Mapping | None) -> list[str]:
+    """The cohort query (``data.cohort``): its text, parameters, tables' last-modified times, rows."""
+    if not cohort:
+        return []
+    tables = ", ".join(f"`{t}` ({m or 'n/a'})" for t, m in (cohort.get("tables_modified") or {}).items())
+    return [
+        "Cohort (BigQuery; the images are in `cohort.csv` in the run folder):",
+        "",
+        "```sql",
+        str(cohort["query"]),
+        "```",
+        "",
+        "| field | value |",
+        "|---|---|",
+        _row("query parameters", f"`{cohort.get('params')}`"),
+        _row("tables read (last modified)", tables),
+        _row("rows returned", cohort.get("rows")),
+        _row("of them in the label index", cohort.get("images_in_index")),
+        _row("dry-run estimate, bytes", cohort.get("bytes_estimate")),
+        _row("maximum_bytes_billed", cohort.get("maximum_bytes_billed")),
+        _row("sha256 of the image list", cohort.get("sha256")),
+        "",
+    ]
 
 
 def _test_lines(report: Mapping) -> list[str]:
