@@ -201,6 +201,7 @@ def test_shipped_nih_tables_give_the_shipped_index_and_split(bigquery_emulator) 
     assert (
         rows["bq://test.nih_full.labels"] == 112_120
         and rows["bq://test.nih_full.adjudicated_google2019"] == 4_376
+        and rows["bq://test.nih_full.rsna_pneumonia"] == 30_123
     )
     storage = StorageSettings()
     table_index, _ = read_table_index("bq://test.nih_full.labels", storage)

@@ -243,12 +243,24 @@ LAYOUT = {
     "train_val_list": (("train_val_list.txt",), "NIH ChestX-ray14 official train+validation list"),
     "test_list": (("test_list.txt",), "NIH ChestX-ray14 official test list"),
 }
-#: The radiologists' references shipped with pneumo: table -> (shipped file, what it holds).
+RSNA_ATTRIBUTION = (
+    "Shih G, Wu CC, Halabi SS, et al. Augmenting the National Institutes of Health Chest Radiograph Dataset "
+    "with Expert Annotations of Possible Pneumonia. Radiology: Artificial Intelligence 2019;1(1):e180041. "
+    "Matched to NIH file names by torchxrayvision (Cohen JP et al., MIDL 2022; Apache-2.0)."
+)
+#: The radiologists' references shipped with pneumo: table -> (shipped file, what it holds, attribution).
 REFERENCES = {
     "adjudicated_google2019": (
         "google2019_nih-chest-xray-labels.csv.gz",
         "Radiologist-adjudicated labels of 4,376 NIH test images (Fracture, Pneumothorax, Airspace opacity, "
         "Nodule or mass; three radiologists each)",
+        ADJUDICATED_ATTRIBUTION,
+    ),
+    "rsna_pneumonia": (
+        "rsna_pneumonia_nih.csv.gz",
+        "RSNA Pneumonia Detection Challenge radiologist labels and lung-opacity boxes, keyed by NIH image (one "
+        "row per box; Target 1 = opacity)",
+        RSNA_ATTRIBUTION,
     ),
 }
 
@@ -290,9 +302,9 @@ def _frames_of(source: str | None, storage: StorageSettings) -> dict[str, tuple[
             raw = read_csv(url, options, io=io, dtype=str, keep_default_na=False, skipinitialspace=True)
             out[table] = (*(label_table(raw) if table == "labels" else box_table(raw)), about)
     if source is None:
-        for table, (name, what) in REFERENCES.items():
+        for table, (name, what, cite) in REFERENCES.items():
             raw = read_csv(shipped_path(name), dtype=str, keep_default_na=False)
-            out[table] = (*typed_table(raw), f"{what}. {ADJUDICATED_ATTRIBUTION} Images: {ATTRIBUTION}")
+            out[table] = (*typed_table(raw), f"{what}. {cite} Images: {ATTRIBUTION}")
     return out
 
 
