@@ -50,9 +50,9 @@ def checked_number(
     """
     bounds = []
     if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        bounds.append(f"{'>' if low_open else '>='} {_number(low)}")
     if high is not None:
-        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+        bounds.append(f"{'<' if high_open else '<='} {_number(high)}")
     what = ("a whole number" if kind is int else "a number") + (" " + " and ".join(bounds) if bounds else "")
     bad = ConfigError(f"{key}={value!r}: must be {what}")
     if isinstance(value, bool) or value is None:
@@ -68,6 +68,11 @@ def checked_number(
     if high is not None and (number > high or (high_open and number == high)):
         raise bad
     return int(number) if kind is int else number
+
+
+def _number(x: float) -> str:
+    """A bound as written: whole numbers in full (``4294967295``, not ``4.29497e+09``), others short."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def suggestion(value: object, choices: Iterable[object]) -> str:

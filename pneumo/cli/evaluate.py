@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from omegaconf import DictConfig
 
+from pneumo.cli.app import hydra_command
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
 
@@ -20,7 +20,7 @@ log = logging.getLogger("pneumo.evaluation")
 protect_output()
 
 
-@hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="evaluate.yaml")
+@hydra_command("evaluate.yaml", log)
 def main(cfg: DictConfig) -> None:
     # torch and Lightning load here, not at import: --help answers in a second.
     from pneumo.pipelines.evaluate import EvaluateSettings, evaluate_files

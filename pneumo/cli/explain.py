@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
+from pneumo.cli.app import hydra_command
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
 
@@ -21,7 +21,7 @@ log = logging.getLogger("explain")
 protect_output()
 
 
-@hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="explain.yaml")
+@hydra_command("explain.yaml", log)
 def main(cfg: DictConfig) -> None:
     # A user error: one line on stderr, exit 2, traceback in explain.log only; a bug keeps its traceback.
     # torch, Lightning and MONAI load here, not at import: --help and a bad override answer in a second.

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 
-import hydra
 from omegaconf import DictConfig
 
+from pneumo.cli.app import hydra_command
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
 from pneumo.pipelines.preflight import check_overrides, check_train_config
@@ -17,16 +16,10 @@ log = logging.getLogger("train")
 protect_output()
 
 
-def main() -> float | None:
+# A key of the flat data layout (data.batch_size): one line saying where it went, not Hydra's refusal.
+@hydra_command("train.yaml", log, check_args=check_overrides)
+def main(cfg: DictConfig) -> float | None:
     """``python train.py``, ``pneumo-train``, ``python -m pneumo train``: the overrides in ``sys.argv``."""
-    with user_errors(log):
-        # A key of the flat data layout (data.batch_size): one line saying where it went, not Hydra's refusal.
-        check_overrides(sys.argv[1:])
-    return run()
-
-
-@hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train.yaml")
-def run(cfg: DictConfig) -> float | None:
     # A user error: one line on stderr, exit 2, traceback in train.log only; a bug: its traceback, once.
     with user_errors(log):
         # Before torch, Lightning and MONAI are even imported: a typo fails in seconds.

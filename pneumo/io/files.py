@@ -5,7 +5,8 @@ model cards, explain outputs, checkpoints, cache metadata) writes to a temporary
 and ``os.replace``-s it over the target (atomic on POSIX file systems): a reader, or a run killed mid-way,
 sees the old file or the whole new one. Callers serialise into memory first, so an error while serialising
 leaves the old file too. ``disk_full`` turns ``OSError(ENOSPC)`` into a ``DiskFullError`` naming the path,
-the bytes needed and the bytes free there. ``sha256_of`` / ``sha256_bytes`` are pneumo's one content hash
+the bytes needed and the bytes free there. ``check_writable`` is the one write check of an output folder
+(a file created and removed: ``os.access`` says yes to root everywhere). ``sha256_of`` / ``sha256_bytes`` are pneumo's one content hash
 (shipped NIH files, model cards, pretrained weights).
 
 Example:
@@ -24,11 +25,12 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pneumo.errors import PneumoError
+from pneumo.errors import ConfigError, PneumoError
 from pneumo.io.reading import read_bytes
 from pneumo.io.store import is_url
 
@@ -60,6 +62,83 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return shutil.disk_usage(here).free
     except OSError:
         return None
+
+
+def check_writable(
+    path: str | os.PathLike | None, key: str, fix: str = "choose a folder you may write to"
+) -> None:
+    """The one write check of every output folder pneumo makes (run folders, ``out_dir``, the image cache):
+    a file is created and removed in ``path`` (or, when it does not exist yet, in its nearest existing
+    ancestor, so nothing is left behind), else a one-line ``ConfigError`` naming ``key``, the folder, what
+    the file system said and ``fix``. ``os.access`` is not used: it says yes to root for anything (a
+    read-only mount, ``/proc``). URLs and empty values are not checked (remote writes fail at the write).
+
+    Example:
+        >>> check_writable("/tmp/pneumo_doctest/new/run", "out_dir")
+        >>> check_writable("/proc/x", "out_dir")
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: out_dir=/proc/x: cannot write in /proc (No such file or directory); choose a folder you may write to
+    """
+    if path is None or not str(path) or is_url(str(path)):
+        return
+    here = Path(str(path)).expanduser().absolute()
+    while not os.path.lexists(here) and here != here.parent:
+        here = here.parent
+    if here.is_symlink() and not here.exists():
+        raise ConfigError(f"{key}={path}: {here} is a broken symbolic link; {fix}")
+    if not here.is_dir():
+        raise ConfigError(f"{key}={path}: {here} is a file, not a folder; {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pneumo-write-check-", dir=here)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{key}={path}: cannot write in {here} ({err.strerror or err}); {fix}") from None
+
+
+def prepare_out_dir(
+    out_dir: str | os.PathLike,
+    outputs: Sequence[str],
+    overwrite: bool,
+    command: str,
+    key: str = "out_dir",
+    create: bool = True,
+) -> Path:
+    """Make ``out_dir`` ready for one run of ``command`` (explain, evaluate): written-to (``check_writable``),
+    created, and holding none of another run's ``outputs`` (names in the folder): a folder that does is
+    refused (``ConfigError``) unless ``overwrite``, which deletes those outputs first, the first name first
+    (list the file whose presence marks a whole run first), so that a folder never mixes two runs. Other
+    files (Hydra's ``.hydra/``, the command's log) are left alone. ``create=False`` leaves a missing folder
+    to the first write (a command that stops on a bad input then leaves nothing behind).
+
+    Example:
+        >>> out = prepare_out_dir("/tmp/pneumo_doctest/report", ["report.md", "roc.png"], True, "evaluate")
+        >>> _ = (out / "report.md").write_text("a report")
+        >>> prepare_out_dir(out, ["report.md", "roc.png"], False, "evaluate")
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: out_dir=/tmp/pneumo_doctest/report already holds the outputs of another evaluate run (report.md): choose a new out_dir, or pass overwrite=true to delete them first
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{key}={out} is a file; choose a folder")
+    check_writable(out, key)
+    found = [name for name in dict.fromkeys(outputs) if os.path.lexists(out / name)]
+    if found and not overwrite:
+        raise ConfigError(
+            f"{key}={out} already holds the outputs of another {command} run ({', '.join(found)}): choose a new "
+            f"{key}, or pass overwrite=true to delete them first"
+        )
+    for name in found:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def disk_full_error(path: str | os.PathLike, needed: int | None, fix: str) -> DiskFullError:

@@ -29,10 +29,11 @@ from omegaconf import DictConfig
 
 from pneumo.config import settings_from, to_plain
 from pneumo.errors import PneumoError
+from pneumo.io.files import prepare_out_dir
 from pneumo.io.storage import StorageSettings
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import shipped_path
-from pneumo.reporting.outputs import write_outputs
+from pneumo.reporting.outputs import report_outputs, write_outputs
 from pneumo.reporting.predictions import read_predictions
 from pneumo.reporting.report import EvalSettings, build_report
 from pneumo.stats.temperature import fit_temperature, logit_of, scaled_probability
@@ -123,6 +124,8 @@ class EvaluateSettings:
         choose_on_evaluated: apply a threshold rule to the evaluated images when no validation file is given.
         split: name of the evaluated images in messages.
         storage: ``StorageSettings`` (or its config mapping) of the three files' reads.
+        overwrite: an ``out_dir`` holding another report is refused; ``True`` deletes that report's files
+            and figures first (explain's rule: a report folder never mixes two runs).
 
     Example:
         >>> EvaluateSettings(predictions="test.csv", out_dir="out", eval={"threshold": 0.5}).eval.threshold
@@ -142,6 +145,7 @@ class EvaluateSettings:
     choose_on_evaluated: bool = False
     split: str = "test"
     storage: StorageSettings | dict[str, Any] | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         given: Any = self.eval  # a Hydra config hands a mapping here
@@ -150,6 +154,7 @@ class EvaluateSettings:
         ThresholdRule.parse(self.eval.threshold)  # a bad rule fails here, before any file is read
         self.predictions, self.out_dir = str(self.predictions), str(self.out_dir)
         self.recalibrate, self.choose_on_evaluated = bool(self.recalibrate), bool(self.choose_on_evaluated)
+        self.overwrite = bool(self.overwrite)
         self.storage = StorageSettings.from_config(self.storage)
         if self.recalibrate and self.val_predictions is None:
             raise EvaluateError(
@@ -184,6 +189,10 @@ def evaluate_files(settings: EvaluateSettings) -> dict:
     Example:
         >>> evaluate_files(EvaluateSettings(predictions="test.csv", out_dir="out"))["metrics"]["auroc"]  # doctest: +SKIP
     """
+    # before any file is read: a folder that cannot be written, or holds another report, stops the command
+    prepare_out_dir(
+        settings.out_dir, report_outputs(settings.out_dir), settings.overwrite, "evaluate", create=False
+    )
     frame, val, labels = read_files(settings)
     temperature = None
     if settings.recalibrate:

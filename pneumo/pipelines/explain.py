@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from pneumo.errors import ConfigError
 from pneumo.images.decode import BadImageError
 from pneumo.images.dicom import check_voi
 from pneumo.io.files import atomic_write_bytes
+from pneumo.io.files import prepare_out_dir as prepare_folder
 from pneumo.io.store import location_exists
 from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.nih.boxes import load_boxes, scaled_to
@@ -131,25 +131,11 @@ OUTPUTS = ("summary.json", "predictions.csv", "boxes.csv", "localization.csv", "
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Make ``out_dir`` ready for a run: created if needed; refused (``ConfigError``) when it holds the
+    """Make ``out_dir`` ready for a run: written-to, created; refused (``ConfigError``) when it holds the
     outputs of an earlier run, unless ``overwrite``, which deletes those outputs (and only those)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out_dir={out} is a file; choose a folder")
-    found = [name for name in OUTPUTS if (out / name).exists()]
-    if found and not overwrite:
-        raise ConfigError(
-            f"out_dir={out} already holds the outputs of another explain run ({', '.join(found)}): choose a new "
-            "out_dir, or pass overwrite=true to delete them first"
-        )
-    if found:
-        log.warning("overwrite=true: deleting the earlier outputs in %s (%s)", out, ", ".join(found))
-        for name in OUTPUTS:
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+    if overwrite and any(os.path.lexists(Path(out_dir) / name) for name in OUTPUTS):
+        log.warning("overwrite=true: deleting the earlier explain outputs in %s", out_dir)
+    out = prepare_folder(out_dir, OUTPUTS, overwrite, "explain")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     return out

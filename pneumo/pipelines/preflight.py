@@ -15,17 +15,15 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from pneumo.config import checked_number
+from pneumo.config import checked_number, choice, to_plain
 from pneumo.data.settings import MOVED, group_settings
 from pneumo.errors import ConfigError
-from pneumo.io.store import is_url
+from pneumo.io.files import check_writable
 
 if TYPE_CHECKING:  # torch is imported when a network is checked: config checks stay fast
     from torch import nn
@@ -42,19 +40,6 @@ def _check_numbers(section: Any, prefix: str, rules: dict[str, tuple]) -> None:
                            high_open=high_open)  # fmt: skip
 
 
-def _check_parent_writable(path: str | None, key: str) -> None:
-    """A local output folder must be creatable: its nearest existing ancestor is a writable folder."""
-    if not path or is_url(str(path)):
-        return
-    here = Path(str(path)).expanduser().absolute()
-    while not here.exists():
-        here = here.parent
-    if not here.is_dir():
-        raise ConfigError(f"{key}={path}: {here} is a file, not a folder; choose another {key}")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={path}: {here} is not writable; choose a folder you may write to")
-
-
 def check_train_config(cfg: DictConfig) -> None:
     """Check every value of a ``train.py`` config that can be checked without data.
 
@@ -62,19 +47,16 @@ def check_train_config(cfg: DictConfig) -> None:
         ConfigError: the first bad value (one line: key, value, what is valid).
     """
     data, trainer = cfg.get("data"), cfg.get("trainer")
+    if cfg.get("seed") is not None:  # before data: data.split.seed interpolates it, and the user wrote seed=
+        checked_number(cfg.seed, "seed", int, 0, SEED_MAX)
     if data is not None:
         _check_data(data)
-    _check_numbers(trainer, "trainer", {
-        "max_epochs": (int, -1, None, False, False),
-        "min_epochs": (int, 0, None, False, False),
-        "max_steps": (int, -1, None, False, False),
-        "accumulate_grad_batches": (int, 1, None, False, False),
-        "check_val_every_n_epoch": (int, 1, None, False, False),
-        "log_every_n_steps": (int, 1, None, False, False),
-        "gradient_clip_val": (float, 0, None, False, False),
-    })  # fmt: skip
-    if cfg.get("train") and trainer is not None:
-        _check_trains_something(trainer)
+    if trainer is not None:
+        check_trainer(trainer, fits=bool(cfg.get("train")), tests=bool(cfg.get("test")))
+    if cfg.get("eval") is not None:  # the test report's settings (bootstrap bound, threshold rule) too
+        from pneumo.reporting.report import EvalSettings  # pandas, not torch: imported when checked
+
+        EvalSettings.from_config(to_plain(cfg.get("eval")))
     model = cfg.get("model")
     optimizer = model.get("optimizer") if model is not None else None
     if isinstance(optimizer, DictConfig):
@@ -82,7 +64,133 @@ def check_train_config(cfg: DictConfig) -> None:
             "lr": (float, 0, None, True, False),
             "weight_decay": (float, 0, None, False, False),
         })  # fmt: skip
-    _check_parent_writable(cfg.get("paths", {}).get("log_dir"), "paths.log_dir")
+    check_writable(cfg.get("paths", {}).get("log_dir"), "paths.log_dir")
+
+
+#: Largest seed: torch, numpy and Lightning take seeds in [0, 2**32 - 1] (Lightning picks a random seed
+#: for one outside it, with only a warning: the run would not be reproducible).
+SEED_MAX = 2**32 - 1
+
+#: ``trainer.accelerator`` names Lightning takes; ``gpu``/``cuda``/``mps`` are checked against the machine.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+#: ``trainer.precision`` values Lightning 2 takes.
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)  # fmt: skip
+
+_DEVICES_HELP = "'auto', a number of devices >= 1 (-1 = all), or a list of device indices such as [0,1]"
+
+
+def check_trainer(trainer: Any, fits: bool = True, tests: bool = True) -> None:
+    """The ``trainer.*`` values Lightning would refuse (or misread) only once the trainer is built, after
+    the model and the data: accelerator (and that the machine has it), devices, precision, batch limits.
+    ``fits``/``tests``: the run trains / tests (validation then picks the checkpoint and the threshold).
+
+    Example:
+        >>> check_trainer({"accelerator": "cpu", "devices": "abc"})
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: trainer.devices='abc': choose 'auto', a number of devices >= 1 (-1 = all), or a list of device indices such as [0,1]
+    """
+    _check_numbers(trainer, "trainer", {
+        "max_epochs": (int, -1, None, False, False),
+        "min_epochs": (int, 0, None, False, False),
+        "max_steps": (int, -1, None, False, False),
+        "num_nodes": (int, 1, None, False, False),
+        "accumulate_grad_batches": (int, 1, None, False, False),
+        "check_val_every_n_epoch": (int, 1, None, False, False),
+        "log_every_n_steps": (int, 1, None, False, False),
+        "gradient_clip_val": (float, 0, None, False, False),
+    })  # fmt: skip
+    for key in (
+        "deterministic",
+        "benchmark",
+        "sync_batchnorm",
+        "enable_progress_bar",
+        "enable_checkpointing",
+    ):
+        if trainer.get(key) is not None:
+            choice(
+                trainer.get(key),
+                f"trainer.{key}",
+                (True, False, "warn") if key == "deterministic" else (True, False),
+            )
+    if trainer.get("precision") is not None:
+        choice(trainer.get("precision"), "trainer.precision", PRECISIONS)
+    _check_devices(trainer.get("devices"))
+    for split in ("train", "val", "test", "predict"):
+        _check_limit(trainer, f"limit_{split}_batches")
+    if fits:
+        _check_trains_something(trainer)
+    if fits or tests:
+        _check_validates(trainer, fits)
+    accelerator = trainer.get("accelerator")
+    if isinstance(accelerator, str):
+        _check_accelerator(choice(accelerator, "trainer.accelerator", ACCELERATORS))
+
+
+def _check_devices(devices: Any) -> None:
+    """``trainer.devices``: ``auto``, a count (``-1`` = all), or indices (a list, or ``"0,1"``)."""
+    if devices is None or devices == "auto":
+        return
+    items = to_plain(devices) if not isinstance(devices, str) else devices.replace(" ", "").split(",")
+    if isinstance(items, bool) or not isinstance(items, int | list):
+        raise ConfigError(f"trainer.devices={devices!r}: choose {_DEVICES_HELP}")
+    values = items if isinstance(items, list) else [items]
+    try:
+        numbers = [checked_number(v, "trainer.devices", int, -1) for v in values]
+    except ConfigError:
+        raise ConfigError(f"trainer.devices={to_plain(devices)!r}: choose {_DEVICES_HELP}") from None
+    if not numbers or (len(numbers) == 1 and numbers[0] == 0 and not isinstance(to_plain(devices), list)):
+        raise ConfigError(f"trainer.devices={to_plain(devices)!r}: choose {_DEVICES_HELP}")
+
+
+def _check_limit(trainer: Any, key: str) -> None:
+    """``limit_*_batches``: a fraction in [0, 1] or a whole number of batches (Lightning's rule)."""
+    value = trainer.get(key)
+    if value is None:
+        return
+    number = checked_number(value, f"trainer.{key}", float, 0)
+    if number > 1 and not float(number).is_integer():
+        raise ConfigError(
+            f"trainer.{key}={value!r}: must be a fraction in [0, 1] or a whole number of batches"
+        )
+
+
+def _check_validates(trainer: Any, fits: bool) -> None:
+    """Validation picks the tested checkpoint (``monitor.metric``), the operating point and the temperature:
+    a run that would never validate is refused before anything is built (it crashed after a whole epoch)."""
+    why = "validation picks the checkpoint, the threshold (eval.threshold) and the temperature"
+    if trainer.get("limit_val_batches") is not None and float(trainer.get("limit_val_batches")) == 0:
+        raise ConfigError(
+            f"trainer.limit_val_batches=0 turns validation off, but {why}: give it a fraction in (0, 1] or a "
+            "number of batches >= 1 (a fixed threshold needs no validation at evaluation: "
+            "python -m pneumo.evaluation ... eval.threshold=0.5)"
+        )
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if fits and every is not None and epochs is not None and int(epochs) > 0 and int(every) > int(epochs):
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: the run would never "
+            f"validate, but {why}; set trainer.check_val_every_n_epoch <= {epochs}"
+        )
+
+
+def _check_accelerator(accelerator: str) -> None:
+    """A GPU accelerator on a machine without one fails in Lightning inside Hydra's instantiate: say so here."""
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return
+    import torch  # only for a GPU accelerator: a CPU config stays checkable without torch
+
+    if accelerator == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("trainer.accelerator=mps: this machine has no Apple GPU (MPS); use trainer=cpu")
+        return
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: no CUDA GPU is visible here (torch {torch.__version__}, "
+            f"{build}); run with trainer=cpu or trainer.accelerator=auto, or check nvidia-smi and CUDA_VISIBLE_DEVICES"
+        )
 
 
 def check_moved_keys(data: Any) -> None:
@@ -140,7 +248,11 @@ def _check_data(data: DictConfig) -> None:
         "pneumonia_fraction": (float, 0, 1, True, True),
     })  # fmt: skip
     if groups["cache"].enabled:
-        _check_parent_writable(groups["cache"].dir, "data.cache.dir")
+        check_writable(
+            groups["cache"].dir,
+            "data.cache.dir",
+            "choose a folder you may write to, or data.cache.enabled=false",
+        )
 
 
 def _check_trains_something(trainer: DictConfig) -> None:
@@ -153,7 +265,7 @@ def _check_trains_something(trainer: DictConfig) -> None:
             f"trainer.max_steps=0 trains nothing: set trainer.max_steps >= 1 (or -1), or {evaluate}"
         )
     if trainer.get("limit_train_batches") is not None:
-        limit = checked_number(trainer.limit_train_batches, "trainer.limit_train_batches", float, 0)
+        limit = checked_number(trainer.get("limit_train_batches"), "trainer.limit_train_batches", float, 0)
         if limit == 0:
             raise ConfigError(
                 f"trainer.limit_train_batches=0 trains nothing: set a fraction in (0, 1] or a batch count, or {evaluate}"

@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,26 @@ from pneumo.reporting.predictions import predictions_frame, write_predictions
 from pneumo.reporting.report import EvalSettings, build_report, report_markdown, report_scalars, write_report
 
 log = logging.getLogger(__name__)
+
+#: The files of a report, ``report.md`` first (written last, its presence marks a whole report), and its
+#: figures' names (``<name>.png``).
+REPORT_FILES = ("report.md", "report.json", "predictions.csv")
+FIGURE_NAMES = ("roc", "pr", "reliability", "confusion_matrix", "roc_findings")
+
+
+def report_outputs(out_dir: str | Path) -> list[str]:
+    """Names of the outputs a report may have left in ``out_dir``: its files, the known figures and any other
+    figure its ``report.json`` lists (so that an overwritten folder keeps no figure of the earlier report).
+
+    Example:
+        >>> report_outputs("/nonexistent")[:3]
+        ['report.md', 'report.json', 'predictions.csv']
+    """
+    names = [*REPORT_FILES, *(f"{name}.png" for name in FIGURE_NAMES)]
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):  # no (readable) earlier report
+        listed = json.loads((Path(out_dir) / "report.json").read_text()).get("figures") or []
+        names += [str(name) for name in listed if "/" not in str(name) and str(name) not in ("", ".", "..")]
+    return list(dict.fromkeys(names))
 
 
 def split_metadata(datamodule: Any, split: str) -> tuple[pd.DataFrame | None, dict | None]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pneumo.config import checked_number
 from pneumo.errors import ConfigError
 from pneumo.io.files import atomic_write_text
 from pneumo.nih.adjudicated import REFERENCE_TEXT, match_reference
@@ -97,10 +98,16 @@ class EvalSettings:
         # a key left out keeps the class default (the one copy); age_bands: null or [] cuts no bands
         settings = cls(
             threshold=cfg.get("threshold", cls.threshold),
-            resamples=int(boot.get("resamples", cls.resamples)),
-            seed=int(boot.get("seed") or cls.seed),
-            level=float(boot.get("level", cls.level)),
-            calibration_bins=int(cfg.get("calibration_bins", cls.calibration_bins)),
+            resamples=int(
+                checked_number(boot.get("resamples", cls.resamples), "eval.bootstrap.resamples", int)
+            ),
+            seed=int(checked_number(boot.get("seed") or cls.seed, "eval.bootstrap.seed", int, 0)),
+            level=float(checked_number(boot.get("level", cls.level), "eval.bootstrap.level", float)),
+            calibration_bins=int(
+                checked_number(
+                    cfg.get("calibration_bins", cls.calibration_bins), "eval.calibration_bins", int, 1
+                )
+            ),
             age_bands=tuple(float(a) for a in (cfg.get("age_bands", cls.age_bands) or ())),
             figures=bool(cfg.get("figures", cls.figures)),
         )

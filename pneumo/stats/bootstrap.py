@@ -22,10 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pneumo.errors import ConfigError
+from pneumo.config import checked_number
 
 #: Resamples and confidence level of an interval unless told (``eval.bootstrap.resamples`` / ``level``).
 DEFAULT_RESAMPLES, DEFAULT_LEVEL = 1000, 0.95
+#: Most resamples an interval may ask for: each statistic keeps one float per resample (a billion would fill
+#: the memory), and 100,000 already pins a 95% percentile bound far below any reported digit.
+MAX_RESAMPLES = 100_000
 #: Below this share of resamples with a defined statistic, no interval is reported.
 MIN_VALID_SHARE = 0.5
 
@@ -76,10 +79,10 @@ class ClusterBootstrap:
         chunk: int = 100,
         unit_name: str = "patient",
     ) -> None:
-        if resamples < 1:
-            raise ConfigError(f"eval.bootstrap.resamples must be >= 1, got {resamples}")
-        if not 0.0 < level < 1.0:
-            raise ConfigError(f"eval.bootstrap.level must be in (0, 1), got {level}")
+        resamples = int(checked_number(resamples, "eval.bootstrap.resamples", int, 1, MAX_RESAMPLES))
+        level = float(
+            checked_number(level, "eval.bootstrap.level", float, 0, 1, low_open=True, high_open=True)
+        )
         units_were_images = units is None
         if units is None:
             if n is None:
