@@ -397,9 +397,11 @@ def test_a_folder_of_symlinked_images_is_read(demo_root: Path, tmp_path: Path) -
     links.mkdir()
     for name in names:
         (links / name).symlink_to(demo_root / "images" / name)
-    (links / "dangling.png").symlink_to(tmp_path / "gone.png")  # points nowhere: not an image to read
+    (links / "dangling.png").symlink_to(tmp_path / "gone.png")  # points nowhere: listed, its read names it
     refs, skipped = resolve_inputs(str(links))
-    assert [r.name for r in refs] == names and not skipped
+    assert [r.name for r in refs] == [*names, "dangling.png"] and not skipped
+    with pytest.raises(OSError, match=r"dangling\.png: a broken symbolic link"):
+        load_image(refs[-1], Preprocessor(32))
     loaded = load_image(refs[0], Preprocessor(32))
     assert tuple(loaded.tensor.shape) == (1, 32, 32) and loaded.source_shape == (64, 64)
 

@@ -216,3 +216,75 @@ def test_prepare_out_dir_deletes_only_the_listed_outputs(tmp_path: Path) -> None
     (tmp_path / "report.md").write_text("old")
     prepare_out_dir(tmp_path, ["report.md"], True, "evaluate")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "evaluate.log"]
+
+
+def test_smaller_input_faults_are_named(tmp_path: Path) -> None:
+    """A view given as a string is a list of one; a 1 x 1 image is refused naming the file and the minimum;
+    a broken symbolic link in an input folder is an input whose read names the link, never dropped."""
+    import io
+
+    from PIL import Image
+
+    from pneumo.data.inputs import read_bytes, resolve_inputs
+    from pneumo.data.settings import SplitSettings
+    from pneumo.images.decode import BadImageError, decode_grayscale
+
+    assert SplitSettings(views="PA").views == ["PA"]
+    with pytest.raises(ConfigError, match=r"data.split.views=\{'a': 1\}: give a list of view positions"):
+        SplitSettings(views={"a": 1})
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    with pytest.raises(BadImageError, match=r"^x/one.png: 1x1 pixels, under the minimum side of 8 px"):
+        decode_grayscale(buf.getvalue(), "x/one.png")
+    (tmp_path / "a.png").write_bytes(buf.getvalue())
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nothing.png")
+    refs, _ = resolve_inputs(str(tmp_path))
+    assert [r.name for r in refs] == ["a.png", "gone.png"]
+    with pytest.raises(OSError, match=r"gone\.png: a broken symbolic link"):
+        read_bytes(str(tmp_path / "gone.png"))
+
+
+def test_a_pretrained_file_that_runs_code_gets_no_weights_only_false_command(tmp_path: Path) -> None:
+    import torch
+
+    from pneumo.models.pretrained import PretrainedWeights, PretrainedWeightsError
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/ran",))
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(PretrainedWeightsError) as caught:
+        PretrainedWeights.read(str(tmp_path / "evil.pt"))
+    assert "system" in str(caught.value) and "weights_only=False" not in str(caught.value)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_an_http_500_input_says_what_the_server_said(tmp_path: Path) -> None:
+    """A loopback server answering 500: the error names the URL and the 500, not "no such file"."""
+    import http.server
+    import threading
+
+    from pneumo.data.inputs import resolve_inputs
+    from pneumo.io.reading import ReadError
+    from pneumo.io.storage import StorageSettings
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(500)
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/x.png"
+    try:
+        with pytest.raises(ReadError) as caught:
+            resolve_inputs(url, StorageSettings(retry_deadline_s=1, request_timeout_s=1, retry_backoff_s=0.1))
+    finally:
+        server.shutdown()
+    assert url in str(caught.value) and "500" in str(caught.value) and "no such" not in str(caught.value)

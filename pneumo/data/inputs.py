@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -126,10 +127,26 @@ def resolve_inputs(inputs: str, storage_options: StorageOptions = None) -> tuple
 
 
 def _is_file(fs: fsspec.AbstractFileSystem, entry: Mapping) -> bool:
-    """A listed file; a symbolic link counts when it points to a file (fsspec lists links as ``other``)."""
+    """A listed file; a symbolic link counts when it points to a file or to nothing (fsspec lists links as
+    ``other``)."""
     if entry["type"] == "file":
         return True
-    return bool(entry.get("islink")) and fs.isfile(entry["name"])
+    # a link to nothing is listed too: its read fails naming it (a broken link), never dropped in silence
+    return bool(entry.get("islink")) and (fs.isfile(entry["name"]) or not fs.exists(entry["name"]))
+
+
+def _exists(call: Callable[..., Any], path: str) -> bool:
+    """Whether ``path`` exists; an HTTP server's error other than 404 (a 500...) is no "no such file": it is
+    raised (fsspec's HTTP ``exists`` says ``False`` to any error), so the message says what the server said."""
+    try:
+        call("info", path)
+        return True
+    except FileNotFoundError as err:
+        cause = err.__cause__
+        status = getattr(cause, "status", None)
+        if cause is not None and isinstance(status, int) and status != 404:
+            raise cause from None
+        return False
 
 
 def _resolve(
@@ -140,7 +157,11 @@ def _resolve(
     def call(method: str, target: str, **kwargs: Any) -> Any:
         return call_fs(fs, method, target, timeout, **kwargs)
 
-    if not call("exists", path):
+    if not _exists(call, path):
+        if os.path.islink(path) and "://" not in str(inputs):
+            raise InputError(
+                f"inputs={inputs}: a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+            )
         raise InputError(f"inputs={inputs}: no such file, folder or object")
     skipped: list[str] = []
     if call("isdir", path):

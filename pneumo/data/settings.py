@@ -65,13 +65,34 @@ class SplitSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.views = [str(v) for v in to_plain(self.views)] if self.views is not None else None
+        self.views = _views(self.views)
         key = "data.split."
         self.val_fraction = float(checked_number(self.val_fraction, key + "val_fraction", float, 0, 1,
                                                  low_open=True, high_open=True))  # fmt: skip
         self.test_fraction = float(checked_number(self.test_fraction, key + "test_fraction", float, 0, 1,
                                                   high_open=True))  # fmt: skip
         self.seed = int(checked_number(self.seed, key + "seed", int))
+
+
+def _views(value: Any) -> list[str] | None:
+    """``data.split.views`` as a list of view positions: one name (``PA``, from ``data.split.views=PA``) is a
+    list of one, never its characters; anything but names is an error naming the key and the form.
+
+    Example:
+        >>> _views("PA"), _views(["PA", "AP"]), _views(None)
+        (['PA'], ['PA', 'AP'], None)
+    """
+    value = to_plain(value)
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    names = [str(v).strip() for v in items] if isinstance(items, list | tuple) else []
+    if not names or not all(names) or any(isinstance(v, bool | dict | list) for v in items):
+        raise ConfigError(
+            f"data.split.views={value!r}: give a list of view positions, e.g. data.split.views=[PA] or [PA,AP] "
+            "(null = every view)"
+        )
+    return names
 
 
 #: ``data.images.augment``'s numbers: ``key: (low, high, high_open)``.

@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from pneumo.images.limits import DICOM_SUFFIXES, MAX_PIXELS, BadImageError
+from pneumo.images.limits import DICOM_SUFFIXES, MAX_PIXELS, MIN_SIDE, BadImageError
 
 __all__ = [
     "DICOM_SUFFIXES",
     "MAX_PIXELS",
+    "MIN_SIDE",
     "BadImageError",
     "decode_grayscale",
     "image_shape",
@@ -28,7 +29,8 @@ def decode_grayscale(data: bytes, name: str, dicom_voi: str = "auto") -> np.ndar
     RGB(A) and palette images become grayscale (luminance); 16-bit and 32-bit images are scaled to 8 bits
     over their own range. DICOM (the ``DICM`` marker or a ``.dcm`` name) goes through
     ``pneumo.images.dicom.decode_dicom`` with ``dicom_voi`` (``auto``, ``window``, ``full-range``). Empty,
-    truncated, non-image and oversized data raise ``BadImageError``.
+    truncated, non-image and oversized data, and images with a side under ``MIN_SIDE`` pixels, raise
+    ``BadImageError`` naming the object.
 
     Example:
         >>> decode_grayscale(open("00000001_000.png", "rb").read(), "00000001_000.png").shape  # doctest: +SKIP
@@ -39,7 +41,21 @@ def decode_grayscale(data: bytes, name: str, dicom_voi: str = "auto") -> np.ndar
     if is_dicom(data, name):
         from pneumo.images.dicom import decode_dicom  # pydicom is imported only when a DICOM comes along
 
-        return decode_dicom(data, name, dicom_voi)
+        return _large_enough(decode_dicom(data, name, dicom_voi), name)
+    return _large_enough(_decode_pillow(data, name), name)
+
+
+def _large_enough(pixels: np.ndarray, name: str) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise BadImageError(
+            f"{name}: {width}x{height} pixels, under the minimum side of {MIN_SIDE} px (NIH's radiographs are "
+            "1024 px): a thumbnail or a broken export; replace it with the full image or remove it"
+        )
+    return pixels
+
+
+def _decode_pillow(data: bytes, name: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -104,6 +104,75 @@ def read_checkpoint(
         raise CheckpointError(f"{key}={location} is not a PyTorch checkpoint ({type(err).__name__})") from err
 
 
+#: Modules whose pickled classes are model code a conversion with ``weights_only=False`` may be offered for
+#: (whole torchvision/MONAI modules, Lightning/argparse objects beside them); any other global, ``posix.system``
+#: or ``builtins.eval`` above all, means code that runs on loading, and no such command is ever suggested.
+MODEL_CODE_MODULES = frozenset(
+    {"torch", "torchvision", "monai", "collections", "numpy", "lightning", "pytorch_lightning", "argparse",
+     "timm", "torchxrayvision", "_codecs"}
+)  # fmt: skip
+
+
+def pickled_globals(data: bytes) -> list[str] | None:
+    """The ``module.name`` of every global a PyTorch file's pickle would import (read with ``pickletools``,
+    nothing executed), or ``None`` when that cannot be told for sure (``STACK_GLOBAL``/``INST``, whose
+    names come from the stack, or bytes that do not parse): callers then assume the worst.
+
+    Example:
+        >>> import io, torch
+        >>> buf = io.BytesIO(); torch.save({"w": torch.zeros(1)}, buf)
+        >>> sorted(set(pickled_globals(buf.getvalue())))
+        ['collections.OrderedDict', 'torch.FloatStorage', 'torch._utils._rebuild_tensor_v2']
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(BytesIO(data)):
+            with zipfile.ZipFile(BytesIO(data)) as archive:
+                readers = [(BytesIO(archive.read(n)), 1) for n in archive.namelist() if n.endswith(".pkl")]
+        else:  # torch's legacy format: magic number, protocol, system info, the object, storage keys
+            readers = [(BytesIO(data), 5)]
+        found: list[str] = []
+        for reader, pickles in readers:
+            for _ in range(pickles):
+                for op, arg, _ in pickletools.genops(reader):
+                    if op.name in ("STACK_GLOBAL", "INST"):
+                        return None
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+        return found
+    except (
+        ValueError,
+        EOFError,
+        KeyError,
+        OSError,
+        zipfile.BadZipFile,
+    ):  # not a pickle read op by op: assume the worst
+        return None
+
+
+#: Builtins a pickled module needs (``nn.Module`` keeps sets of buffer names); no callable that runs code.
+_SAFE_BUILTINS = frozenset({"set", "frozenset", "slice", "complex", "bytearray", "range"})
+
+
+def is_model_code(names: list[str] | None) -> bool:
+    """Every pickled global is a class of a model library (``MODEL_CODE_MODULES``): a file worth converting.
+
+    Example:
+        >>> is_model_code(["monai.networks.nets.densenet.DenseNet121"]), is_model_code(["posix.system"])
+        (True, False)
+    """
+    return names is not None and all(_is_model_global(n) for n in names)
+
+
+def _is_model_global(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    if module in ("__builtin__", "builtins"):
+        return attr in _SAFE_BUILTINS
+    return name.split(".")[0] in MODEL_CODE_MODULES
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` through a synced temp file in the same folder and ``os.replace``.
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import io as _io
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -116,6 +117,16 @@ def describe_error(err: BaseException) -> str:
     return redact_url(f"{type(err).__name__}: {text}"[:400])
 
 
+def _local(url: str) -> str:
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def _is_broken_link(url: str) -> bool:
+    """A local path that is a symbolic link to nothing (reported as such, not as "object not found")."""
+    path = _local(url)
+    return "://" not in path and os.path.islink(path) and not os.path.exists(path)
+
+
 def translate_error(url: str, err: BaseException, key: str | None = None) -> ReadError:
     """A ``ReadError`` naming ``url`` (as ``key=url`` when a config ``key`` named it) and, for access
     problems, the setting to fix.
@@ -129,6 +140,10 @@ def translate_error(url: str, err: BaseException, key: str | None = None) -> Rea
     code = _http_code(err)
     text = str(err)
     where = f"{key}={url}" if key else url
+    if isinstance(err, FileNotFoundError) and _is_broken_link(url):
+        return ObjectNotFoundError(
+            f"{where}: a broken symbolic link (to {os.readlink(_local(url))}, which does not exist)"
+        )
     if isinstance(err, FileNotFoundError) or code == 404:
         return ObjectNotFoundError(f"{where}: object not found")
     if isinstance(err, IsADirectoryError):
@@ -199,6 +214,7 @@ class Retries:
         deadline = start + self.retry_deadline_s
         pause = self.retry_backoff_s
         tries = 0
+        answered: BaseException | None = None  # the last failure the server answered (an HTTP status)
         while True:
             tries += 1
             timeout = max(0.05, min(self.request_timeout_s, deadline - time.monotonic()))
@@ -210,6 +226,7 @@ class Retries:
                 if not is_transient(err):
                     raise translate_error(url, err, key) from err
                 last = err
+                answered = err if _http_code(err) is not None else answered
             left = deadline - time.monotonic()
             if left <= 0:
                 last_error = (
@@ -217,6 +234,10 @@ class Retries:
                     if isinstance(last, (FSTimeoutError, asyncio.TimeoutError))
                     else describe_error(last)
                 )
+                if (
+                    answered is not None and answered is not last
+                ):  # say what the server said, not only the cut
+                    last_error += f"; the server's last answer: {describe_error(answered)}"
                 where = f"{key}={url}" if key else url
                 raise StoreUnavailableError(
                     f"{where}: unreachable: {tries} attempt(s) failed over {time.monotonic() - start:.1f} s "

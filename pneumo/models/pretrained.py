@@ -58,6 +58,7 @@ from torch import nn
 
 from pneumo.config import choice, suggestion
 from pneumo.errors import PneumoError
+from pneumo.io.checkpoints import is_model_code, pickled_globals
 from pneumo.io.files import sha256_bytes, sha256_of
 from pneumo.io.reading import ObjectNotFoundError, read_bytes
 from pneumo.models.tasks import TASKS, Task, task_named  # noqa: F401 - task_named: the docstring example
@@ -135,6 +136,14 @@ def _load_file(source: str) -> tuple[Any, str]:
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        names = pickled_globals(data)
+        if not is_model_code(names):  # code that runs on loading: never offer a weights_only=False command
+            others = sorted({n for n in names or [] if not is_model_code([n])})
+            calls = f"calls of {', '.join(others[:3])}" if others else "objects whose classes cannot be told"
+            raise PretrainedWeightsError(
+                f"model.pretrained={source} holds {calls}: code that would run when the file is loaded; "
+                "refused, and do not load it elsewhere either: ask its source for a plain state dict (tensors only)"
+            ) from err
         raise PretrainedWeightsError(
             f"model.pretrained={source} holds {what}, which weights_only=True refuses to run; in an "
             f"environment you trust convert it once to a plain state dict: {conversion_snippet(source)} "
