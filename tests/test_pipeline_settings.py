@@ -3,6 +3,7 @@ yaml's keys and defaults, and checked once: a value that cannot work is one line
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from pneumo.pipelines.explain import (
     LocalizationSettings,
     OverlaySettings,
 )
+from pneumo.xai.explainers import GradCamExplainer
+from pneumo.xai.gradcam import DEFAULT_LAYER
 from tests.helpers import ROOT, run_cli
 
 
@@ -40,7 +43,11 @@ def test_explain_yaml_defaults_are_the_settings_defaults(compose_train) -> None:
     cfg = compose_train(["ckpt_path=c.ckpt", "inputs=images"], config_name="explain")
     read = ExplainSettings.from_config(cfg)
     made = ExplainSettings(ckpt_path="c.ckpt", out_dir=read.out_dir, inputs="images", storage=read.storage)
-    assert read == made
+    # the yaml selects explainer=gradcam (a spec); left out, the settings build the same Grad-CAM
+    assert dataclasses.replace(read, explainer=None) == made
+    assert read.explainer is not None and list(read.explainer) == ["gradcam"]
+    same = [{n: (type(e), e.layer, e.batch_size) for n, e in s.explainers().items()} for s in (read, made)]
+    assert same[0] == same[1] == {"gradcam": (GradCamExplainer, DEFAULT_LAYER, 32)}
     assert (read.gradcam, read.localization) == (GradCamSettings(), LocalizationSettings())
 
 

@@ -26,7 +26,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from pneumo.errors import ConfigError
 from pneumo.images.decode import image_shape
 from pneumo.nih.boxes import load_boxes, scaled_to
-from pneumo.xai.gradcam import DEFAULT_LAYER, DEFAULT_TARGET, GradCam, check_target, pneumonia_probability
+from pneumo.xai.explainers import GradCamExplainer, explain, instantiate_explainers
+from pneumo.xai.gradcam import DEFAULT_LAYER, DEFAULT_TARGET, check_target, pneumonia_probability
 from pneumo.xai.overlay import caption_text, make_grid, render_overlay, to_chw_tensor
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class GradCamOverlayCallback(L.Callback):
         seed: seed of the one-time choice of images.
         tag: TensorBoard image tag.
         tile_size: width of each overlay tile, pixels.
-        ncols: tiles per row of the grid.
+        ncols: tiles per row of the grid (with several explainers: one row per image, one column each).
+        explainer: ``{name: explainer or spec}`` (``conf/explainer/*.yaml``) drawn side by side; ``None`` =
+            Grad-CAM of ``layer``.
     """
 
     def __init__(  # noqa: PLR0913 - one argument per key of conf/callbacks/gradcam_overlay.yaml
@@ -58,6 +61,7 @@ class GradCamOverlayCallback(L.Callback):
         tag: str = "val/gradcam",
         tile_size: int = 192,
         ncols: int = 4,
+        explainer: Any = None,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
@@ -73,6 +77,9 @@ class GradCamOverlayCallback(L.Callback):
         self.layer, self.target, self.seed, self.tag = layer, target, seed, tag
         self.tile_size, self.ncols = tile_size, ncols
         self._val_epochs = 0
+        self.explainers = (
+            instantiate_explainers(explainer) if explainer else {"gradcam": GradCamExplainer(layer)}
+        )
         self._fixed: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ the fixed set
@@ -168,20 +175,22 @@ class GradCamOverlayCallback(L.Callback):
         assert self._fixed is not None
         param = next(pl_module.parameters())
         images = self._fixed["images"].to(device=param.device, dtype=param.dtype)
-        result = GradCam(pl_module, layer=self.layer, target=self.target)(images)
+        results = {name: explain(e, pl_module, images, self.target) for name, e in self.explainers.items()}
         threshold = float(getattr(pl_module, "threshold", 0.5))
-        probs = pneumonia_probability(pl_module, result.logits)
+        probs = pneumonia_probability(pl_module, next(iter(results.values())).logits)
         tiles = []
         for i, image_id in enumerate(self._fixed["image_ids"]):
             p = float(probs[i])
-            caption = f"{image_id}\n{caption_text(p, int(p >= threshold), self._fixed['labels'][i])}"
-            tiles.append(
-                render_overlay(
-                    images[i, 0].float().cpu(),
-                    result.heatmaps[i].cpu(),
-                    boxes=self._fixed["boxes"][i],
-                    caption=caption,
-                    size=self.tile_size,
+            for name, result in results.items():
+                title = image_id if len(results) == 1 else f"{image_id} {name}"
+                caption = f"{title}\n{caption_text(p, int(p >= threshold), self._fixed['labels'][i])}"
+                tiles.append(
+                    render_overlay(
+                        images[i, 0].float().cpu(),
+                        result.maps[i].cpu(),
+                        boxes=self._fixed["boxes"][i],
+                        caption=caption,
+                        size=self.tile_size,
+                    )
                 )
-            )
-        return make_grid(tiles, ncols=self.ncols)
+        return make_grid(tiles, ncols=self.ncols if len(results) == 1 else len(results))

@@ -8,7 +8,9 @@ Outputs under ``out_dir``::
     boxes.csv                   heatmap regions as boxes in NIH's BBox_List_2017.csv layout (source pixels)
     overlays/<stem>.png         heatmap over the source X-ray (its own resolution, capped), ground-truth boxes
                                 green, predicted boxes magenta, probability and labels in the caption
-    heatmaps/<stem>.npy         float32 (S, S) in [0, 1], S = the checkpoint's input size
+    heatmaps/<stem>.npy         float32 (S, S) in [0, 1], S = the checkpoint's input size (the first explainer)
+    heatmaps/<name>/<stem>.npy  the same for each further explainer (``explainer=[gradcam,integrated_gradients]``:
+                                its overlay then shows the explainers side by side)
     localization.csv            per image with boxes: hit, iou, iobb, box_fraction, ...   (when boxes exist)
     summary.json                counts, unreadable inputs, the localization summary and Wang et al.'s table
 
@@ -63,7 +65,8 @@ from pneumo.nih.boxes import load_boxes, scaled_to
 from pneumo.nih.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.pipelines.runs import Run, load_run
-from pneumo.xai.gradcam import DEFAULT_LAYER, GradCam, pneumonia_probability
+from pneumo.xai.explainers import Explanation, GradCamExplainer, explain, instantiate_explainers
+from pneumo.xai.gradcam import DEFAULT_LAYER, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.localization import DEFAULT_THRESHOLD, score_heatmap, summarize
 from pneumo.xai.overlay import caption_text, render_overlay, save_png
@@ -214,7 +217,10 @@ class ExplainSettings:
         inputs: an image, a folder, or a ``.txt`` list of paths/URLs; or ``None`` with ``split``.
         split: ``train``/``val``/``test`` of the checkpoint's data set instead of ``inputs``.
         overwrite: delete the outputs of an earlier run in ``out_dir`` instead of refusing the folder.
-        gradcam: the explained layer and class.
+        gradcam: the explained layer and class (the target of every explainer).
+        explainer: ``{name: spec}`` of the explainers (``conf/explainer/*.yaml``, Hydra ``_target_`` specs or
+            explainer objects); ``None`` = Grad-CAM of ``gradcam.layer``. The first one's maps are the
+            heatmaps, boxes and localization scores; every one is drawn in the overlays.
         batch_size: images per Grad-CAM batch.
         num_workers: threads reading images (they may be remote objects).
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
@@ -245,6 +251,7 @@ class ExplainSettings:
     split: str | None = None
     overwrite: bool = False
     gradcam: GradCamSettings = field(default_factory=GradCamSettings)
+    explainer: dict[str, Any] | None = None
     batch_size: int = 32
     num_workers: int = 8
     device: str = "auto"
@@ -272,6 +279,13 @@ class ExplainSettings:
         if self.dicom_voi is not None:
             check_voi(self.dicom_voi, "dicom_voi")
         self.storage = dict(to_plain(self.storage)) if self.storage is not None else None
+        self.explainer = dict(to_plain(self.explainer)) if self.explainer else None
+
+    def explainers(self) -> dict[str, Any]:
+        """``{name: explainer}``: the ``explainer`` specs instantiated, or Grad-CAM of ``gradcam.layer``."""
+        if not self.explainer:
+            return {"gradcam": GradCamExplainer(layer=self.gradcam.layer, batch_size=self.batch_size)}
+        return instantiate_explainers(self.explainer)
 
     @classmethod
     def from_config(cls, cfg: Mapping | DictConfig) -> ExplainSettings:
@@ -410,12 +424,9 @@ def _explain_all(session: _Session, refs: Sequence[ImageRef], result: ExplainRes
     """Read and explain ``refs`` batch by batch (images read in threads), writing each image's overlay and
     heatmap; returns the predicted and ground-truth boxes of the images with ground truth (Wang's table)."""
     settings = session.settings
-    cam = GradCam(
-        session.model,
-        layer=settings.gradcam.layer,
-        target=settings.gradcam.target,
-        batch_size=settings.batch_size,
-    )
+    explainers = settings.explainers()
+    for name in list(explainers)[1:]:
+        (session.out / "heatmaps" / name).mkdir(parents=True, exist_ok=True)
     preprocess = Preprocessor(
         session.run.image_size, display_size=settings.overlay.max_size, dicom_voi=session.dicom_voi
     )
@@ -440,7 +451,7 @@ def _explain_all(session: _Session, refs: Sequence[ImageRef], result: ExplainRes
                 else:
                     loaded.append((stems[i], item))
             if loaded:
-                _explain_batch(session, cam, loaded, result, wang)
+                _explain_batch(session, explainers, loaded, result, wang)
             bar.update(min(size, len(refs) - start))
     bar.close()
     return wang
@@ -448,25 +459,31 @@ def _explain_all(session: _Session, refs: Sequence[ImageRef], result: ExplainRes
 
 def _explain_batch(
     session: _Session,
-    cam: GradCam,
+    explainers: Mapping[str, Any],
     loaded: Sequence[tuple[str, LoadedImage]],
     result: ExplainResult,
     wang: tuple[list, list],
 ) -> None:
-    """Grad-CAM of one batch of read images; each image's outputs written and its rows added to ``result``."""
+    """The explainers' maps of one batch of read images; each image's outputs written and its rows added to
+    ``result`` (the first explainer's maps give the heatmaps, boxes and localization scores)."""
     settings, model = session.settings, session.model
     batch = torch.stack([item.tensor for _, item in loaded]).to(session.device)
-    maps = cam(batch)
-    probs = pneumonia_probability(model, maps.logits)
-    logits = model.pneumonia_logit(maps.logits)
+    target = settings.gradcam.target
+    explained: dict[str, Explanation] = {
+        name: explain(e, model, batch, target) for name, e in explainers.items()
+    }
+    first = next(iter(explained.values()))
+    probs = pneumonia_probability(model, first.logits)
+    logits = model.pneumonia_logit(first.logits)
     for j, (stem, item) in enumerate(loaded):
-        heatmap = maps.heatmaps[j].cpu().numpy().astype(np.float32)
+        maps = {name: e.maps[j].cpu().numpy().astype(np.float32) for name, e in explained.items()}
+        heatmap = next(iter(maps.values()))
         predicted = heatmap_boxes(
             heatmap, settings.boxes.threshold, settings.boxes.top_k, source_shape=item.source_shape
         )
         predicted_boxes = np.array([b.box for b in predicted]).reshape(-1, 4)
         scores = (float(probs[j]), float(logits[j]), session.temperature)
-        row, score = _write_one(item, stem, heatmap, predicted_boxes, scores, session)
+        row, score = _write_one(item, stem, maps, predicted_boxes, scores, session)
         result.predictions.append(row)
         finding = settings.localization.finding
         result.boxes += [(item.ref.name, finding, *map(float, b)) for b in predicted_boxes]
@@ -507,38 +524,41 @@ def _localization_summary(settings: ExplainSettings, result: ExplainResult, wang
 def _write_one(
     item: LoadedImage,
     stem: str,
-    heatmap: np.ndarray,
+    maps: Mapping[str, np.ndarray],
     predicted_boxes: np.ndarray,
     scores: tuple[float, float, float],
     session: _Session,
 ) -> tuple[dict, dict | None]:
-    """Write one image's overlay and heatmap; its ``predictions.csv`` row and, when it has ground-truth
-    boxes, its ``localization.csv`` row (with the ``LocalizationScore`` under ``_score``)."""
+    """Write one image's overlay (the explainers side by side) and heatmaps; its ``predictions.csv`` row and,
+    when it has ground-truth boxes, its ``localization.csv`` row (with the ``LocalizationScore`` under ``_score``)."""
     threshold, out, overlay = session.threshold, session.out, session.settings.overlay
     ref = item.ref
+    heatmap = next(iter(maps.values()))
     probability, logit, temperature = scores
     predicted = int(probability >= threshold)
     boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
-    caption = f"{ref.name}\n{caption_text(probability, predicted, ref.label)}"
     display = item.display  # the source pixels at their own width, capped at overlay.max_size
     assert display is not None  # the session's Preprocessor keeps a display copy (display_size is set)
     shown = display.shape
-    save_png(
-        render_overlay(
+    tiles = []
+    for k, (name, heat) in enumerate(maps.items()):
+        title = ref.name if len(maps) == 1 else f"{ref.name} - {name}"
+        tiles.append(render_overlay(
             display,
-            heatmap,
+            heat,
             boxes=scaled_to(ref.boxes, item.source_shape, shown) if len(ref.boxes) else None,
-            predicted_boxes=scaled_to(predicted_boxes, item.source_shape, shown),
-            caption=caption,
+            predicted_boxes=scaled_to(predicted_boxes, item.source_shape, shown) if k == 0 else None,
+            caption=f"{title}\n{caption_text(probability, predicted, ref.label)}",
             size=shown[1],
             alpha=overlay.alpha,
             cmap=overlay.cmap,
-        ),
-        out / "overlays" / f"{stem}.png",
-    )
-    buffer = io.BytesIO()
-    np.save(buffer, heatmap)
-    atomic_write_bytes(out / "heatmaps" / f"{stem}.npy", buffer.getvalue(), fix=_DISK_FULL_FIX)
+        ))  # fmt: skip
+    save_png(np.concatenate(tiles, axis=1), out / "overlays" / f"{stem}.png")
+    for k, (name, heat) in enumerate(maps.items()):
+        buffer = io.BytesIO()
+        np.save(buffer, heat)
+        path = out / "heatmaps" / (f"{stem}.npy" if k == 0 else f"{name}/{stem}.npy")
+        atomic_write_bytes(path, buffer.getvalue(), fix=_DISK_FULL_FIX)
     row = {
         "image": ref.name,
         "probability": repr(probability),
