@@ -87,7 +87,7 @@ def out_of_place(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         for m, flag in flags:
-            m.inplace = flag  # type: ignore[assignment]
+            m.inplace = flag
 
 
 def target_indices(model: nn.Module, logits: torch.Tensor, target: Target) -> torch.Tensor:
@@ -101,7 +101,7 @@ def target_indices(model: nn.Module, logits: torch.Tensor, target: Target) -> to
     return torch.full((len(logits),), index, dtype=torch.long, device=logits.device)
 
 
-def to_maps(attributions: torch.Tensor, size: tuple[int, int], mode: str = "abs") -> torch.Tensor:
+def to_maps(attributions: torch.Tensor, size: tuple[int, ...], mode: str = "abs") -> torch.Tensor:
     """``(B, H, W)`` maps in [0, 1] from ``(B, C, h, w)`` attributions: channels summed after ``abs`` (or
     ``relu``), upsampled bilinearly to ``size`` when needed, then min-max normalised per image."""
     a = attributions.detach().float()
