@@ -176,9 +176,9 @@ def test_adjudicated_reference_section(tmp_path: Path) -> None:
     report = evaluate_files(
         EvaluateSettings(path, tmp_path / "out", EvalSettings(threshold=0.6, resamples=200, figures=False))
     )
-    section = report["adjudicated"]
-    assert section["images"] == 1962 == len(ref)
-    adj = section["adjudicated"]
+    refs = {r["name"]: r for r in report["reference_standards"]["references"]}
+    adj = refs["adjudicated"]
+    assert adj["images"] == 1962 == len(ref)
     assert adj["counts"]["positives"] == opacity.sum() and adj["counts"]["images"] == 1962
     assert adj["counts"]["patients"] == ref["Patient ID"].nunique()
     assert adj["metrics"]["auroc"]["value"] == pytest.approx(roc_auc_score(opacity, p), abs=1e-12)
@@ -186,12 +186,16 @@ def test_adjudicated_reference_section(tmp_path: Path) -> None:
     assert lo < adj["metrics"]["auroc"]["value"] < hi
     assert adj["metrics"]["sensitivity"]["value"] == pytest.approx(np.mean(p[opacity == 1] >= 0.6))
     nih = NIHLabelIndex.from_csv(shipped_path("Data_Entry_2017_v2020.csv.gz")).subset(ref["Image Index"])
-    assert section["nih"]["counts"]["positives"] == nih.pneumonia.sum()
-    assert section["nih"]["metrics"]["auroc"]["value"] == pytest.approx(
-        roc_auc_score(nih.pneumonia, p), abs=1e-12
+    assert refs["nih"]["images"] == len(frame)  # NIH's label covers every evaluated image
+    pair = next(
+        r for r in report["reference_standards"]["crosstab"] if (r["a"], r["b"]) == ("nih", "adjudicated")
     )
+    assert pair["images"] == 1962
+    assert pair["both_positive"] == int((nih.pneumonia & opacity).sum())
+    assert pair["a_only"] == int((nih.pneumonia & (1 - opacity)).sum())
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "## Radiologist-adjudicated reference (Airspace opacity)" in text and "NLP" in text
+    assert "## Reference standards" in text and "Adjudicated airspace opacity" in text and "NLP" in text
+    assert "Majkowska" in text  # the citation of a reference the report used
 
 
 def test_no_adjudicated_images_no_section(demo_root: Path, tmp_path: Path) -> None:
@@ -202,8 +206,12 @@ def test_no_adjudicated_images_no_section(demo_root: Path, tmp_path: Path) -> No
     settings = EvalSettings(threshold=0.5, resamples=50, figures=False)
     labels_url = str(demo_root / "Data_Entry_2017.csv")
     report = evaluate_files(EvaluateSettings(path, tmp_path / "out", settings, labels_url=labels_url))
-    assert "adjudicated" not in report
-    assert "adjudicated" not in (tmp_path / "out" / "report.md").read_text()
+    # synthetic images carry NIH-pattern names (patient id included): the radiologists' files never count them
+    refs = {r["name"]: r for r in report["reference_standards"]["references"]}
+    assert refs["nih"]["images"] == len(test)
+    assert refs["adjudicated"]["images"] == refs["rsna"]["images"] == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Majkowska" not in text and "Shih" not in text  # no attribution of references it did not use
 
 
 def test_a_new_sites_temperature_and_threshold(demo_root: Path, tmp_path: Path) -> None:

@@ -32,10 +32,10 @@ def main(cfg: DictConfig) -> None:
     value = "n/a" if m["value"] is None else f"{m['value']:.4f}"
     log.info("%s images: %s AUROC %s%s; threshold %.4f (%s)", report["counts"]["images"], report["target"],
              value, ci, t["value"], t["rule"])  # fmt: skip
-    if report.get("adjudicated"):
-        a = report["adjudicated"]["adjudicated"]["metrics"]["auroc"]
-        log.info("adjudicated airspace opacity AUROC on %d images: %s", report["adjudicated"]["images"],
-                 "n/a" if a["value"] is None else f"{a['value']:.4f}")  # fmt: skip
+    for ref in (report.get("reference_standards") or {}).get("references", []):
+        a = (ref.get("metrics") or {}).get("auroc") or {}
+        log.info("reference %s: AUROC on %d covered images: %s", ref["title"], ref["images"],
+                 "n/a" if a.get("value") is None else f"{a['value']:.4f}")  # fmt: skip
     for message in report["messages"]:
         log.warning("report: %s", message)
     log.info("report: %s/report.md", cfg.out_dir)

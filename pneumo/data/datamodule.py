@@ -36,7 +36,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from monai.data.utils import set_rnd
 from torch.utils.data import DataLoader
 
-from pneumo.config import to_plain
+from pneumo.config import choice, to_plain
 from pneumo.data.bigquery import (
     Cohort,
     check_table_url,
@@ -63,6 +63,7 @@ from pneumo.io.reading import translate_error
 from pneumo.io.storage import StorageSettings, redact_url
 from pneumo.io.store import ImageStore, absolute_location, location_exists, object_name
 from pneumo.nih.index import NIHLabelIndex
+from pneumo.nih.references import TRAINING_LABELS, load_reference, relabelled
 from pneumo.nih.shipped import relocated
 from pneumo.nih.splits import PatientSplit, make_splits, read_image_list
 from pneumo.synthetic.demo import ensure_synthetic_dataset
@@ -115,6 +116,10 @@ class NIHDataModule(L.LightningDataModule):
         cache: the local uint8 image cache (``CacheSettings`` or its mapping: enabled, dir, progress).
         cohort: a BigQuery query restricting the index before the split (``CohortSettings`` or its mapping:
             query, params, maximum_bytes_billed).
+        labels: the training target: ``nih`` (the label index's Pneumonia) or ``rsna`` (the RSNA reference's
+            lung opacity, on the images it covers only; see ``pneumo.nih.references``).
+        references: this data set's files of the built-in references (``{"rsna": {"url", "index_url"},
+            "adjudicated": {...}}``; ``None`` = the shipped files), for the report and ``labels=rsna``.
     """
 
     def __init__(  # noqa: PLR0913 - one argument per key of conf/data/*.yaml: 6 locations, 4 settings groups
@@ -130,8 +135,12 @@ class NIHDataModule(L.LightningDataModule):
         loader: LoaderSettings | Mapping | None = None,
         cache: CacheSettings | Mapping | None = None,
         cohort: CohortSettings | Mapping | None = None,
+        labels: str = "nih",
+        references: Mapping | None = None,
     ) -> None:
         super().__init__()
+        self.labels = choice(labels, "data.labels", TRAINING_LABELS)
+        self.references = {str(k): dict(v or {}) for k, v in (to_plain(references) or {}).items()}
         groups = group_settings(
             {"split_lists": to_plain(split_lists), "split": split, "images": images, "loader": loader,
              "cache": cache, "cohort": cohort}
@@ -220,6 +229,8 @@ class NIHDataModule(L.LightningDataModule):
             "loader": as_config(self.loader_settings),
             "cache": as_config(self.cache_settings),
             "cohort": as_config(self.cohort_settings),
+            "labels": self.labels,
+            "references": self.references,
         }
 
     # ------------------------------------------------------------------ storage
@@ -410,6 +421,9 @@ class NIHDataModule(L.LightningDataModule):
         if self.cohort_settings.query:
             self.cohort = select_cohort(index, self.cohort_settings, self.storage, self.labels_url)
             index = index.subset(self.cohort.images_in_index)
+        # data.labels=rsna: the reference's images and labels (pneumo.nih.references)
+        if self.labels != "nih":
+            index = relabelled(index, load_reference(self.labels, self.references, self.labels_url))
         self.index = index
         return index
 

@@ -61,25 +61,12 @@ def adjudicated_reference() -> pd.DataFrame:
 
 
 def match_reference(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Which rows of a prediction table are adjudicated images, and their reference labels.
-
-    A row matches when its ``image`` is in the reference and its ``patient`` (and ``view``/``sex`` where the
-    table has them) agree with the file's.
+    """Which rows of a prediction table are adjudicated images, and their reference labels: the coverage rule
+    of ``pneumo.nih.references.Reference.covers`` (name, and patient, view, sex and age where known).
 
     Returns:
         ``(mask, labels)``: a boolean row mask of ``frame`` and the 0/1 reference of the matched rows.
     """
-    ref = adjudicated_reference().set_index("image")
-    images = frame["image"].astype(str)
-    known = images.isin(ref.index).to_numpy()
-    if not known.any():
-        return known, np.zeros(0, dtype=np.int64)
-    rows = ref.reindex(images[known])
-    agree = np.ones(int(known.sum()), dtype=bool)
-    for column in ("patient", "view", "sex"):
-        if column in frame.columns:
-            ours = frame.loc[known, column].astype(str).str.strip().str.upper().to_numpy()
-            agree &= ours == rows[column].astype(str).str.upper().to_numpy()
-    mask = known.copy()
-    mask[np.flatnonzero(known)[~agree]] = False
-    return mask, rows["airspace_opacity"].to_numpy()[agree].astype(np.int64)
+    from pneumo.nih.references import load_reference  # references builds on this module's neighbours
+
+    return load_reference("adjudicated").covers(frame)

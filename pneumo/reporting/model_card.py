@@ -35,7 +35,7 @@ LIMITS = (
     "used for diagnosis or treatment decisions.",
     "NIH ChestX-ray14's labels were **mined from radiology reports by NLP** (Wang et al. 2017); the "
     "pneumonia label is the noisiest of the 14. Figures against it measure agreement with report text, not "
-    "with a radiologist's reading (see the report's adjudicated section where it applies).",
+    "with a radiologist's reading (see the report's \"Reference standards\" section: radiologists' labels where they cover the images).",
     "The demo data set (`data=demo`) is **synthetic**: drawn shapes in NIH's file layout. Any figure from "
     "it says the pipeline works, nothing about chest X-rays.",
     "One hospital's images (NIH Clinical Center, 1992-2015): performance on another site's images, "

@@ -22,9 +22,17 @@ import lightning as L
 import pandas as pd
 import torch
 
+from pneumo.nih.references import load_references
 from pneumo.reporting.figures import report_figures, save_figures
 from pneumo.reporting.predictions import predictions_frame, write_predictions
-from pneumo.reporting.report import EvalSettings, build_report, report_markdown, report_scalars, write_report
+from pneumo.reporting.report import (
+    EvalSettings,
+    build_report,
+    references_markdown,
+    report_markdown,
+    report_scalars,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,8 @@ def _log_to_tensorboard(trainer: L.Trainer, report: dict, figures: dict, split: 
         for name, fig in figures.items():
             experiment.add_figure(f"{split}/{name}", fig, global_step=step, close=False)
         experiment.add_text(f"{split}/report", report_markdown(report), global_step=step)
+        if report.get("reference_standards"):
+            experiment.add_text(f"{split}/reference_standards", references_markdown(report), global_step=step)
         for name, value in scalars.items():
             experiment.add_scalar(name, value, global_step=step)
         experiment.close()  # Lightning already finalized the logger; close the file we reopened
@@ -121,6 +131,11 @@ def write_evaluation(
         logits = model.pneumonia_logit(torch.from_numpy(outputs.logits)).double().numpy()
     frame = predictions_frame(outputs.image_ids, outputs.probs, outputs.targets, metadata, logits=logits)
     threshold = float(model.threshold)
+    references = load_references(
+        settings.references,
+        files=getattr(datamodule, "references", None),
+        labels_url=getattr(datamodule, "labels_url", None) if metadata is not None else None,
+    )
     report = build_report(
         frame,
         threshold,
@@ -130,6 +145,7 @@ def write_evaluation(
         split_counts=split_counts,
         checkpoint=checkpoint,
         temperature=getattr(model, "calibration", None),
+        references=references,
     )
     figures, md_path = write_outputs(frame, report, settings, out_dir)
     _log_to_tensorboard(trainer, report, figures, split)

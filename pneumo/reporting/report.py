@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ import pandas as pd
 from pneumo.config import checked_number
 from pneumo.errors import ConfigError
 from pneumo.io.files import atomic_write_text
-from pneumo.nih.adjudicated import REFERENCE_TEXT, match_reference
 from pneumo.nih.findings import PNEUMONIA
+from pneumo.nih.references import DEFAULT_REFERENCES, Reference, load_references, reference_spec
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, ClusterBootstrap, Interval
 from pneumo.stats.metrics import (
@@ -72,6 +72,9 @@ class EvalSettings:
         calibration_bins: equal-width bins of the ECE and the reliability diagram.
         age_bands: ages where the age bands are cut (``[40, 60, 80]`` -> <40, 40-59, 60-79, 80+).
         figures: also draw the ROC, PR, reliability and confusion-matrix figures.
+        references: the reference standards of the "Reference standards" section, in order: built-in names
+            (``nih``, ``adjudicated``, ``rsna``) or mappings describing another labels file
+            (``pneumo.nih.references.ReferenceSpec``).
     """
 
     threshold: str | float = DEFAULT_RULE
@@ -81,13 +84,14 @@ class EvalSettings:
     calibration_bins: int = CALIBRATION_BINS
     age_bands: tuple[float, ...] = (40, 60, 80)
     figures: bool = True
+    references: tuple[str | dict, ...] = DEFAULT_REFERENCES
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> EvalSettings:
         """Read the ``eval:`` config block (``None`` = defaults); unknown keys are an error."""
         cfg = dict(cfg or {})
         boot = dict(cfg.pop("bootstrap", None) or {})
-        known = {"threshold", "calibration_bins", "age_bands", "figures"}
+        known = {"threshold", "calibration_bins", "age_bands", "figures", "references"}
         unknown = sorted(set(cfg) - known) + [
             f"bootstrap.{k}" for k in sorted(set(boot) - {"resamples", "seed", "level"})
         ]
@@ -110,7 +114,12 @@ class EvalSettings:
             ),
             age_bands=tuple(float(a) for a in (cfg.get("age_bands", cls.age_bands) or ())),
             figures=bool(cfg.get("figures", cls.figures)),
+            references=tuple(
+                r if isinstance(r, str) else dict(r) for r in (cfg.get("references", cls.references) or ())
+            ),
         )
+        for entry in settings.references:
+            reference_spec(entry)  # an unknown name or key fails here, before any file is read
         ThresholdRule.parse(settings.threshold)  # fail early on a bad rule
         ClusterBootstrap(n=1, resamples=settings.resamples, level=settings.level)
         if settings.calibration_bins < 1:
@@ -382,30 +391,80 @@ def _findings_table(frame: pd.DataFrame, resampling: _Resampling) -> tuple[list[
     return rows, mean_entry, messages
 
 
-def _adjudicated(frame: pd.DataFrame, resampling: _Resampling, threshold: float, split: str) -> dict | None:
-    """The score against the radiologist-adjudicated reference and against NIH's label, on the same images
-    (``None`` when no evaluated image is adjudicated; see ``pneumo.nih.adjudicated``)."""
-    mask, reference = match_reference(frame)
-    if not mask.any():
+#: The reference metrics of the "Reference standards" section.
+REFERENCE_METRICS = ("auroc", "auprc", "sensitivity", "specificity")
+
+
+def _reference_standards(
+    frame: pd.DataFrame,
+    resampling: _Resampling,
+    threshold: float,
+    references: Sequence[Reference],
+    main: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """Per reference: covered images, patients, positives, AUROC/AUPRC with the patient bootstrap interval,
+    sensitivity/specificity at ``threshold``; the cross-tab of every two references on the images they
+    share; the caveats and citations of the references that cover an image (``None``: no references)."""
+    if not references:
         return None
-    p = frame["probability"].to_numpy(dtype=np.float64)[mask]
-    nih = frame["label"].to_numpy().astype(np.int64)[mask]
-    sub = resampling.subset(mask)
-    out: dict[str, Any] = {"reference": REFERENCE_TEXT, "images": int(mask.sum())}
-    for name, y in (("adjudicated", reference), ("nih", nih)):
-        section, _ = _binary_section(y, p, sub, threshold, split)
-        out[name] = {
-            "counts": section["counts"],
-            "metrics": {k: section["metrics"][k] for k in ("auroc", "sensitivity", "specificity")},
-            "confusion_matrix": section["confusion_matrix"],
+    p = frame["probability"].to_numpy(dtype=np.float64)
+    entries, labels = [], {}
+    for ref in references:
+        mask, y = ref.covers(frame)
+        full = np.full(len(frame), -1, dtype=np.int64)
+        full[mask] = y
+        entry: dict[str, Any] = {
+            "name": ref.name,
+            "title": ref.title,
+            "description": ref.description,
+            "source": ref.source,
+            "images": int(mask.sum()),
         }
-    out["agreement"] = {  # how the two references disagree on these images
-        "both_positive": int(((reference == 1) & (nih == 1)).sum()),
-        "adjudicated_only": int(((reference == 1) & (nih == 0)).sum()),
-        "nih_only": int(((reference == 0) & (nih == 1)).sum()),
-        "both_negative": int(((reference == 0) & (nih == 0)).sum()),
+        if mask.all() and np.array_equal(y, frame["label"].to_numpy()):
+            counts, metrics = main["counts"], main["metrics"]  # the report's own target: computed once
+        elif mask.any():
+            section, _ = _binary_section(
+                y, p[mask], resampling.subset(mask), threshold, f"{ref.name}-covered"
+            )
+            counts, metrics = section["counts"], section["metrics"]
+        else:
+            counts, metrics = None, None
+            entry["note"] = "no evaluated image is covered (name, patient, view, sex and age must agree)"
+        if counts is not None:
+            labels[ref.name] = full
+            entry["counts"] = dict(counts)
+            entry["metrics"] = {k: metrics[k] for k in REFERENCE_METRICS}
+        entries.append(entry)
+    used = [r for r in references if r.name in labels]
+    return {
+        "threshold": threshold,
+        "references": entries,
+        "crosstab": _crosstab(labels),
+        "notes": [f"{r.title}: {r.note}" for r in used if r.note],
+        "attribution": [r.citation for r in used if r.citation],
     }
-    return out
+
+
+def _crosstab(labels: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """For every two covering references, in order: their shared images and how their labels agree there."""
+    names, rows = list(labels), []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ya, yb = labels[a], labels[b]
+            shared = (ya >= 0) & (yb >= 0)
+            ya, yb = ya[shared], yb[shared]
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "images": int(shared.sum()),
+                    "both_positive": int(((ya == 1) & (yb == 1)).sum()),
+                    "a_only": int(((ya == 1) & (yb == 0)).sum()),
+                    "b_only": int(((ya == 0) & (yb == 1)).sum()),
+                    "both_negative": int(((ya == 0) & (yb == 0)).sum()),
+                }
+            )
+    return rows
 
 
 def _temperature_section(
@@ -440,7 +499,7 @@ def _clean(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- public
-def build_report(
+def build_report(  # noqa: PLR0913 - the report's inputs, keywords after the first three
     frame: pd.DataFrame,
     threshold: float,
     settings: EvalSettings,
@@ -450,6 +509,7 @@ def build_report(
     split_counts: Mapping | None = None,
     checkpoint: str | None = None,
     temperature: Mapping | None = None,
+    references: Sequence[Reference] | None = None,
 ) -> dict:
     """Build the report of a prediction table.
 
@@ -464,6 +524,8 @@ def build_report(
         checkpoint: the evaluated checkpoint, recorded in the report.
         temperature: the temperature behind ``probability`` (``value``, ``fitted_on``...); with a ``logit``
             column the report adds calibration before (temperature 1) and after scaling.
+        references: the reference standards of the "Reference standards" section; ``None`` =
+            ``settings.references`` at their shipped files, with ``nih`` the table's own ``label``.
     """
     missing = [c for c in ("image", "patient", "probability", "label") if c not in frame.columns]
     if missing:
@@ -495,6 +557,11 @@ def build_report(
     }
     messages += _coverage_messages(len(frame), split, split_counts, unit)
     sections, section_messages = _further_sections(frame, resampling, threshold, split, temperature)
+    if references is None:
+        references = load_references(settings.references)
+    standards = _reference_standards(frame, resampling, threshold, references, section)
+    if standards is not None:
+        sections["reference_standards"] = standards
     report.update(sections)
     report["messages"] = messages + section_messages
     return _clean(report)
@@ -525,8 +592,8 @@ def _coverage_messages(n: int, split: str, split_counts: Mapping | None, unit: s
 def _further_sections(
     frame: pd.DataFrame, resampling: _Resampling, threshold: float, split: str, temperature: Mapping | None
 ) -> tuple[dict[str, Any], list[str]]:
-    """The sections after the binary target's (subgroups, temperature, adjudicated labels, findings), in
-    report order, and their messages."""
+    """The sections after the binary target's (subgroups, temperature, findings), in report order, and
+    their messages."""
     sections: dict[str, Any] = {}
     subgroups, sub_messages = _subgroups(frame, resampling)
     sections["subgroups"] = subgroups
@@ -536,9 +603,6 @@ def _further_sections(
         sections["temperature"] = scaling
         if scaling.get("note"):
             messages.append(f"temperature: {scaling['note']}")
-    adjudicated = _adjudicated(frame, resampling, threshold, split)
-    if adjudicated is not None:
-        sections["adjudicated"] = adjudicated
     messages += sub_messages
     if finding_columns(frame):
         rows, mean_entry, find_messages = _findings_table(frame, resampling)
@@ -676,8 +740,8 @@ def report_markdown(report: Mapping) -> str:
     ]
     if report.get("subgroups"):
         lines += [f"## AUROC by subgroup ({report['target'].lower()})", "", *subgroup_table(report), ""]
-    if report.get("adjudicated"):
-        lines += _adjudicated_markdown(report["adjudicated"], report["target"], t["value"])
+    if report.get("reference_standards"):
+        lines += _references_markdown(report["reference_standards"], report["target"])
     if report.get("messages"):
         lines += ["## Notes", ""] + [f"- {m}" for m in report["messages"]] + [""]
     if report.get("figures"):
@@ -709,36 +773,64 @@ def _temperature_markdown(section: Mapping | None) -> list[str]:
     ]
 
 
-def _adjudicated_markdown(section: Mapping, target: str, threshold: float) -> list[str]:
-    adj, nih, agree = section["adjudicated"], section["nih"], section["agreement"]
+def _references_markdown(section: Mapping, target: str) -> list[str]:
+    """The "Reference standards" section: one row per reference, the cross-tab, caveats and citations."""
     lines = [
-        "## Radiologist-adjudicated reference (Airspace opacity)",
+        "## Reference standards",
         "",
-        f"{section['reference']}",
+        f"The same {target.lower()} probabilities at the same operating point ({section['threshold']:.4f}), scored "
+        "against each reference on the evaluated images it covers:",
         "",
-        f"{section['images']} of the evaluated images are adjudicated ({adj['counts']['patients']} patients). "
-        f"The same {target.lower()} probabilities at the same operating point ({threshold:.4f}), scored "
-        "against each reference:",
-        "",
-        "| Reference | Positives | Negatives | AUROC | 95% CI | Sensitivity | 95% CI | Specificity | 95% CI |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Reference | Images | Patients | Positives | Prevalence | AUROC | 95% CI | AUPRC | 95% CI "
+        "| Sensitivity | 95% CI | Specificity | 95% CI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, part in (("Adjudicated airspace opacity", adj), (f"NIH {target.lower()} label", nih)):
+    titles = {}
+    for ref in section["references"]:
+        titles[ref["name"]] = ref["title"]
+        if "counts" not in ref:
+            lines.append(f"| {ref['title']} | 0 | | | | {ref['note']} | | | | | | | |")
+            continue
+        c = ref["counts"]
+        prevalence = "n/a" if c["prevalence"] is None else f"{100 * c['prevalence']:.1f}%"
         cells = []
-        for metric in ("auroc", "sensitivity", "specificity"):
-            value, ci, note = _cell(part["metrics"][metric])
+        for metric in REFERENCE_METRICS:
+            value, ci, note = _cell(ref["metrics"][metric])
             cells += [value, ci or note]
         lines.append(
-            f"| {name} | {part['counts']['positives']} | {part['counts']['negatives']} | {' | '.join(cells)} |"
+            f"| {ref['title']} | {c['images']} | {c['patients']} | {c['positives']} | {prevalence} | "
+            f"{' | '.join(cells)} |"
         )
+    lines.append("")
+    if section["crosstab"]:
+        lines += [
+            "How the references label the images they share:",
+            "",
+            "| Reference A | Reference B | Shared images | Both positive | A only | B only | Both negative |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {titles[r['a']]} | {titles[r['b']]} | {r['images']} | {r['both_positive']} | {r['a_only']} | "
+            f"{r['b_only']} | {r['both_negative']} |"
+            for r in section["crosstab"]
+        ]
+        lines.append("")
     lines += [
-        "",
-        f"The references agree on {agree['both_positive']} positive and {agree['both_negative']} negative "
-        f"images; {agree['adjudicated_only']} are positive only for the radiologists, {agree['nih_only']} only "
-        "for NIH's label.",
-        "",
+        f"- {ref['title']}: {ref['description']}"
+        for ref in section["references"]
+        if ref.get("description") and "counts" in ref
     ]
-    return lines
+    lines += [f"- {note}" for note in section["notes"]]
+    if section["attribution"]:
+        lines += ["", "Sources (cite them with these results):", ""]
+        lines += [f"- {citation}" for citation in section["attribution"]]
+    return [*lines, ""]
+
+
+def references_markdown(report: Mapping) -> str:
+    """The "Reference standards" section alone (a TensorBoard text of its own); empty without one."""
+    section = report.get("reference_standards")
+    return "\n".join(_references_markdown(section, report["target"])) if section else ""
 
 
 def write_report(report: Mapping, out_dir: str | Path) -> tuple[Path, Path]:

@@ -10,6 +10,8 @@ in (some visible: cardiomegaly, effusion, nodule, mass; the rest label-only) so 
     OUT/Data_Entry_2017.csv        (the real 11 columns, bracket-split header)
     OUT/train_val_list.txt  OUT/test_list.txt   (split by patient)
     OUT/BBox_List_2017.csv         (real header; boxes in pixels of the written image)
+    OUT/rsna_pneumonia.csv  OUT/adjudicated_labels.csv   (radiologist-style references in RSNA's and
+                                   Google's layouts, with documented disagreements: pneumo.synthetic.references)
     OUT/demo_manifest.json         (written last: parameters and counts; marks the set complete)
 
 Unlike NIH (boxes only on test images) every opacity gets a box, so validation overlays can show them too.
@@ -45,6 +47,7 @@ from pneumo.errors import ConfigError
 from pneumo.io.reading import read_bytes
 from pneumo.io.store import object_name
 from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
+from pneumo.synthetic.references import ADJUDICATED_NAME, RSNA_NAME, RSNA_RULES, reference_files
 from pneumo.synthetic.render import Anatomy, encode_png, opacity_box, random_anatomy, render
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,7 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     fs.pipe_file(f"{root}/BBox_List_2017.csv", ("\n".join([BBOX_HEADER, *boxes]) + "\n").encode())
     fs.pipe_file(f"{root}/train_val_list.txt", ("\n".join(train_val) + "\n").encode())
     fs.pipe_file(f"{root}/test_list.txt", ("\n".join(test) + "\n").encode())
+    references = _write_references(fs, root, rows, boxes, set(test), cfg)
     manifest = {
         "config": asdict(cfg),
         "images": len(rows),
@@ -139,9 +143,30 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
         "train_val": len(train_val),
         "test": len(test),
         "findings": list(FINDINGS),
+        "references": references,
     }
     fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def _write_references(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    rows: list[str],
+    boxes: list[str],
+    test: set[str],
+    cfg: SyntheticConfig,
+) -> dict:
+    """The RSNA-layout and adjudicated-layout files over the written images (``pneumo.synthetic.references``:
+    deliberate, documented disagreements); returns their rules and counts for the manifest."""
+    drawn: dict[str, tuple[float, float, float, float]] = {}
+    for line in boxes:
+        name, _, x, y, w, h = line.split(",")[:6]
+        drawn[name] = (float(x), float(y), float(w), float(h))
+    files = reference_files(rows, drawn, test, cfg.size, cfg.seed)
+    fs.pipe_file(f"{root}/{RSNA_NAME}", ("\n".join(files.rsna) + "\n").encode())
+    fs.pipe_file(f"{root}/{ADJUDICATED_NAME}", ("\n".join(files.adjudicated) + "\n").encode())
+    return {"files": [RSNA_NAME, ADJUDICATED_NAME], "rules": RSNA_RULES, "counts": files.counts}
 
 
 def _write_images(
@@ -214,7 +239,8 @@ def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **ove
     manifest_path = f"{root.rstrip('/')}/{MANIFEST}"
     if fs.exists(manifest_path):
         manifest = json.loads(read_bytes(f"{out.rstrip('/')}/{MANIFEST}"))
-        if manifest.get("config") == asdict(cfg):
+        # a set written before the reference files existed is written again
+        if manifest.get("config") == asdict(cfg) and fs.exists(f"{root.rstrip('/')}/{RSNA_NAME}"):
             return manifest
         log.info("demo set at %s was made with other parameters; writing it again", out)
         fs.rm_file(manifest_path)

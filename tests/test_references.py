@@ -1,0 +1,152 @@
+"""Reference standards: NIH's label, the adjudicated labels and RSNA's, scored side by side in every report;
+a fourth reference as one config entry; training on RSNA's labels; the demo's documented disagreements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import open_dict
+from sklearn.metrics import roc_auc_score
+
+from pneumo.nih.index import NIHLabelIndex
+from pneumo.nih.references import ReferenceError, load_reference, reference_spec, relabelled
+from pneumo.nih.rsna import RSNALabels
+from pneumo.nih.shipped import location
+from pneumo.nih.splits import read_image_list
+from pneumo.pipelines.evaluate import EvaluateSettings, evaluate_files
+from pneumo.reporting.report import EvalSettings
+from tests.helpers import ROOT, run_cli, tiny_overrides
+
+
+def _by_name(report: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in report["reference_standards"]["references"]}
+
+
+@pytest.mark.slow
+def test_evaluation_cli_scores_nih_images_against_every_reference(tmp_path: Path) -> None:
+    """`python -m pneumo.evaluation` on NIH names with scores: the RSNA row is scikit-learn's AUROC on the
+    covered images, and the cross-tab is pandas' count of the three labels on the shared images."""
+    index = NIHLabelIndex.from_csv(location("Data_Entry_2017_v2020.csv.gz")).table.set_index("image")
+    rsna = RSNALabels.from_csv().images.set_index("image")["opacity"]
+    google = pd.read_csv(location("google2019_nih-chest-xray-labels.csv.gz"), dtype=str)
+    google = (
+        google[google["Set Id"] == "test"].set_index("Image Index")["Airspace opacity"].eq("YES").astype(int)
+    )
+    test = np.array(sorted(read_image_list(location("test_list.txt"))))
+    rng = np.random.default_rng(0)
+    images = rng.choice(test, size=3000, replace=False)
+    signal = pd.Series(images).map(rsna).fillna(0).to_numpy()
+    p = np.clip(0.3 * signal + 0.7 * rng.random(len(images)), 0, 1)
+    pd.DataFrame({"image": images, "probability": p}).to_csv(tmp_path / "p.csv", index=False)
+    out = tmp_path / "out"
+    proc = run_cli(["-m", "pneumo.evaluation", f"predictions={tmp_path / 'p.csv'}", f"out_dir={out}",
+                    "eval.threshold=0.5", "eval.bootstrap.resamples=200", "eval.figures=false",
+                    f"paths.log_dir={tmp_path}/logs"], cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    refs = _by_name(report)
+    covered = np.isin(images, rsna.index)
+    y = rsna.reindex(images[covered]).to_numpy()
+    assert refs["rsna"]["images"] == covered.sum() > 500
+    assert refs["rsna"]["counts"]["positives"] == y.sum()
+    assert refs["rsna"]["counts"]["patients"] == index.loc[images[covered], "patient"].nunique()
+    assert refs["rsna"]["metrics"]["auroc"]["value"] == pytest.approx(roc_auc_score(y, p[covered]), abs=1e-6)
+    lo, hi = refs["rsna"]["metrics"]["auroc"]["ci"]
+    assert lo < refs["rsna"]["metrics"]["auroc"]["value"] < hi
+    labels = pd.DataFrame(
+        {
+            "nih": index.loc[images, "pneumonia"].to_numpy(),
+            "adjudicated": pd.Series(images).map(google).to_numpy(),
+            "rsna": pd.Series(images).map(rsna).to_numpy(),
+        }
+    )
+    for row in report["reference_standards"]["crosstab"]:
+        shared = labels[[row["a"], row["b"]]].dropna().astype(int)
+        table = pd.crosstab(shared[row["a"]], shared[row["b"]]).reindex(
+            index=[0, 1], columns=[0, 1], fill_value=0
+        )
+        assert (row["images"], row["both_positive"], row["a_only"], row["b_only"], row["both_negative"]) == (
+            len(shared), table.loc[1, 1], table.loc[1, 0], table.loc[0, 1], table.loc[0, 0],
+        ), row  # fmt: skip
+    text = (out / "report.md").read_text()
+    assert "## Reference standards" in text and "not drawn at random" in text  # the enrichment note
+    assert "Shih G" in text and "TorchXRayVision" in text  # RSNA's attribution
+    assert "reference RSNA lung opacity (radiologists): AUROC on" in proc.stdout + proc.stderr
+
+
+def test_a_fourth_reference_is_one_config_entry(demo_root: Path, tmp_path: Path) -> None:
+    test = read_image_list(str(demo_root / "test_list.txt"))
+    site = pd.DataFrame({"image": test[::2], "label": [i % 2 for i in range(len(test[::2]))]})
+    site.to_csv(tmp_path / "site.csv", index=False)
+    p = np.linspace(0.01, 0.99, len(test))
+    pd.DataFrame({"image": test, "probability": p}).to_csv(tmp_path / "p.csv", index=False)
+    entry = {"name": "site", "layout": "table", "url": str(tmp_path / "site.csv"), "title": "Site readers"}
+    settings = EvalSettings.from_config({"threshold": 0.5, "bootstrap": {"resamples": 50}, "figures": False,
+                                         "references": ["nih", entry]})  # fmt: skip
+    labels_url = str(demo_root / "Data_Entry_2017.csv")
+    report = evaluate_files(EvaluateSettings(str(tmp_path / "p.csv"), str(tmp_path / "out"), settings,
+                                             labels_url=labels_url))  # fmt: skip
+    refs = _by_name(report)
+    assert list(refs) == ["nih", "site"] and refs["site"]["images"] == len(site)
+    assert refs["site"]["metrics"]["auroc"]["value"] == pytest.approx(roc_auc_score(site["label"], p[::2]))
+    assert "| Site readers |" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(
+        ReferenceError, match="unknown reference 'radiologist'; built-in: nih, adjudicated, rsna"
+    ):
+        EvalSettings.from_config({"references": ["radiologist"]})
+
+
+def test_rsna_labels_on_a_data_set_rsna_does_not_cover_is_one_line(demo_root: Path) -> None:
+    index = NIHLabelIndex.from_csv(str(demo_root / "Data_Entry_2017.csv"))
+    with pytest.raises(ReferenceError) as err:
+        relabelled(index, load_reference("rsna"))  # the shipped file: NIH's images, not the demo's
+    assert "data.labels=rsna: the rsna reference" in str(err.value) and "covers none of the" in str(err.value)
+    assert "\n" not in str(err.value)
+    # the demo's own RSNA-style file covers its images: relabelled, restricted to them
+    spec = reference_spec("rsna", {"rsna": {"url": str(demo_root / "rsna_pneumonia.csv"),
+                                            "index_url": str(demo_root / "Data_Entry_2017.csv")}})  # fmt: skip
+    ours = relabelled(index, load_reference(spec))
+    written = pd.read_csv(demo_root / "rsna_pneumonia.csv").groupby("Image Index")["Target"].max()
+    assert len(ours) == len(written) < len(index)
+    assert ours.table.set_index("image")["pneumonia"].sort_index().tolist() == written.sort_index().tolist()
+
+
+@pytest.mark.slow
+def test_demo_run_on_rsna_labels_reports_the_written_disagreements(
+    demo_root: Path, tmp_path: Path, compose_train
+) -> None:
+    """`python train.py data=demo data.labels=rsna`: trains and tests on the RSNA-style images, and the report
+    shows the three references with the cross-tab the demo writer recorded for the test split."""
+    from pneumo.pipelines.train import train
+
+    cfg = compose_train([*tiny_overrides(demo_root, tmp_path), "data.labels=rsna", "logger=none",
+                         "eval.bootstrap.resamples=50", "eval.figures=false"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.callbacks.gradcam_overlay = cfg.callbacks.lr_monitor = cfg.callbacks.early_stopping = None
+    _, objects = train(cfg)
+    manifest = json.loads((demo_root / "demo_manifest.json").read_text())["references"]["counts"]
+    report = objects["report"]
+    refs = _by_name(report)
+    written = manifest["test"]
+    assert (
+        report["counts"]["images"] == written["images"] == refs["rsna"]["images"]
+    )  # RSNA-covered test images
+    assert refs["rsna"]["counts"]["positives"] == written["positives"] == report["counts"]["positives"]
+    assert refs["adjudicated"]["images"] == manifest["adjudicated"]["images"]
+    pairs = {(r["a"], r["b"]): r for r in report["reference_standards"]["crosstab"]}
+    for pair, counts in ((("nih", "rsna"), written), (("nih", "adjudicated"), manifest["adjudicated"])):
+        row = pairs[pair]
+        assert (row["both_positive"], row["a_only"], row["b_only"], row["both_negative"]) == (
+            counts["both_positive"], counts["nih_only"], counts["rsna_only"], counts["both_negative"],
+        )  # fmt: skip
+    text = (Path(cfg.paths.output_dir) / "report.md").read_text()
+    for title in (
+        "NIH label (NLP)",
+        "Adjudicated-style opacity (synthetic)",
+        "RSNA-style opacity (synthetic)",
+    ):
+        assert f"| {title} |" in text
