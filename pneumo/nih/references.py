@@ -34,7 +34,7 @@ Example:
     >>> rsna = load_reference("rsna")
     >>> rsna.name, len(rsna.labels), int(rsna.labels["label"].sum())
     ('rsna', 26585, 5997)
-    >>> frame = pd.DataFrame({"image": ["00000001_000.png"], "patient": [1], "view": ["PA"], "sex": ["M"]})
+    >>> frame = pd.DataFrame({"image": ["00000001_000.png"], "patient": [1], "label": [1]})
     >>> load_reference("nih").covers(frame)[0].tolist()  # NIH's label covers every image of the index
     [True]
 """
