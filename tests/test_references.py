@@ -150,3 +150,38 @@ def test_demo_run_on_rsna_labels_reports_the_written_disagreements(
         "RSNA-style opacity (synthetic)",
     ):
         assert f"| {title} |" in text
+
+
+def test_explain_scores_and_draws_every_box_reference(
+    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    """explain on the demo's test images: a pointing game against NIH-style and RSNA-style boxes, each with
+    its patient-bootstrap interval, and overlays outlining each reference's boxes in its own colour."""
+    from PIL import Image
+
+    from pneumo.pipelines.explain import ExplainSettings, explain_images, format_summary
+    from pneumo.xai.overlay import BOX_COLOR, reference_color
+
+    settings = ExplainSettings(ckpt_path=str(tiny_ckpt), out_dir=str(tmp_path / "out"), split="test",
+                               num_workers=0, progress=False, device="cpu")  # fmt: skip
+    result = explain_images(settings)
+    by_ref = result.summary["references"]
+    written = pd.read_csv(demo_root / "rsna_pneumonia.csv")
+    test = set(read_image_list(str(demo_root / "test_list.txt")))
+    rsna_boxed = set(written.loc[(written["Target"] == 1) & written["Image Index"].isin(test), "Image Index"])
+    assert by_ref["rsna"]["n"] == len(rsna_boxed) > 0 and by_ref["nih"]["n"] > 0
+    for name in ("nih", "rsna"):
+        lo, hi = by_ref[name]["hit_rate_ci"]
+        assert lo <= by_ref[name]["hit_rate"] <= hi and by_ref[name]["unit"] == "patient"
+        assert len(by_ref[name]["wang"]["iobb"]) == 5
+    lines = format_summary(result.summary)
+    assert any(line.startswith("pointing game vs nih:") for line in lines)
+    assert any(line.startswith("pointing game vs rsna:") for line in lines)
+    # an image boxed by both: its overlay has both outline colours
+    nih_boxed = set(pd.read_csv(demo_root / "BBox_List_2017.csv").iloc[:, 0]) & test
+    both = sorted(nih_boxed & rsna_boxed)[0]
+    picture = np.asarray(
+        Image.open(tmp_path / "out" / "overlays" / both.replace(".png", ".png")).convert("RGB")
+    )
+    colours = {tuple(c) for c in picture.reshape(-1, 3)}
+    assert BOX_COLOR in colours and reference_color("rsna") in colours

@@ -256,7 +256,7 @@ def _normalised(values: pd.Series) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- loading
 @cache
-def _index_metadata(url: str) -> pd.DataFrame:
+def index_metadata(url: str) -> pd.DataFrame:
     """``image``, ``patient``, ``view``, ``sex``, ``age`` of a ``Data_Entry`` CSV (read once per process)."""
     table = NIHLabelIndex.from_csv(url).table
     return table[["image", "patient", "view", "sex", "age", "pneumonia"]].copy()
@@ -269,7 +269,7 @@ def _labels_of(layout: str, url: str) -> tuple[pd.DataFrame, BoxList | None]:
         rsna = RSNALabels.from_csv(url)
         return rsna.images[["image"]].assign(label=rsna.images["opacity"].to_numpy()), rsna.boxes
     if layout == "index":
-        table = _index_metadata(url)
+        table = index_metadata(url)
         return table[["image"]].assign(label=table["pneumonia"].to_numpy()), None
     verified(url)
     try:
@@ -347,7 +347,7 @@ def load_reference(
         labels, boxes = _labels_of(spec.layout, url)
         index_url = spec.index_url or (location(NIH_INDEX) if not spec.url else None)
         if index_url:
-            meta = _index_metadata(index_url).drop(columns="pneumonia")
+            meta = index_metadata(index_url).drop(columns="pneumonia")
             labels = labels.merge(meta, on="image", how="inner")
     box_source = spec.boxes_url or (bbox_url if spec.layout == "index" else None)
     if box_source:

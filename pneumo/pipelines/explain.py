@@ -64,12 +64,19 @@ from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.nih.boxes import load_boxes, scaled_to
 from pneumo.nih.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
+from pneumo.nih.references import Reference, index_metadata, load_reference, reference_spec
 from pneumo.pipelines.runs import Run, load_run
 from pneumo.xai.explainers import Explanation, GradCamExplainer, explain, instantiate_explainers
 from pneumo.xai.gradcam import DEFAULT_LAYER, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.localization import DEFAULT_THRESHOLD, score_heatmap, summarize
-from pneumo.xai.overlay import caption_text, render_overlay, save_png
+from pneumo.xai.overlay import box_legend, caption_text, reference_color, render_overlay, save_png
+from pneumo.xai.reference_boxes import (
+    ReferenceHit,
+    format_by_reference,
+    score_references,
+    summarize_references,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,8 @@ class ExplainResult:
     summary: dict = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
     out_dir: str = ""
+    #: per box reference, its scored images (``pneumo.xai.reference_boxes``)
+    reference_hits: dict[str, list[ReferenceHit]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -227,6 +236,9 @@ class ExplainSettings:
         labels_url: label index for true labels; ``None`` = the checkpoint's, ``""`` = none.
         bbox_url: box file for localization; ``None`` = the checkpoint's, ``""`` = none.
         localization: ground-truth finding and heatmap level of IoU / IoBB.
+        references: the box references scored and drawn (``eval.references`` entries: ``nih``, ``rsna``, a
+            mapping for your own file; those without boxes are left out); the data set's files are the
+            checkpoint's ``data.references``.
         boxes: the predicted boxes of ``boxes.csv``.
         dicom_voi: grey levels of DICOM inputs (``auto``, ``window``, ``full-range``); ``None`` = the
             checkpoint's ``data.images.dicom_voi`` (``auto`` for checkpoints from before it existed).
@@ -258,6 +270,7 @@ class ExplainSettings:
     labels_url: str | None = None
     bbox_url: str | None = None
     localization: LocalizationSettings = field(default_factory=LocalizationSettings)
+    references: list[str | dict] = field(default_factory=lambda: ["nih", "rsna"])
     boxes: BoxSettings = field(default_factory=BoxSettings)
     dicom_voi: str | None = None
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
@@ -280,6 +293,9 @@ class ExplainSettings:
             check_voi(self.dicom_voi, "dicom_voi")
         self.storage = dict(to_plain(self.storage)) if self.storage is not None else None
         self.explainer = dict(to_plain(self.explainer)) if self.explainer else None
+        self.references = [r if isinstance(r, str) else dict(r) for r in (to_plain(self.references) or [])]
+        for entry in self.references:
+            reference_spec(entry)  # an unknown name or key fails here
 
     def explainers(self) -> dict[str, Any]:
         """``{name: explainer}``: the ``explainer`` specs instantiated, or Grad-CAM of ``gradcam.layer``."""
@@ -329,6 +345,10 @@ class _Session:
     dicom_voi: str
     labels_url: str | None
     bbox_url: str | None
+    #: per box reference (other than nih, whose boxes are ``ImageRef.boxes``): image name -> boxes (source px)
+    reference_boxes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: image name -> patient (the pointing game's bootstrap clusters)
+    patients: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> PneumoniaClassifier:
@@ -358,6 +378,11 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
     _write_predictions(session, result)
     if result.localization:
         result.summary = _localization_summary(settings, result, wang)
+    if result.reference_hits:
+        result.summary = {
+            **result.summary,
+            "references": summarize_references(result.reference_hits, top_k=settings.boxes.top_k),
+        }
     summary = {
         "checkpoint": settings.ckpt_path,
         "images": len(refs),
@@ -413,11 +438,36 @@ def image_refs(session: _Session) -> list[ImageRef]:
     finding = settings.localization.finding
     n_labels = attach_labels(refs, session.labels_url, session.options)
     n_boxes = attach_boxes(refs, session.bbox_url, finding, session.options)
+    attach_reference_boxes(session, refs)
     log.info(
         "%d image(s) at %d px; true labels for %d, %s boxes for %d; model threshold %.3f; Grad-CAM layer %s",
         len(refs), run.image_size, n_labels, finding, n_boxes, session.threshold, settings.gradcam.layer,
     )  # fmt: skip
     return refs
+
+
+def attach_reference_boxes(session: _Session, refs: Sequence[ImageRef]) -> None:
+    """The boxes of every box reference other than ``nih`` for the images it covers (its coverage rule, with
+    the images' patient, view, sex and age from the label index), and each image's patient."""
+    if not session.labels_url:
+        return
+    meta = index_metadata(session.labels_url)
+    frame = meta[meta["image"].isin({ref.name for ref in refs})].drop(columns="pneumonia")
+    session.patients = dict(zip(frame["image"], frame["patient"]))
+    files = session.run.datamodule.hparams.get("references") or {}
+    for entry in session.settings.references:
+        if (entry if isinstance(entry, str) else entry.get("name")) == "nih":
+            continue
+        reference: Reference = load_reference(entry, files)
+        if reference.boxes is None:
+            continue
+        covered = frame["image"].to_numpy()[reference.covers(frame)[0]]
+        session.reference_boxes[reference.name] = {str(x): reference.boxes_for(str(x)) for x in covered}
+        log.info(
+            "%s boxes for %d image(s)",
+            reference.name,
+            sum(len(b) > 0 for b in session.reference_boxes[reference.name].values()),
+        )
 
 
 def _explain_all(session: _Session, refs: Sequence[ImageRef], result: ExplainResult) -> tuple[list, list]:
@@ -492,6 +542,32 @@ def _explain_batch(
             wang[1].append(item.ref.boxes)
         if score is not None:
             result.localization.append(score)
+        for name, hit in _reference_hits(session, item, heatmap).items():
+            result.reference_hits.setdefault(name, []).append(hit)
+
+
+def _boxes_by_reference(session: _Session, item: LoadedImage) -> dict[str, np.ndarray]:
+    """Each box reference's boxes of one image, source pixels (``nih``: the run's box file)."""
+    out = {"nih": item.ref.boxes} if _uses_nih(session) else {}
+    for name, boxes in session.reference_boxes.items():
+        out[name] = boxes.get(item.ref.name, np.zeros((0, 4)))
+    return out
+
+
+def _uses_nih(session: _Session) -> bool:
+    return any((e if isinstance(e, str) else e.get("name")) == "nih" for e in session.settings.references)
+
+
+def _reference_hits(session: _Session, item: LoadedImage, heatmap: np.ndarray) -> dict[str, ReferenceHit]:
+    """One heatmap scored against each box reference that boxes its image (heatmap pixels)."""
+    settings = session.settings
+    scaled = {
+        name: scaled_to(boxes, item.source_shape, heatmap.shape)
+        for name, boxes in _boxes_by_reference(session, item).items()
+        if len(boxes)
+    }
+    patient = session.patients.get(item.ref.name, item.ref.name)
+    return score_references(heatmap, scaled, patient, settings.localization.threshold, settings.boxes.top_k)
 
 
 def _write_predictions(session: _Session, result: ExplainResult) -> None:
@@ -537,6 +613,10 @@ def _write_one(
     probability, logit, temperature = scores
     predicted = int(probability >= threshold)
     boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
+    drawn = {k: v for k, v in _boxes_by_reference(session, item).items() if len(v) and k != "nih"}
+    caption_tail = caption_text(probability, predicted, ref.label)
+    if drawn or len(ref.boxes):
+        caption_tail += "\n" + box_legend([*(["nih"] if len(ref.boxes) else []), *drawn])
     display = item.display  # the source pixels at their own width, capped at overlay.max_size
     assert display is not None  # the session's Preprocessor keeps a display copy (display_size is set)
     shown = display.shape
@@ -548,7 +628,10 @@ def _write_one(
             heat,
             boxes=scaled_to(ref.boxes, item.source_shape, shown) if len(ref.boxes) else None,
             predicted_boxes=scaled_to(predicted_boxes, item.source_shape, shown) if k == 0 else None,
-            caption=f"{title}\n{caption_text(probability, predicted, ref.label)}",
+            reference_boxes=[
+                (scaled_to(b, item.source_shape, shown), reference_color(n)) for n, b in drawn.items()
+            ],
+            caption=f"{title}\n{caption_tail}",
             size=shown[1],
             alpha=overlay.alpha,
             cmap=overlay.cmap,
@@ -614,8 +697,9 @@ def write_box_list(path: Path, rows: Sequence[tuple]) -> None:
 
 def format_summary(summary: Mapping) -> list[str]:
     """Human-readable lines of a localization summary (as printed by ``explain.py``)."""
+    by_reference = format_by_reference(summary.get("references") or {}) if summary else []
     if not summary or not summary.get("n"):
-        return []
+        return by_reference
     lo, hi = summary["hit_rate_ci95"]
     return [
         f"pointing game (hit rate): {summary['hit_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {summary['n']} "
@@ -625,4 +709,5 @@ def format_summary(summary: Mapping) -> list[str]:
         f"mean IoU {summary['mean_iou']:.3f}, mean IoBB {summary['mean_iobb']:.3f}, IoBB >= 0.1 for "
         f"{summary['iobb_accuracy']:.3f} (heatmap >= {summary.get('iou_threshold', DEFAULT_THRESHOLD)})",
         *format_table(summary.get("wang") or {}),
+        *by_reference,
     ]

@@ -29,6 +29,38 @@ from pneumo.io.files import atomic_write_bytes
 BOX_COLOR = (0, 255, 0)
 #: Colour of boxes predicted from the heatmap (``pneumo.xai.heatmap_boxes``).
 PREDICTED_BOX_COLOR = (255, 0, 255)
+#: Colour of each box reference's boxes (``pneumo.nih.references``): NIH's green, RSNA's orange; others yellow.
+REFERENCE_BOX_COLORS = {"nih": BOX_COLOR, "rsna": (255, 160, 0)}
+OTHER_REFERENCE_COLOR = (255, 255, 0)
+COLOR_NAMES = {
+    BOX_COLOR: "green",
+    (255, 160, 0): "orange",
+    OTHER_REFERENCE_COLOR: "yellow",
+    PREDICTED_BOX_COLOR: "magenta",
+}
+
+
+def reference_color(name: str) -> tuple[int, int, int]:
+    """The outline colour of a reference's boxes (``REFERENCE_BOX_COLORS``, else yellow).
+
+    Example:
+        >>> reference_color("rsna"), reference_color("site")
+        ((255, 160, 0), (255, 255, 0))
+    """
+    return REFERENCE_BOX_COLORS.get(name, OTHER_REFERENCE_COLOR)
+
+
+def box_legend(names: Sequence[str], predicted: bool = True) -> str:
+    """The caption line naming each drawn box set's colour.
+
+    Example:
+        >>> box_legend(["nih", "rsna"])
+        'boxes: nih green, rsna orange, predicted magenta'
+    """
+    parts = [f"{name} {COLOR_NAMES[reference_color(name)]}" for name in names]
+    return "boxes: " + ", ".join([*parts, *(["predicted magenta"] if predicted else [])])
+
+
 CLASS_NAMES = ("no pneumonia", "pneumonia")
 #: Weight of the heatmap's colour at its maximum, and its matplotlib colour map (``overlay.alpha``/``cmap``).
 DEFAULT_ALPHA, DEFAULT_CMAP = 0.45, "jet"
@@ -94,7 +126,7 @@ def blend(
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_overlay(
+def render_overlay(  # noqa: PLR0913 - the picture, its boxes (three kinds) and its look
     image: np.ndarray | torch.Tensor,
     heatmap: np.ndarray | torch.Tensor,
     boxes: np.ndarray | None = None,
@@ -103,9 +135,11 @@ def render_overlay(
     alpha: float = DEFAULT_ALPHA,
     cmap: str = DEFAULT_CMAP,
     predicted_boxes: np.ndarray | None = None,
+    reference_boxes: Sequence[tuple[np.ndarray, tuple[int, int, int]]] = (),
 ) -> np.ndarray:
     """The overlay picture: ``size`` px wide, ground-truth ``boxes`` (green) and ``predicted_boxes`` (magenta,
-    ``[x, y, w, h]`` in ``image`` pixels) outlined, caption in a strip underneath (one line per ``\\n``).
+    ``[x, y, w, h]`` in ``image`` pixels) outlined, and each of ``reference_boxes`` (``(boxes, colour)``: other
+    references' boxes) in its colour; caption in a strip underneath (one line per ``\\n``).
     Returns ``(H, W, 3)`` uint8."""
     gray = _to_unit(image)
     heat = _to_unit(heatmap)
@@ -115,11 +149,19 @@ def render_overlay(
     picture = Image.fromarray(blend(resize_map(gray, shape), resize_map(heat, shape), alpha=alpha, cmap=cmap))
     draw = ImageDraw.Draw(picture)
     width = max(2, size // 256)
-    for drawn, colour in ((predicted_boxes, PREDICTED_BOX_COLOR), (boxes, BOX_COLOR)):
+    # Other references' boxes are drawn inset by a line width each: a box two references agree on shows
+    # both colours instead of the last one drawn.
+    sets = [(predicted_boxes, PREDICTED_BOX_COLOR, 0), (boxes, BOX_COLOR, 0)]
+    sets += [(drawn, colour, (i + 1) * width) for i, (drawn, colour) in enumerate(reference_boxes)]
+    for drawn, colour, inset in sets:
         for x, y, w, h in np.asarray(drawn if drawn is not None else np.zeros((0, 4))).reshape(-1, 4):
-            draw.rectangle(
-                [x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1], outline=colour, width=width
+            x0, y0, x1, y1 = (
+                x * scale + inset,
+                y * scale + inset,
+                (x + w) * scale - 1 - inset,
+                (y + h) * scale - 1 - inset,
             )
+            draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=colour, width=width)
     if not caption:
         return np.asarray(picture)
     font_size = max(9, size // 20)
