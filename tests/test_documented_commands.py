@@ -40,9 +40,9 @@ SHELL_LANGUAGES = {"bash", "sh", "shell", "console", "shell-session"}
 CKPT = "logs/train/runs/2026-12-01_18-37-53_838712/checkpoints/epoch_005.ckpt"
 PLACEHOLDER = "placeholder"
 HYDRA_SCRIPTS = {"train.py": "train", "explain.py": "explain"}
-HYDRA_COMMANDS = {"train", "explain", "evaluate"}
+HYDRA_COMMANDS = {"train", "explain", "evaluate", "export"}
 ARGPARSE_COMMANDS = {"index", "synthetic", "dicom"}
-CONSOLE_SCRIPTS = {"pneumo-train", "pneumo-explain", "pneumo-evaluate"}
+CONSOLE_SCRIPTS = {"pneumo-train", "pneumo-explain", "pneumo-evaluate", "pneumo-export"}
 WRAPPERS = {"srun", "time", "/usr/bin/time", "nohup", "exec", "env"}
 TIMEOUT_S = 120
 
@@ -206,7 +206,7 @@ def classify(tokens: list[str], shown: str) -> Command | None:
             return Command("help", ("-m", "pneumo", rest[0], "--help"), shown)
         return Command("help", ("-m", "pneumo", "--help"), shown)
     leaf = module.rsplit(".", 1)[-1]
-    if module == "pneumo.evaluation" or (module.startswith("pneumo.cli.") and leaf in HYDRA_COMMANDS):
+    if module in ("pneumo.evaluation", "pneumo.export") or (module.startswith("pneumo.cli.") and leaf in HYDRA_COMMANDS):
         return Command("hydra", ("-m", module, *_hydra_args(rest)), shown)
     return Command("help", ("-m", module, "--help"), shown)  # argparse commands, stale module names included
 

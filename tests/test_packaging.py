@@ -24,6 +24,7 @@ SCRIPTS = {
     "pneumo-train": "pneumo.cli.train:main",
     "pneumo-explain": "pneumo.cli.explain:main",
     "pneumo-evaluate": "pneumo.cli.evaluate:main",
+    "pneumo-export": "pneumo.cli.export:main",
 }
 
 
