@@ -206,7 +206,9 @@ def classify(tokens: list[str], shown: str) -> Command | None:
             return Command("help", ("-m", "pneumo", rest[0], "--help"), shown)
         return Command("help", ("-m", "pneumo", "--help"), shown)
     leaf = module.rsplit(".", 1)[-1]
-    if module in ("pneumo.evaluation", "pneumo.export") or (module.startswith("pneumo.cli.") and leaf in HYDRA_COMMANDS):
+    if module in ("pneumo.evaluation", "pneumo.export") or (
+        module.startswith("pneumo.cli.") and leaf in HYDRA_COMMANDS
+    ):
         return Command("hydra", ("-m", module, *_hydra_args(rest)), shown)
     return Command("help", ("-m", module, "--help"), shown)  # argparse commands, stale module names included
 
