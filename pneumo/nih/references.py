@@ -51,6 +51,7 @@ import pandas as pd
 
 from pneumo.config import choice
 from pneumo.errors import ConfigError, PneumoError
+from pneumo.io.bigquery import is_bigquery
 from pneumo.io.reading import read_csv
 from pneumo.nih.boxes import BoxList, load_boxes
 from pneumo.nih.findings import PNEUMONIA, PNEUMONIA_INDEX
@@ -257,8 +258,14 @@ def _normalised(values: pd.Series) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- loading
 @cache
 def index_metadata(url: str) -> pd.DataFrame:
-    """``image``, ``patient``, ``view``, ``sex``, ``age`` of a ``Data_Entry`` CSV (read once per process)."""
-    table = NIHLabelIndex.from_csv(url).table
+    """``image``, ``patient``, ``view``, ``sex``, ``age`` of a ``Data_Entry`` CSV or a ``bq://`` label table
+    (read once per process)."""
+    if is_bigquery(url):
+        from pneumo.nih.tables import read_label_table  # google-cloud-bigquery only when a table is named
+
+        table = read_label_table(url)[0].table
+    else:
+        table = NIHLabelIndex.from_csv(url).table
     return table[["image", "patient", "view", "sex", "age", "pneumonia"]].copy()
 
 

@@ -57,14 +57,17 @@ from pneumo.data.inputs import (
 from pneumo.errors import ConfigError
 from pneumo.images.decode import BadImageError
 from pneumo.images.dicom import check_voi
+from pneumo.io.bigquery import is_bigquery
 from pneumo.io.files import atomic_write_bytes
 from pneumo.io.files import prepare_out_dir as prepare_folder
+from pneumo.io.storage import StorageSettings
 from pneumo.io.store import location_exists
 from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.nih.boxes import load_boxes, scaled_to
 from pneumo.nih.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.references import Reference, index_metadata, load_reference, reference_spec
+from pneumo.nih.tables import read_label_table
 from pneumo.pipelines.runs import Run, load_run
 from pneumo.xai.explainers import Explanation, GradCamExplainer, explain, instantiate_explainers
 from pneumo.xai.gradcam import DEFAULT_LAYER, pneumonia_probability
@@ -109,11 +112,19 @@ def _index_name(name: str, known: Mapping, stems: Mapping[str, str]) -> str:
 
 
 def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: StorageOptions) -> int:
-    """Set ``ref.label`` from a label index (matched by file name); returns how many were found."""
-    options, io = (options_for(labels_url, storage_options) if labels_url else {}), io_for(storage_options)
-    if not labels_url or not location_exists(labels_url, options, io):
-        return 0
-    table = NIHLabelIndex.from_csv(labels_url, options, io=io).table
+    """Set ``ref.label`` from a label index (a ``Data_Entry`` CSV, or a ``bq://`` table read as training reads
+    it: ``pneumo.nih.tables.read_label_table``), matched by file name; returns how many were found."""
+    if labels_url and is_bigquery(labels_url):
+        storage = storage_options if isinstance(storage_options, StorageSettings) else None
+        table = read_label_table(labels_url, storage)[0].table
+    else:
+        options, io = (
+            (options_for(labels_url, storage_options) if labels_url else {}),
+            io_for(storage_options),
+        )
+        if not labels_url or not location_exists(labels_url, options, io):
+            return 0
+        table = NIHLabelIndex.from_csv(labels_url, options, io=io).table
     label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
     stems = _by_stem(label_of)
     for ref in refs:
@@ -401,7 +412,7 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
 def open_session(settings: ExplainSettings, out: Path) -> _Session:
     """Rebuild the checkpoint's run on the device; settings left ``None`` take the checkpoint's values."""
     device = settings.torch_device()
-    run = load_run(settings.ckpt_path, storage=settings.storage, map_location=device)
+    run = load_run(settings.ckpt_path, storage=settings.storage, map_location=device, storage_key="storage")
     run.model.to(device)
     saved = run.datamodule.hparams
     return _Session(

@@ -165,7 +165,7 @@ def export_model(settings: ExportSettings) -> ExportResult:
     Example:
         >>> export_model(ExportSettings(ckpt_path="last.ckpt", format="torchscript", out_dir="ts"))  # doctest: +SKIP
     """
-    run = load_run(settings.ckpt_path, storage=settings.storage)
+    run = load_run(settings.ckpt_path, storage=settings.storage, storage_key="storage")
     model = run.model.cpu().eval()
     module = exported_module(model, settings.heatmap)
     images = check_batch(run, settings)

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import subprocess
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from typing import Any, cast
 
 from omegaconf import OmegaConf
 
+from pneumo.data.identity import image_list_sha256
 from pneumo.io.checkpoints import AtomicCheckpointIO
 from pneumo.io.files import atomic_write_text, sha256_of
 from pneumo.io.storage import redact_secrets, redact_url
@@ -119,18 +119,6 @@ def data_fields(datamodule: Any) -> dict:
     }
 
 
-def image_list_sha256(images: Any) -> str:
-    """sha256 of a split's image names, sorted, one per line: equal lists give equal digests, whatever the
-    label source (CSV, table) or order.
-
-    Example:
-        >>> image_list_sha256(["b.png", "a.png"]) == image_list_sha256(["a.png", "b.png"])
-        True
-    """
-    text = "\n".join(sorted(str(x) for x in images)) + "\n"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def initial_weights(model: Any) -> dict:
     """Where the network's first weights came from: the model's own record (``model.initial_weights``) when
     it keeps one, else the ``pretrained`` / ``init_weights`` file with its sha256, else random."""
@@ -149,6 +137,39 @@ def initial_weights(model: Any) -> dict:
         return {"source": redact_url(str(source)), "sha256": sha256_of(str(source))}
     except (OSError, ValueError) as err:
         return {"source": redact_url(str(source)), "sha256": None, "note": f"not hashed: {err}"}
+
+
+def determinism(trainer: Mapping) -> dict:
+    """Whether the run can be repeated bit for bit: the trainer's ``deterministic`` and ``benchmark``
+    settings, the device kind, and what that means (docs/scaling-and-sweeps.md, "Reproducibility").
+
+    Example:
+        >>> determinism({"accelerator": "cpu", "deterministic": False})["repeatable"]
+        'bitwise on CPU: the same seed and config give the same weights and predictions'
+    """
+    import torch
+
+    accelerator = str(trainer.get("accelerator") or "auto")
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    deterministic = trainer.get("deterministic")
+    if not gpu:
+        repeatable = "bitwise on CPU: the same seed and config give the same weights and predictions"
+    elif deterministic in (True, "true"):
+        repeatable = (
+            "bitwise on GPU with deterministic algorithms (trainer.deterministic=true), on the same GPU model "
+            "and library versions"
+        )
+    else:
+        repeatable = (
+            "not bitwise on GPU: fast non-deterministic algorithms (trainer.deterministic="
+            f"{deterministic}); a rerun differs slightly. trainer.deterministic=true repeats bit for bit"
+        )
+    return {
+        "device": "gpu" if gpu else "cpu",
+        "deterministic": deterministic,
+        "cudnn_benchmark": trainer.get("benchmark"),
+        "repeatable": repeatable,
+    }
 
 
 def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
@@ -170,6 +191,7 @@ def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
         "data": data,
         "initial_weights": initial_weights(model),
         "seed": config.get("seed"),
+        "determinism": determinism(config.get("trainer") or {}),
         "pneumo": code_version(),
         "config": redact_secrets(config),
     }
@@ -207,6 +229,7 @@ def _model_lines(fields: Mapping) -> list[str]:
         _row("initial weights", weights.get("source")),
         _row("initial weights sha256", weights.get("sha256")),
         _row("seed", fields.get("seed")),
+        _row("repeatable", (fields.get("determinism") or {}).get("repeatable")),
         _row("pneumo version", code.get("version")),
         _row("git commit", code.get("git_commit")),
         _row("uncommitted changes", code.get("uncommitted_changes")),

@@ -28,6 +28,7 @@ from pneumo.reporting.predictions import predictions_frame, write_predictions
 from pneumo.reporting.report import (
     EvalSettings,
     build_report,
+    describe_data,
     references_markdown,
     report_markdown,
     report_scalars,
@@ -146,6 +147,11 @@ def write_evaluation(
         checkpoint=checkpoint,
         temperature=getattr(model, "calibration", None),
         references=references,
+        data_source=describe_data(
+            getattr(datamodule, "images_url", None),
+            getattr(datamodule, "labels_url", None),
+            synthetic=bool(getattr(datamodule, "synthetic", None)),
+        ),
     )
     figures, md_path = write_outputs(frame, report, settings, out_dir)
     _log_to_tensorboard(trainer, report, figures, split)
