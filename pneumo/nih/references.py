@@ -398,3 +398,47 @@ def relabelled(index: NIHLabelIndex, reference: Reference) -> NIHLabelIndex:
     findings = index.findings[rows].copy()
     findings[:, PNEUMONIA_INDEX] = labels
     return NIHLabelIndex(table, findings, f"{index.source} ({reference.name} labels)")
+
+
+def coverage_summary(
+    reference: Reference, index: NIHLabelIndex, splits: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """What ``reference`` says about a label index's images, beside the index's own Pneumonia label: the
+    images it covers (its coverage rule), their patients, positives and boxes, and how its label and the
+    index's agree there (``both_positive``, ``index_only``, ``reference_only``, ``both_negative``); the same
+    per split (``{"test": names}``). ``python -m pneumo index`` prints it under the reference's name.
+
+    Example:
+        >>> index = NIHLabelIndex.from_csv(location(NIH_INDEX))
+        >>> rsna = coverage_summary(load_reference("rsna"), index)
+        >>> rsna["images"], rsna["positives"], rsna["boxes"], rsna["both_positive"]
+        (26585, 5997, 9534, 364)
+    """
+    mask, labels = reference.covers(index.table)
+    covered = index.table.loc[mask, ["image", "patient", "pneumonia"]].assign(reference=labels)
+    box_counts = (
+        reference.boxes.table["image"].value_counts()
+        if reference.boxes is not None
+        else pd.Series(dtype=np.int64)
+    )
+
+    def counts(part: pd.DataFrame) -> dict[str, Any]:
+        ours, theirs = part["pneumonia"].to_numpy(), part["reference"].to_numpy()
+        return {
+            "images": len(part),
+            "patients": int(part["patient"].nunique()),
+            "positives": int(theirs.sum()),
+            "boxes": int(box_counts.reindex(part["image"]).fillna(0).sum()),
+            "both_positive": int(((ours == 1) & (theirs == 1)).sum()),
+            "index_only": int(((ours == 1) & (theirs == 0)).sum()),
+            "reference_only": int(((ours == 0) & (theirs == 1)).sum()),
+            "both_negative": int(((ours == 0) & (theirs == 0)).sum()),
+        }
+
+    out: dict[str, Any] = {"name": reference.name, "source": reference.source, **counts(covered)}
+    if splits:
+        out["splits"] = {
+            name: counts(covered[covered["image"].isin(set(map(str, images)))])
+            for name, images in splits.items()
+        }
+    return out
