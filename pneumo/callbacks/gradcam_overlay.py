@@ -222,7 +222,12 @@ class GradCamOverlayCallback(L.Callback):
         spec = reference_spec(entry, files)
         if spec.layout == "adjudicated" and not spec.boxes_url:  # Google's labels have no boxes: nothing read
             return None
-        reference = load_reference(spec)
+        own = getattr(datamodule, "index", None)  # the metadata of the coverage check, without a second read
+        reference = load_reference(
+            spec,
+            labels_url=getattr(datamodule, "labels_url", None),
+            index=own.table if own is not None and getattr(datamodule, "labels", "nih") == "nih" else None,
+        )
         if reference.boxes is None:
             return None
         frame = table if table is not None else pd.DataFrame({"image": names})

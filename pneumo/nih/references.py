@@ -235,7 +235,7 @@ class Reference:
                 a, b = pd.to_numeric(ours, errors="coerce").to_numpy(), theirs.to_numpy(dtype=float)
                 agree &= ~(np.isfinite(a) & np.isfinite(b) & (np.abs(a - b) > AGE_TOLERANCE))
             else:
-                agree &= _normalised(ours) == _normalised(theirs)
+                agree &= _same(ours, theirs)
         mask = known.copy()
         mask[np.flatnonzero(known)[~agree]] = False
         return mask, rows["label"].to_numpy()[agree].astype(np.int64)
@@ -248,10 +248,26 @@ class Reference:
         return self.boxes.for_image(image, PNEUMONIA if self.name == "nih" else None)
 
 
+def _same(ours: pd.Series, theirs: pd.Series) -> np.ndarray:
+    """Row-wise equality of two metadata columns: as numbers where both sides are numbers (patient ids,
+    read as ints, floats or strings), else as ``_normalised`` strings."""
+    a = pd.to_numeric(pd.Series(ours.to_numpy()), errors="coerce").to_numpy(dtype=np.float64)
+    b = pd.to_numeric(pd.Series(theirs.to_numpy()), errors="coerce").to_numpy(dtype=np.float64)
+    numeric = np.isfinite(a) & np.isfinite(b)
+    same = np.zeros(len(a), dtype=bool)
+    same[numeric] = a[numeric] == b[numeric]
+    rest = ~numeric
+    if rest.any():
+        same[rest] = _normalised(ours[rest]) == _normalised(theirs[rest])
+    return same
+
+
 def _normalised(values: pd.Series) -> np.ndarray:
-    """Strings compared case-blind; whole numbers without a trailing ``.0`` (patient ids read as floats)."""
-    text = values.astype(str).str.strip().str.upper()
-    return text.str.replace(r"^(\d+)\.0$", r"\1", regex=True).to_numpy()
+    """Strings compared case-blind; whole numbers without a trailing ``.0`` (patient ids read as floats).
+    Each distinct value is normalised once (a view or sex column has two or three)."""
+    distinct, inverse = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    text = pd.Series(distinct, dtype=object).str.strip().str.upper()
+    return text.str.replace(r"^(\d+)\.0$", r"\1", regex=True).to_numpy()[inverse.reshape(-1)]
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -324,6 +340,7 @@ def load_reference(
     files: Mapping[str, Any] | None = None,
     labels_url: str | None = None,
     bbox_url: str | None = None,
+    index: pd.DataFrame | None = None,
 ) -> Reference:
     """Build one reference from an ``eval.references`` entry (see ``reference_spec``).
 
@@ -333,11 +350,24 @@ def load_reference(
         labels_url: the evaluated data's label index (the ``nih`` reference's labels; ``None``: the
             evaluated table's ``label`` column).
         bbox_url: the evaluated data's box list (the ``nih`` reference's boxes).
+        index: the table already read from ``labels_url`` (``image``, ``patient``, ``view``, ``sex``,
+            ``age``, ``pneumonia``: a data module's index, restricted or not, holding every evaluated image),
+            used instead of reading ``labels_url`` again (``nih``'s labels, and the metadata of a reference
+            whose ``index_url`` is ``labels_url``: NIH's 112,120-row index is read once per run).
     """
     spec = entry if isinstance(entry, ReferenceSpec) else reference_spec(entry, files)
     boxes: BoxList | None = None
+
+    def metadata(url: str) -> pd.DataFrame:
+        if index is not None and url == labels_url:
+            return index[["image", *MATCHED, "pneumonia"]]
+        return index_metadata(url)
+
     if spec.layout == "index" and not spec.url:
-        labels = None if labels_url is None else _labels_of("index", labels_url)[0]
+        labels = None
+        if labels_url is not None:
+            table = metadata(labels_url)
+            labels = table[["image"]].assign(label=table["pneumonia"].to_numpy())
         url = labels_url
     else:
         shipped = {"rsna": RSNA_FILE, "adjudicated": ADJUDICATED_FILE, "index": NIH_INDEX}.get(spec.layout)
@@ -347,7 +377,7 @@ def load_reference(
         labels, boxes = _labels_of(spec.layout, url)
         index_url = spec.index_url or (location(NIH_INDEX) if not spec.url else None)
         if index_url:
-            meta = index_metadata(index_url).drop(columns="pneumonia")
+            meta = metadata(index_url).drop(columns="pneumonia")
             labels = labels.merge(meta, on="image", how="inner")
     box_source = spec.boxes_url or (bbox_url if spec.layout == "index" else None)
     if box_source:
@@ -369,9 +399,11 @@ def load_references(
     files: Mapping[str, Any] | None = None,
     labels_url: str | None = None,
     bbox_url: str | None = None,
+    index: pd.DataFrame | None = None,
 ) -> list[Reference]:
-    """Every reference of ``eval.references``, in order (names must be unique)."""
-    refs = [load_reference(e, files, labels_url, bbox_url) for e in entries]
+    """Every reference of ``eval.references``, in order (names must be unique; arguments as
+    ``load_reference``'s)."""
+    refs = [load_reference(e, files, labels_url, bbox_url, index) for e in entries]
     names = [r.name for r in refs]
     if len(set(names)) < len(names):
         raise ReferenceError(f"eval.references: names must be unique, got {names}")
