@@ -130,6 +130,7 @@ def test_a_fourth_reference_is_one_config_entry(
     assert list(by_ref) == ["nih", "rsna", "site"]
     assert by_ref["site"]["n"] == len(set(drawn["image"]) & set(test)) > 0
     assert any(line.startswith("pointing game vs site:") for line in format_summary(result.summary))
+    assert result.summary["attribution"] == {"site": "Site radiology 2026"}  # the demo's rsna: no citation
 
     evaluate_args = documented("pneumo-evaluate", {
         "predictions": str(tmp_path / "x" / "predictions.csv"),
@@ -151,7 +152,8 @@ def test_a_fourth_reference_is_one_config_entry(
         int(((nih == 1) & (y == 1)).sum()), int(((nih == 1) & (y == 0)).sum()),
         int(((nih == 0) & (y == 1)).sum()), int(((nih == 0) & (y == 0)).sum()),
     )  # fmt: skip
-    assert "| Site readers |" in (tmp_path / "report" / "report.md").read_text()
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| Site readers |" in text and "- Site radiology 2026" in text  # its row and its citation
     with pytest.raises(
         ReferenceError, match="unknown reference 'radiologist'; built-in: nih, adjudicated, rsna"
     ):
@@ -201,6 +203,9 @@ def test_demo_run_on_rsna_labels_reports_the_written_disagreements(
         assert (row["both_positive"], row["a_only"], row["b_only"], row["both_negative"]) == (
             counts["both_positive"], counts["nih_only"], counts["rsna_only"], counts["both_negative"],
         )  # fmt: skip
+    card = (Path(cfg.paths.output_dir) / "model_card.md").read_text()
+    assert "| training target | rsna: RSNA-style opacity (synthetic) |" in card
+    assert objects["datamodule"].labels == "rsna"
     text = (Path(cfg.paths.output_dir) / "report.md").read_text()
     for title in (
         "NIH label (NLP)",

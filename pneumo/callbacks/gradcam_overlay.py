@@ -251,7 +251,7 @@ class GradCamOverlayCallback(L.Callback):
                 return
         grid = self.render(pl_module)
         step = trainer.global_step
-        lines = format_by_reference(self.localization)
+        lines = format_by_reference(self.localization) + self._sources(trainer)
         for writer in writers:
             writer.add_image(self.tag, to_chw_tensor(grid), global_step=step)
             for name, summary in self.localization.items():
@@ -262,6 +262,13 @@ class GradCamOverlayCallback(L.Callback):
             if lines:
                 writer.add_text(f"{self.tag}/localization", "\n\n".join(lines), global_step=step)
             writer.flush()
+
+    def _sources(self, trainer: L.Trainer) -> list[str]:
+        """The citations of the references whose boxes were scored (RSNA's attribution goes with its boxes)."""
+        files = getattr(getattr(trainer, "datamodule", None), "references", None)
+        scored = {name for name, summary in self.localization.items() if summary.get("n")}
+        specs = [reference_spec(entry, files) for entry in self.references]
+        return [f"boxes of {s.name}: {s.citation}" for s in specs if s.name in scored and s.citation]
 
     def render(self, pl_module: torch.nn.Module) -> np.ndarray:
         """The grid of overlays of the fixed images under the model's current weights, ``(H, W, 3)`` uint8;
