@@ -360,6 +360,8 @@ class _Session:
     reference_boxes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     #: image name -> patient (the pointing game's bootstrap clusters)
     patients: dict[str, Any] = field(default_factory=dict)
+    #: per box reference, its citation (kept with its pointing game in ``summary.json``)
+    citations: dict[str, str] = field(default_factory=dict)
 
     @property
     def model(self) -> PneumoniaClassifier:
@@ -390,9 +392,12 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
     if result.localization:
         result.summary = _localization_summary(settings, result, wang)
     if result.reference_hits:
+        citations = session.citations  # nih's boxes: the box file's own (NIH's attribution is the data's)
         result.summary = {
             **result.summary,
             "references": summarize_references(result.reference_hits, top_k=settings.boxes.top_k),
+            # the sources of the boxes scored: RSNA's attribution goes wherever its boxes are used
+            "attribution": {n: citations[n] for n in result.reference_hits if citations.get(n)},
         }
     summary = {
         "checkpoint": settings.ckpt_path,
@@ -472,6 +477,7 @@ def attach_reference_boxes(session: _Session, refs: Sequence[ImageRef]) -> None:
         reference: Reference = load_reference(entry, files)
         if reference.boxes is None:
             continue
+        session.citations[reference.name] = reference.citation
         covered = frame["image"].to_numpy()[reference.covers(frame)[0]]
         session.reference_boxes[reference.name] = {str(x): reference.boxes_for(str(x)) for x in covered}
         log.info(
@@ -709,6 +715,8 @@ def write_box_list(path: Path, rows: Sequence[tuple]) -> None:
 def format_summary(summary: Mapping) -> list[str]:
     """Human-readable lines of a localization summary (as printed by ``explain.py``)."""
     by_reference = format_by_reference(summary.get("references") or {}) if summary else []
+    if summary and summary.get("attribution"):
+        by_reference += [f"boxes of {n}: {c}" for n, c in summary["attribution"].items()]
     if not summary or not summary.get("n"):
         return by_reference
     lo, hi = summary["hit_rate_ci95"]

@@ -427,11 +427,15 @@ def _training_meta(run: Run, card: Mapping) -> dict[str, Any]:
     hp = run.datamodule.hparams
     data = dict(card.get("data") or {})
     labels = data.get("labels") or {"url": hp.get("labels_url")}
+    target = data.get("target") or {"labels": "nih"}
+    trained_on = (
+        f"{PNEUMONIA} labels of {labels.get('url')} (NIH ChestX-ray14: labels mined from radiology reports "
+        "by NLP, not a radiologist's reading)"
+        if target["labels"] == "nih"
+        else f"{target.get('title')} ({target.get('url')}), on the images it covers; {target.get('citation')}"
+    )
     return {
-        "reference_standard": (
-            f"{PNEUMONIA} labels of {labels.get('url')} (NIH ChestX-ray14: labels mined from radiology reports "
-            "by NLP, not a radiologist's reading)"
-        ),
+        "reference_standard": trained_on,
         "labels": _plain(labels),
         "split": data.get("split_rule") or _plain(hp.get("split")),
         "split_counts": _plain(data.get("splits") or data.get("counts")),

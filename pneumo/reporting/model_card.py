@@ -28,6 +28,7 @@ from pneumo.data.identity import image_list_sha256
 from pneumo.io.checkpoints import AtomicCheckpointIO
 from pneumo.io.files import atomic_write_text, sha256_of
 from pneumo.io.storage import redact_secrets, redact_url
+from pneumo.nih.references import load_reference
 from pneumo.reporting.report import metrics_table, subgroup_table
 
 LIMITS = (
@@ -91,6 +92,7 @@ def data_fields(datamodule: Any) -> dict:
 
     skipped = {kind: len(names) for kind, names in getattr(datamodule, "skipped", {}).items()}
     return {
+        "target": training_target(datamodule, digest),
         "labels": {
             "url": hp["labels_url"],
             "sha256": digest(datamodule.labels_url),
@@ -116,6 +118,33 @@ def data_fields(datamodule: Any) -> dict:
         "patient_disjoint": True,
         "images_url": hp["images_url"],
         "synthetic": bool(hp.get("synthetic")),
+    }
+
+
+def training_target(datamodule: Any, digest: Any = None) -> dict[str, Any]:
+    """What the model was trained to predict (``data.labels``): ``nih`` (the label file's Pneumonia) or a
+    reference's labels on the images it covers, with its file, sha256 and citation (``data.labels=rsna``:
+    the RSNA radiologists, Shih et al. 2019, whose attribution goes with the model).
+
+    Example:
+        >>> training_target(type("DM", (), {"labels": "nih"})())["labels"]
+        'nih'
+    """
+    name = str(getattr(datamodule, "labels", "nih") or "nih")
+    if name == "nih":
+        return {
+            "labels": "nih",
+            "title": "Pneumonia of the label file (NIH ChestX-ray14: NLP-mined from reports)",
+        }
+    reference = load_reference(
+        name, getattr(datamodule, "references", None), getattr(datamodule, "labels_url", None)
+    )
+    return {
+        "labels": name,
+        "title": reference.title,
+        "url": reference.source,
+        "sha256": digest(reference.source) if digest is not None and reference.source else None,
+        "citation": reference.citation,
     }
 
 
@@ -247,6 +276,13 @@ def _data_lines(data: Mapping) -> list[str]:
         _row("label file", f"`{data['labels']['url']}`"),
         _row("label file sha256", data["labels"]["sha256"]),
     ]
+    target = data.get("target") or {"labels": "nih"}
+    if target["labels"] != "nih":
+        lines += [
+            _row("training target", f"{target['labels']}: {target.get('title')}"),
+            _row("training labels file", f"`{target.get('url')}`"),
+            _row("training labels file sha256", target.get("sha256")),
+        ]
     for name, entry in (data.get("split_lists") or {}).items():
         lines += [
             _row(f"split list {name}", f"`{entry['url']}`"),
@@ -276,6 +312,11 @@ def _data_lines(data: Mapping) -> list[str]:
         f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} | {c.get('sha256') or 'n/a'} |"
         for n, c in data["splits"].items()
     ]
+    if target.get("citation"):
+        lines += [
+            "",
+            f"Trained on {target.get('title')}, on the images it covers; cite: {target['citation']}",
+        ]
     return [*lines, ""]
 
 

@@ -132,10 +132,12 @@ def write_evaluation(
         logits = model.pneumonia_logit(torch.from_numpy(outputs.logits)).double().numpy()
     frame = predictions_frame(outputs.image_ids, outputs.probs, outputs.targets, metadata, logits=logits)
     threshold = float(model.threshold)
+    own = getattr(datamodule, "index", None) if getattr(datamodule, "labels", "nih") == "nih" else None
     references = load_references(
         settings.references,
         files=getattr(datamodule, "references", None),
         labels_url=getattr(datamodule, "labels_url", None) if metadata is not None else None,
+        index=own.table if own is not None and metadata is not None else None,  # read once: not again here
     )
     report = build_report(
         frame,
