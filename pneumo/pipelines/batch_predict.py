@@ -53,10 +53,12 @@ def predict_images(
     trainer: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
+    callbacks: Sequence[L.Callback] = (),
 ) -> Path:
     """Score ``inputs`` (an image, a folder, a ``.txt`` list) with the checkpoint's classifier through
     ``Trainer.predict``; returns the written ``predictions.csv`` (module docstring). ``trainer``: keyword
-    arguments of ``lightning.Trainer`` (accelerator, devices, strategy...)."""
+    arguments of ``lightning.Trainer`` (accelerator, devices, strategy...); ``callbacks``: more Lightning
+    callbacks beside the writer."""
     run = load_run(ckpt_path)
     refs, _ = resolve_inputs(str(inputs), run.storage)
     preprocess = Preprocessor(run.image_size, dicom_voi=check_voi(run.dicom_voi))
@@ -74,5 +76,7 @@ def predict_images(
         "enable_model_summary": False,
         **dict(trainer or {}),
     }
-    L.Trainer(callbacks=[writer], **options).predict(model, dataloaders=loader, return_predictions=False)
+    L.Trainer(callbacks=[writer, *callbacks], **options).predict(
+        model, dataloaders=loader, return_predictions=False
+    )
     return writer.path

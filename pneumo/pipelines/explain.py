@@ -570,7 +570,9 @@ def _explain_batch(
             wang[1].append(item.ref.boxes)
         if score is not None:
             result.localization.append(score)
-        counts = {"nih": len(item.ref.boxes)} | {n: len(b) for n, b in _boxes_by_reference(session, item).items()}
+        counts = {"nih": len(item.ref.boxes)} | {
+            n: len(b) for n, b in _boxes_by_reference(session, item).items()
+        }
         result.box_counts[item.ref.name] = {n: c for n, c in counts.items() if c}
         for name, hit in _reference_hits(session, item, heatmap).items():
             result.reference_hits.setdefault(name, []).append(hit)

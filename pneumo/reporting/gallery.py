@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def _score(loc: Mapping[str, Any] | None) -> str:
     return f"{hit}, IoU {float(loc.get('iou', 'nan')):.2f}, IoBB {float(loc.get('iobb', 'nan')):.2f}"
 
 
-def _row_html(  # noqa: PLR0913 - one row's data, then its place and the page's explainers
+def _row_html(
     row: Mapping[str, Any],
     loc: Mapping[str, Any] | None,
     boxes: Mapping[str, int],
@@ -131,7 +132,9 @@ def gallery_html(
     heads = ["image", "original", *(["overlay"] * max(1, n_overlays)), "reference boxes", "probability",
              "decision", "label", "outcome", "localization"]  # fmt: skip
     rows = "\n".join(
-        _row_html(r, localization.get(str(r["image"])), _counts(r, localization, boxes), threshold, i, explainers)
+        _row_html(
+            r, localization.get(str(r["image"])), _counts(r, localization, boxes), threshold, i, explainers
+        )
         for i, r in enumerate(predictions)
     )
     counts = {k: sum(outcome(int(r["predicted_label"]), r.get("true_label", "")) == k for r in predictions)
@@ -159,6 +162,22 @@ def _counts(
         return boxes.get(name, {})
     loc = localization.get(name)
     return {"nih": int(loc.get("n_boxes") or 0)} if loc else {}
+
+
+def gallery_link(predictions: str, out_dir: str | Path) -> str | None:
+    """The gallery beside a local predictions file (an explain run's ``index.html`` next to its
+    ``predictions.csv``) as a link relative to ``out_dir`` (where the report is written); ``None`` without one.
+
+    Example:
+        >>> gallery_link("gs://bucket/predictions.csv", "report") is None
+        True
+    """
+    if "://" in predictions and not predictions.startswith("file://"):
+        return None
+    page = Path(predictions.removeprefix("file://")).parent / "index.html"
+    if not page.is_file():
+        return None
+    return Path(os.path.relpath(page.resolve(), Path(out_dir).resolve())).as_posix()
 
 
 def write_gallery(

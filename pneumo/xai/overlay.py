@@ -222,31 +222,33 @@ def _caption_strip(width: int, lines: Sequence[str], legend: _Legend, cmap: str)
     bar_w = max(40, width // 6)
     label = f"low-high (< {HEAT_FLOOR:.0%} not drawn)"
     # Legend items as (kind, colour, text, width in px); placed left to right, wrapped at the strip's width.
-    items = [("bar", None, label, int(measure.textlength("heat", font=font)) + bar_w + 18)]
-    items += [("box", c, name, font_size + 2 + int(measure.textlength(name, font=font))) for c, name in legend]
-    places, x, y = [], 6, 0
-    for kind, colour, text, w in items:
-        text_w = int(measure.textlength(text, font=font)) if kind == "bar" else 0
-        if x > 6 and x + w + text_w > width - 6:
-            x, y = 6, y + 1
-        places.append((x, y))
-        x += w + text_w + 14
-    strip = Image.new("RGB", (width, row * (len(lines) + y + 1) + 8), (0, 0, 0))
+    items: list[tuple[str, tuple[int, int, int] | None, str, int]] = [
+        ("bar", None, label, int(measure.textlength(f"heat{label}", font=font)) + bar_w + 18)
+    ]
+    items += [(name, c, name, font_size + 2 + int(measure.textlength(name, font=font))) for c, name in legend]
+    places: list[tuple[int, int]] = []
+    x, rows = 6, 0
+    for _, _, _, w in items:
+        if x > 6 and x + w > width - 6:
+            x, rows = 6, rows + 1
+        places.append((x, rows))
+        x += w + 14
+    strip = Image.new("RGB", (width, row * (len(lines) + rows + 1) + 8), (0, 0, 0))
     draw = ImageDraw.Draw(strip)
     for i, line in enumerate(lines):
         draw.text(
             (6, 4 + i * row), line, fill=(255, 255, 255), font=_fitted_font(draw, line, font_size, width - 12)
         )
     top = 4 + len(lines) * row
-    for (kind, colour, text, _), (x, r) in zip(items, places):
+    for (_, colour, text, _), (x, r) in zip(items, places):
         y = top + r * row
-        if kind == "bar":
+        if colour is None:  # the colour bar: "heat", the colour map from the floor up, its label
             colours = matplotlib.colormaps[cmap](np.linspace(HEAT_FLOOR, 1.0, bar_w))[:, :3]
             bar = np.broadcast_to((colours * 255).astype(np.uint8)[None], (font_size, bar_w, 3))
             draw.text((x, y), "heat", fill=(255, 255, 255), font=font)
-            x += 6 + int(draw.textlength("heat", font=font))
-            strip.paste(Image.fromarray(np.ascontiguousarray(bar)), (x, y + 2))
-            draw.text((x + bar_w + 6, y), text, fill=(255, 255, 255), font=font)
+            at = x + 6 + int(draw.textlength("heat", font=font))
+            strip.paste(Image.fromarray(np.ascontiguousarray(bar)), (at, y + 2))
+            draw.text((at + bar_w + 6, y), text, fill=(255, 255, 255), font=font)
         else:
             draw.rectangle([x, y + 3, x + font_size - 4, y + font_size - 1], outline=colour, width=3)
             draw.text((x + font_size + 2, y), text, fill=(255, 255, 255), font=font)
