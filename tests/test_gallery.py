@@ -64,7 +64,7 @@ def test_the_gallery_loads_from_file_and_its_fn_filter_leaves_the_false_negative
     assert "http://" not in html and "https://" not in html
     # the report of these predictions (python -m pneumo.evaluation) links to the gallery
     report = out.parent / "report"
-    settings = EvaluateSettings(str(out / "predictions.csv"), str(report), EvalSettings(resamples=50, figures=False),
+    settings = EvaluateSettings(str(out / "predictions.csv"), str(report), EvalSettings(threshold=0.5, resamples=50, figures=False),
                                 labels_url=str(demo_root / "Data_Entry_2017.csv"))  # fmt: skip
     assert evaluate_files(settings)["gallery"] == "../b/index.html"
     link = re.search(r"\[the gallery\]\(([^)]+)\)", (report / "report.md").read_text())
