@@ -33,6 +33,7 @@ from pneumo.io.files import prepare_out_dir
 from pneumo.io.storage import StorageSettings
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import shipped_path
+from pneumo.reporting.gallery import gallery_link
 from pneumo.reporting.outputs import report_outputs, write_outputs
 from pneumo.reporting.predictions import read_predictions
 from pneumo.reporting.report import EvalSettings, build_report, describe_data
@@ -215,6 +216,9 @@ def evaluate_files(settings: EvaluateSettings) -> dict:
         "val_predictions": settings.val_predictions,
         "labels": labels,
     }
+    gallery = gallery_link(settings.predictions, settings.out_dir)  # explain.py's page of these images
+    if gallery:
+        report["gallery"] = gallery
     write_outputs(frame, report, settings.eval, settings.out_dir)
     return report
 

@@ -6,6 +6,9 @@ Outputs under ``out_dir``::
     predictions.csv             image, probability (at the model's temperature), predicted_label (at its threshold),
                                 threshold, logit (raw pneumonia logit), temperature, true_label, ...
     boxes.csv                   heatmap regions as boxes in NIH's BBox_List_2017.csv layout (source pixels)
+    index.html                  the gallery: one row per image (original, overlay, boxes, probability, decision,
+                                label, localization), sortable and filterable; self-contained (pneumo.reporting.gallery)
+    originals/<stem>.png        the source X-ray as shown in the gallery (its own width, capped)
     overlays/<stem>.png         heatmap over the source X-ray (its own resolution, capped), ground-truth boxes
                                 green, predicted boxes magenta, probability and labels in the caption
     heatmaps/<stem>.npy         float32 (S, S) in [0, 1], S = the checkpoint's input size (the first explainer)
@@ -69,11 +72,12 @@ from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.references import Reference, index_metadata, load_reference, reference_spec
 from pneumo.nih.tables import read_label_table
 from pneumo.pipelines.runs import Run, load_run
+from pneumo.reporting.gallery import write_gallery
 from pneumo.xai.explainers import Explanation, GradCamExplainer, explain, instantiate_explainers
 from pneumo.xai.gradcam import DEFAULT_LAYER, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.localization import DEFAULT_THRESHOLD, score_heatmap, summarize
-from pneumo.xai.overlay import box_legend, caption_text, reference_color, render_overlay, save_png
+from pneumo.xai.overlay import MIN_WIDTH, caption_text, make_grid, render_overlay, save_png
 from pneumo.xai.reference_boxes import (
     ReferenceHit,
     format_by_reference,
@@ -98,6 +102,10 @@ class ExplainResult:
     out_dir: str = ""
     #: per box reference, its scored images (``pneumo.xai.reference_boxes``)
     reference_hits: dict[str, list[ReferenceHit]] = field(default_factory=dict)
+    #: image name -> {reference: number of its boxes drawn} (the gallery's reference boxes column)
+    box_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the explainers' names, in the overlays' left-to-right order
+    explainers: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -150,7 +158,16 @@ def attach_boxes(
 
 
 #: What ``explain_images`` writes into ``out_dir``; ``summary.json`` first: deleting it marks a folder incomplete.
-OUTPUTS = ("summary.json", "predictions.csv", "boxes.csv", "localization.csv", "overlays", "heatmaps")
+OUTPUTS = (
+    "summary.json",
+    "predictions.csv",
+    "boxes.csv",
+    "localization.csv",
+    "index.html",
+    "originals",
+    "overlays",
+    "heatmaps",
+)
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -161,6 +178,7 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
     out = prepare_folder(out_dir, OUTPUTS, overwrite, "explain")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    (out / "originals").mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -399,6 +417,15 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
             # the sources of the boxes scored: RSNA's attribution goes wherever its boxes are used
             "attribution": {n: citations[n] for n in result.reference_hits if citations.get(n)},
         }
+    write_gallery(
+        out,
+        result.predictions,
+        result.localization,
+        session.threshold,
+        title=str(out.name),
+        boxes=result.box_counts,
+        explainers=result.explainers,
+    )
     summary = {
         "checkpoint": settings.ckpt_path,
         "images": len(refs),
@@ -492,6 +519,7 @@ def _explain_all(session: _Session, refs: Sequence[ImageRef], result: ExplainRes
     heatmap; returns the predicted and ground-truth boxes of the images with ground truth (Wang's table)."""
     settings = session.settings
     explainers = settings.explainers()
+    result.explainers = list(explainers)
     for name in list(explainers)[1:]:
         (session.out / "heatmaps" / name).mkdir(parents=True, exist_ok=True)
     preprocess = Preprocessor(
@@ -559,6 +587,10 @@ def _explain_batch(
             wang[1].append(item.ref.boxes)
         if score is not None:
             result.localization.append(score)
+        counts = {"nih": len(item.ref.boxes)} | {
+            n: len(b) for n, b in _boxes_by_reference(session, item).items()
+        }
+        result.box_counts[item.ref.name] = {n: c for n, c in counts.items() if c}
         for name, hit in _reference_hits(session, item, heatmap).items():
             result.reference_hits.setdefault(name, []).append(hit)
 
@@ -631,9 +663,7 @@ def _write_one(
     predicted = int(probability >= threshold)
     boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
     drawn = {k: v for k, v in _boxes_by_reference(session, item).items() if len(v) and k != "nih"}
-    caption_tail = caption_text(probability, predicted, ref.label)
-    if drawn or len(ref.boxes):
-        caption_tail += "\n" + box_legend([*(["nih"] if len(ref.boxes) else []), *drawn])
+    caption_tail = caption_text(probability, predicted, ref.label)  # the box legend is drawn under it
     display = item.display  # the source pixels at their own width, capped at overlay.max_size
     assert display is not None  # the session's Preprocessor keeps a display copy (display_size is set)
     shown = display.shape
@@ -645,15 +675,15 @@ def _write_one(
             heat,
             boxes=scaled_to(ref.boxes, item.source_shape, shown) if len(ref.boxes) else None,
             predicted_boxes=scaled_to(predicted_boxes, item.source_shape, shown) if k == 0 else None,
-            reference_boxes=[
-                (scaled_to(b, item.source_shape, shown), reference_color(n)) for n, b in drawn.items()
-            ],
+            reference_boxes=[(n, scaled_to(b, item.source_shape, shown)) for n, b in drawn.items()],
             caption=f"{title}\n{caption_tail}",
-            size=shown[1],
+            size=max(shown[1], MIN_WIDTH),
+            predicted=predicted,
             alpha=overlay.alpha,
             cmap=overlay.cmap,
         ))  # fmt: skip
-    save_png(np.concatenate(tiles, axis=1), out / "overlays" / f"{stem}.png")
+    save_png(make_grid(tiles, ncols=len(tiles), pad=0), out / "overlays" / f"{stem}.png")
+    save_png(display, out / "originals" / f"{stem}.png")  # the gallery's original (index.html)
     for k, (name, heat) in enumerate(maps.items()):
         buffer = io.BytesIO()
         np.save(buffer, heat)

@@ -786,6 +786,10 @@ def report_markdown(report: Mapping) -> str:
         lines += ["## Notes", ""] + [f"- {m}" for m in report["messages"]] + [""]
     if report.get("figures"):
         lines += ["## Figures", ""] + [f"![{name}]({name})" for name in report["figures"]] + [""]
+    if report.get("gallery"):
+        lines += ["## Explanations", "", f"The explained images, sortable and filterable by outcome: "
+                  f"[the gallery]({report['gallery']}) (`index.html` of the explain run that wrote these "
+                  "predictions).", ""]  # fmt: skip
     return "\n".join(lines)
 
 
