@@ -43,10 +43,8 @@ from pneumo.nih.references import load_reference, reference_spec
 from pneumo.xai.explainers import GradCamExplainer, explain, instantiate_explainers
 from pneumo.xai.gradcam import DEFAULT_LAYER, DEFAULT_TARGET, check_target, pneumonia_probability
 from pneumo.xai.overlay import (
-    box_legend,
     caption_text,
     make_grid,
-    reference_color,
     render_overlay,
     to_chw_tensor,
 )
@@ -281,8 +279,6 @@ class GradCamOverlayCallback(L.Callback):
         probs = pneumonia_probability(pl_module, next(iter(results.values())).logits)
         by_reference: dict[str, list[np.ndarray]] = self._fixed.get("reference_boxes") or {}
         hits: dict[str, list[ReferenceHit]] = {name: [] for name in by_reference}
-        shown = [name for name, boxes in by_reference.items() if any(len(b) for b in boxes)]
-        legend = f"\n{box_legend(shown, predicted=False)}" if shown else ""  # every tile: one caption height
         tiles = []
         for i, image_id in enumerate(self._fixed["image_ids"]):
             p = float(probs[i])
@@ -292,13 +288,13 @@ class GradCamOverlayCallback(L.Callback):
                 hits[name].append(hit)
             for name, result in results.items():
                 title = image_id if len(results) == 1 else f"{image_id} {name}"
-                caption = f"{title}\n{caption_text(p, int(p >= threshold), self._fixed['labels'][i])}{legend}"
+                caption = f"{title}\n{caption_text(p, int(p >= threshold), self._fixed['labels'][i])}"
                 tiles.append(
                     render_overlay(
                         images[i, 0].float().cpu(),
                         result.maps[i].cpu(),
                         boxes=drawn.get("nih"),
-                        reference_boxes=[(b, reference_color(n)) for n, b in drawn.items() if n != "nih"],
+                        reference_boxes=[(n, b) for n, b in drawn.items() if n != "nih"],
                         caption=caption,
                         size=self.tile_size,
                     )

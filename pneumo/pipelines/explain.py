@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -69,7 +70,7 @@ from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.nih.boxes import load_boxes, scaled_to
 from pneumo.nih.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
-from pneumo.nih.references import Reference, index_metadata, load_reference, reference_spec
+from pneumo.nih.references import Reference, load_reference, reference_spec
 from pneumo.nih.tables import read_label_table
 from pneumo.pipelines.runs import Run, load_run
 from pneumo.reporting.gallery import write_gallery
@@ -119,20 +120,23 @@ def _index_name(name: str, known: Mapping, stems: Mapping[str, str]) -> str:
     return name if name in known else stems.get(os.path.splitext(name)[0], name)
 
 
-def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: StorageOptions) -> int:
-    """Set ``ref.label`` from a label index (a ``Data_Entry`` CSV, or a ``bq://`` table read as training reads
-    it: ``pneumo.nih.tables.read_label_table``), matched by file name; returns how many were found."""
+def read_label_index(labels_url: str | None, storage_options: StorageOptions) -> pd.DataFrame | None:
+    """The label index's table (a ``Data_Entry`` CSV read with the session's storage settings, or a ``bq://``
+    table read as training reads it: ``pneumo.nih.tables.read_label_table``); ``None`` without one."""
     if labels_url and is_bigquery(labels_url):
         storage = storage_options if isinstance(storage_options, StorageSettings) else None
-        table = read_label_table(labels_url, storage)[0].table
-    else:
-        options, io = (
-            (options_for(labels_url, storage_options) if labels_url else {}),
-            io_for(storage_options),
-        )
-        if not labels_url or not location_exists(labels_url, options, io):
-            return 0
-        table = NIHLabelIndex.from_csv(labels_url, options, io=io).table
+        return read_label_table(labels_url, storage)[0].table
+    options, io = (options_for(labels_url, storage_options) if labels_url else {}), io_for(storage_options)
+    if not labels_url or not location_exists(labels_url, options, io):
+        return None
+    return NIHLabelIndex.from_csv(labels_url, options, io=io).table
+
+
+def attach_labels(refs: Sequence[ImageRef], table: pd.DataFrame | None) -> int:
+    """Set ``ref.label`` from a label index's table (``read_label_index``), matched by file name; returns how
+    many were found."""
+    if table is None:
+        return 0
     label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
     stems = _by_stem(label_of)
     for ref in refs:
@@ -479,9 +483,10 @@ def image_refs(session: _Session) -> list[ImageRef]:
             "skipped %d file(s) that are not images by name: %s", len(skipped), ", ".join(skipped[:10])
         )
     finding = settings.localization.finding
-    n_labels = attach_labels(refs, session.labels_url, session.options)
+    table = read_label_index(session.labels_url, session.options)
+    n_labels = attach_labels(refs, table)
     n_boxes = attach_boxes(refs, session.bbox_url, finding, session.options)
-    attach_reference_boxes(session, refs)
+    attach_reference_boxes(session, refs, table)
     log.info(
         "%d image(s) at %d px; true labels for %d, %s boxes for %d; model threshold %.3f; Grad-CAM layer %s",
         len(refs), run.image_size, n_labels, finding, n_boxes, session.threshold, settings.gradcam.layer,
@@ -489,13 +494,13 @@ def image_refs(session: _Session) -> list[ImageRef]:
     return refs
 
 
-def attach_reference_boxes(session: _Session, refs: Sequence[ImageRef]) -> None:
+def attach_reference_boxes(session: _Session, refs: Sequence[ImageRef], table: pd.DataFrame | None) -> None:
     """The boxes of every box reference other than ``nih`` for the images it covers (its coverage rule, with
-    the images' patient, view, sex and age from the label index), and each image's patient."""
-    if not session.labels_url:
+    the images' patient, view, sex and age from the label index's ``table``), and each image's patient."""
+    if table is None:
         return
-    meta = index_metadata(session.labels_url)
-    frame = meta[meta["image"].isin({ref.name for ref in refs})].drop(columns="pneumonia")
+    meta = table[["image", "patient", "view", "sex", "age"]]
+    frame = meta[meta["image"].isin({ref.name for ref in refs})]
     session.patients = dict(zip(frame["image"], frame["patient"]))
     files = session.run.datamodule.hparams.get("references") or {}
     for entry in session.settings.references:
