@@ -173,7 +173,7 @@ def test_train_from_a_table_splits_as_the_csv_run(
     import torch
 
     proc = run_cli(["train.py", *tiny_overrides(demo_root, tmp_path), f"data.labels_url=bq://{bq_demo}.labels",
-                    "logger=none", "callbacks.lr_monitor=null", "callbacks.gradcam_overlay=null",
+                    f"data.bbox_url=bq://{bq_demo}.boxes", "logger=none", "callbacks.lr_monitor=null", "callbacks.gradcam_overlay=null",
                     f"hydra.run.dir={tmp_path}/run"], env={"PNEUMO_GCS_TOKEN": TOKEN})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = (tmp_path / "run" / "model_card.md").read_text()
@@ -197,6 +197,32 @@ def test_train_from_a_table_splits_as_the_csv_run(
     )
     assert not result.failed and len(result.predictions) == csv_card["splits"]["test"]["images"]
     assert all(row["true_label"] in (0, 1) for row in result.predictions)
+    # ... and its boxes from the box table: every test image with a Pneumonia box in the CSV is scored
+    from pneumo.nih.boxes import BoxList
+
+    csv_boxes = BoxList.from_csv(str(demo_root / "BBox_List_2017.csv")).subset("Pneumonia").images
+    tested = {row["image"] for row in result.predictions}
+    assert len(tested & csv_boxes) > 0
+    assert {row["image"] for row in result.localization} == tested & csv_boxes
+
+
+def test_a_box_table_gives_the_box_files_boxes(bq_demo: str, demo_root: Path) -> None:
+    """``data.bbox_url=bq://...`` reads the uploaded box table into the boxes the CSV gives (same rows and
+    values); a table without the box columns is one line naming them."""
+    from pneumo.nih.boxes import BoxList, BoxListError, load_boxes
+
+    table = load_boxes(f"bq://{bq_demo}.boxes", storage=StorageSettings())
+    csv = BoxList.from_csv(str(demo_root / "BBox_List_2017.csv"))
+    assert table is not None and len(table) == len(csv) > 0
+    key = ["image", "finding", "x", "y", "w", "h"]
+    pd.testing.assert_frame_equal(
+        table.table.sort_values(key).reset_index(drop=True), csv.table.sort_values(key).reset_index(drop=True)
+    )
+    with pytest.raises(
+        BoxListError, match=r"data\.bbox_url=bq://test\.nih\.labels: the table lacks column"
+    ) as err:
+        load_boxes(f"bq://{bq_demo}.labels")
+    assert "\n" not in str(err.value) and "bbox_x" in str(err.value)
 
 
 @pytest.mark.slow

@@ -207,7 +207,8 @@ class GradCamOverlayCallback(L.Callback):
         bbox_url = (getattr(datamodule, "hparams", None) or {}).get("bbox_url")
         if not bbox_url:
             return None
-        table = load_boxes(bbox_url, datamodule.storage.options_for(bbox_url), datamodule.storage.io)
+        storage = datamodule.storage
+        table = load_boxes(bbox_url, storage.options_for(bbox_url), storage.io, storage)
         return None if table is None else [table.for_image(name, PNEUMONIA) for name in names]
 
     @staticmethod

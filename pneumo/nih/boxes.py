@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from pneumo.errors import PneumoError
+from pneumo.io.bigquery import is_bigquery
 from pneumo.io.reading import read_csv
+from pneumo.io.storage import StorageSettings
 from pneumo.io.store import location_exists
 from pneumo.nih.findings import BBOX_LABEL_ALIASES, FINDINGS, PNEUMONIA
 from pneumo.nih.shipped import verified
@@ -65,7 +67,23 @@ class BoxList:
                 f"{url}: expected the header 'Image Index,Finding Label,Bbox [x,y,w,h],,,', got "
                 f"{','.join(map(str, raw.columns))!r}"
             )
-        table = raw.iloc[:, :6].copy()
+        return cls.from_frame(raw.iloc[:, :6], url)
+
+    @classmethod
+    def from_frame(
+        cls, raw: pd.DataFrame, source: str = "<memory>", row: str = "line", first: int = 2
+    ) -> BoxList:
+        """Boxes from a frame of six columns in ``BBox_List_2017.csv``'s order (image, finding, x, y, w, h), as
+        the CSV or a ``bq://`` box table (``pneumo.nih.tables.read_box_table``) gives them. An error names the
+        bad row as ``{row} {first + position}`` (a CSV's line: 2 for the first row after the header).
+
+        Example:
+            >>> raw = pd.DataFrame([["a.png", "Infiltrate", "1", "2", "3", "4"]])
+            >>> BoxList.from_frame(raw).table[["finding", "w"]].values.tolist()
+            [['Infiltration', 3.0]]
+        """
+        url = source
+        table = raw.astype(str).copy()
         table.columns = list(_COLUMNS)
         table["image"] = table["image"].str.strip()
         table["finding"] = table["finding"].str.strip().replace(BBOX_LABEL_ALIASES)
@@ -76,12 +94,12 @@ class BoxList:
             values = pd.to_numeric(table[col].str.strip(), errors="coerce")
             bad = values.isna().to_numpy().nonzero()[0]
             if len(bad):
-                line = int(bad[0]) + 2  # 1-based, after the header
-                raise BoxListError(f"{url}, line {line}: {col} = {table[col].iloc[bad[0]]!r} is not a number")
+                where = f"{row} {int(bad[0]) + first}"
+                raise BoxListError(f"{url}, {where}: {col} = {table[col].iloc[bad[0]]!r} is not a number")
             table[col] = values.astype(np.float64)
         empty = ((table["w"] <= 0) | (table["h"] <= 0)).to_numpy().nonzero()[0]
         if len(empty):
-            raise BoxListError(f"{url}, line {int(empty[0]) + 2}: box with no area (w or h <= 0)")
+            raise BoxListError(f"{url}, {row} {int(empty[0]) + first}: box with no area (w or h <= 0)")
         return cls(table.reset_index(drop=True), source=url)
 
     def __len__(self) -> int:
@@ -105,16 +123,24 @@ class BoxList:
 
 
 def load_boxes(
-    bbox_url: str | None, storage_options: Mapping | None = None, io: Mapping | None = None
+    bbox_url: str | None,
+    storage_options: Mapping | None = None,
+    io: Mapping | None = None,
+    storage: StorageSettings | None = None,
 ) -> BoxList | None:
     """The box file of a data set for ``explain.py`` and the Grad-CAM callback: ``None`` when no file is
     configured (``bbox_url`` empty) or it does not exist (boxes are optional); a ``BoxListError`` when it
-    exists but cannot be used (``io``: I/O limits of the reads, ``StorageSettings.io``).
+    exists but cannot be used (``io``: I/O limits of the reads, ``StorageSettings.io``). A ``bq://`` box
+    table is read with ``storage``'s credentials and billing project (``pneumo.nih.tables.read_box_table``).
 
     Example:
         >>> load_boxes(None) is None, load_boxes("/no/such/BBox_List_2017.csv") is None
         (True, True)
     """
+    if bbox_url and is_bigquery(bbox_url):
+        from pneumo.nih.tables import read_box_table  # google-cloud-bigquery only when a table is named
+
+        return read_box_table(bbox_url, storage)
     if not bbox_url or not location_exists(bbox_url, storage_options, io):
         return None
     return BoxList.from_csv(bbox_url, storage_options, io)

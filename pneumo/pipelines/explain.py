@@ -151,7 +151,8 @@ def attach_boxes(
 ) -> int:
     """Set ``ref.boxes`` (of ``finding``) from a ``BBox_List_2017.csv``; returns how many images got boxes."""
     options = options_for(bbox_url, storage_options) if bbox_url else None
-    boxes = load_boxes(bbox_url, options, io_for(storage_options))
+    storage = storage_options if isinstance(storage_options, StorageSettings) else None
+    boxes = load_boxes(bbox_url, options, io_for(storage_options), storage)
     if boxes is None:
         return 0
     known = {str(x): None for x in boxes.table["image"]}
