@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.errors import PneumoError
-from pneumo.io.bigquery import is_bigquery
+from pneumo.io.bigquery import BigQuerySource, is_bigquery, parse_table_url
 from pneumo.io.reading import read_csv
 from pneumo.io.storage import StorageSettings
 from pneumo.io.store import location_exists
@@ -28,6 +28,8 @@ from pneumo.nih.findings import BBOX_LABEL_ALIASES, FINDINGS, PNEUMONIA
 from pneumo.nih.shipped import verified
 
 _COLUMNS = ("image", "finding", "x", "y", "w", "h")
+#: ``BBox_List_2017.csv``'s first six columns under a box table's BigQuery-safe names (``pneumo.nih.tables``).
+BOX_COLUMNS = ("image_index", "finding_label", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
 
 class BoxListError(PneumoError, ValueError):
@@ -74,7 +76,7 @@ class BoxList:
         cls, raw: pd.DataFrame, source: str = "<memory>", row: str = "line", first: int = 2
     ) -> BoxList:
         """Boxes from a frame of six columns in ``BBox_List_2017.csv``'s order (image, finding, x, y, w, h), as
-        the CSV or a ``bq://`` box table (``pneumo.nih.tables.read_box_table``) gives them. An error names the
+        the CSV or a ``bq://`` box table (``pneumo.nih.boxes.read_box_table``) gives them. An error names the
         bad row as ``{row} {first + position}`` (a CSV's line: 2 for the first row after the header).
 
         Example:
@@ -131,15 +133,13 @@ def load_boxes(
     """The box file of a data set for ``explain.py`` and the Grad-CAM callback: ``None`` when no file is
     configured (``bbox_url`` empty) or it does not exist (boxes are optional); a ``BoxListError`` when it
     exists but cannot be used (``io``: I/O limits of the reads, ``StorageSettings.io``). A ``bq://`` box
-    table is read with ``storage``'s credentials and billing project (``pneumo.nih.tables.read_box_table``).
+    table is read with ``storage``'s credentials and billing project (``pneumo.nih.boxes.read_box_table``).
 
     Example:
         >>> load_boxes(None) is None, load_boxes("/no/such/BBox_List_2017.csv") is None
         (True, True)
     """
     if bbox_url and is_bigquery(bbox_url):
-        from pneumo.nih.tables import read_box_table  # google-cloud-bigquery only when a table is named
-
         return read_box_table(bbox_url, storage)
     if not bbox_url or not location_exists(bbox_url, storage_options, io):
         return None
@@ -156,3 +156,28 @@ def scaled_to(boxes: np.ndarray, source_shape: tuple[int, int], target_shape: tu
     sy = target_shape[0] / source_shape[0]
     sx = target_shape[1] / source_shape[1]
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
+
+
+def read_box_table(url: str, storage: StorageSettings | None = None) -> BoxList:
+    """The boxes of a ``bq://`` table in ``BBox_List_2017``'s layout (``BOX_COLUMNS``: ``image_index``,
+    ``finding_label``, ``bbox_x``, ``bbox_y``, ``bbox_w``, ``bbox_h``), as ``BoxList.from_csv`` reads the
+    file: same rows, same checks (the one reader of box tables: ``data.bbox_url=bq://...``; google-cloud-bigquery
+    is imported only here).
+
+    Example:
+        >>> boxes = read_box_table("bq://my-project.nih.boxes")  # doctest: +SKIP
+    """
+    ref = parse_table_url(url, "data.bbox_url")
+    frame, _ = BigQuerySource(storage or StorageSettings(), ref.project).read_table(
+        ref, f"data.bbox_url={url}", columns=list(BOX_COLUMNS)
+    )
+    missing = [c for c in BOX_COLUMNS if c not in frame.columns]
+    if missing:
+        raise BoxListError(
+            f"data.bbox_url={url}: the table lacks column(s) {missing}; a box table has the columns "
+            f"{', '.join(BOX_COLUMNS)}"
+        )
+    # BigQuery returns rows in no set order: NIH's file is sorted by image name.
+    rows = frame[list(BOX_COLUMNS)].sort_values(list(BOX_COLUMNS[:2]), kind="stable").reset_index(drop=True)
+    text = rows.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    return BoxList.from_frame(text, f"data.bbox_url={url}", row="row", first=1)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from pneumo.io.bigquery import BigQuerySource, parse_table_url
 from pneumo.io.storage import StorageSettings
-from pneumo.nih.boxes import BoxList, BoxListError
+from pneumo.nih.boxes import BOX_COLUMNS
 from pneumo.nih.index import LabelIndexError, NIHLabelIndex
 
 #: NIH's label header -> the table's column (``Patient Sex`` is accepted for ``Patient Gender``).
@@ -46,8 +46,6 @@ LABEL_COLUMNS = {
 }
 #: Columns a label table must have (the index reads them); the last four of ``LABEL_COLUMNS`` are optional.
 REQUIRED_LABEL_COLUMNS = tuple(list(LABEL_COLUMNS.values())[:7])
-#: ``BBox_List_2017.csv``'s first six columns -> the box table's.
-BOX_COLUMNS = ("image_index", "finding_label", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
 #: The one column of a split-list table (and of a cohort query's result).
 IMAGE_COLUMN = "image_index"
 
@@ -158,26 +156,3 @@ def read_label_table(
     if frame.empty:
         raise LabelIndexError(f"data.labels_url={url}: the table has no rows")
     return index_from_table(frame, url, views), frame, table
-
-
-def read_box_table(url: str, storage: StorageSettings | None = None) -> BoxList:
-    """The boxes of a ``bq://`` table in ``BBox_List_2017``'s layout (``BOX_COLUMNS``: ``image_index``,
-    ``finding_label``, ``bbox_x``, ``bbox_y``, ``bbox_w``, ``bbox_h``), as ``BoxList.from_csv`` reads the
-    file: same rows, same checks (the one reader of box tables: ``data.bbox_url=bq://...``).
-
-    Example:
-        >>> boxes = read_box_table("bq://my-project.nih.boxes")  # doctest: +SKIP
-    """
-    ref = parse_table_url(url, "data.bbox_url")
-    frame, _ = BigQuerySource(storage or StorageSettings(), ref.project).read_table(
-        ref, f"data.bbox_url={url}", columns=list(BOX_COLUMNS)
-    )
-    missing = [c for c in BOX_COLUMNS if c not in frame.columns]
-    if missing:
-        raise BoxListError(
-            f"data.bbox_url={url}: the table lacks column(s) {missing}; a box table has the columns "
-            f"{', '.join(BOX_COLUMNS)}"
-        )
-    # BigQuery returns rows in no set order: NIH's file is sorted by image name.
-    rows = frame[list(BOX_COLUMNS)].sort_values(list(BOX_COLUMNS[:2]), kind="stable").reset_index(drop=True)
-    return BoxList.from_frame(rows.map(_text), f"data.bbox_url={url}", row="row", first=1)
