@@ -12,8 +12,12 @@ pointing at the synthetic set):
                (data.loader.num_workers decode processes)
     train      a fixed number of optimizer steps from the cache (data.loader.num_workers loader processes)
     test       inference over the whole official test split (25,596 images)
-    report     the evaluation report with 1,000 patient resamples
-    explain    ``python explain.py`` on NIH's boxed test images (Grad-CAM, localization on the pneumonia boxes)
+    report     the evaluation report with 1,000 patient resamples and its three reference standards (NIH's
+               label, Google's adjudicated labels, RSNA's radiologists from the set's ``rsna_pneumonia.csv``:
+               ``data.references.rsna.url``), after the same report without references (``report_no_refs``,
+               ``eval.references=[]``: the report before issue 22) for the ratio of the two
+    explain    ``python explain.py`` on NIH's boxed test images (Grad-CAM, localization on NIH's pneumonia
+               boxes and on RSNA's boxes of those images: the pointing game per reference)
 
 Per stage: wall and CPU time (this process and every descendant: loader workers, decode pools, explain.py),
 the peak memory of the whole process tree (sum of RSS, and of PSS, which counts pages shared between processes,
@@ -33,6 +37,7 @@ synthetic set's copies).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -317,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         "data=nih",
         f"data.images_url={out / 'images'}",
         f"data.bbox_url={out / 'BBox_List_2017.csv'}",
+        # RSNA's labels with boxes in the written images' pixels (pneumo.synthetic.like_index)
+        f"data.references.rsna.url={out / 'rsna_pneumonia.csv'}",
         f"data.images.size={args.image_size}",
         f"data.loader.batch_size={args.batch_size}",
         f"data.loader.num_workers={args.workers}",
@@ -389,11 +396,21 @@ def main(argv: list[str] | None = None) -> int:
         tester.test(model, datamodule=dm, verbose=False)
         row["per_image_ms"] = marks_from(seen["at"], row["t0"], n_test)
 
-    # ---- the report
+    # ---- the report: without references (as before issue 22), then with the three of eval.references
     settings = EvalSettings.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    with stages.stage("report_no_refs", n_test) as row:
+        bare = dataclasses.replace(settings, references=())
+        row["auroc"] = write_evaluation(model, dm, tester, bare, work / "report_no_refs")["metrics"]["auroc"][
+            "value"
+        ]
     with stages.stage("report", n_test) as row:
         report = write_evaluation(model, dm, tester, settings, work / "report")
         row["auroc"] = report["metrics"]["auroc"]["value"]
+        row["references"] = {
+            r["name"]: [r["images"], r.get("counts", {}).get("positives")]
+            for r in report["reference_standards"]["references"]
+        }
+    stages.rows[-1]["vs_no_refs"] = round(stages.rows[-1]["wall_s"] / stages.rows[-2]["wall_s"], 2)
 
     # ---- explain.py on NIH's boxed test images
     ckpt = work / "rehearsal.ckpt"
@@ -425,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((work / "explain" / "summary.json").read_text())
     flat = {**summary, **(summary.get("localization") or {})}
     row["summary"] = {k: v for k, v in flat.items() if isinstance(v, (int, float, str)) and k != "checkpoint"}
+    row["pointing_game"] = {
+        name: [s.get("n"), s.get("hit_rate")] for name, s in (flat.get("references") or {}).items()
+    }
     memory.stop()
 
     total = time.monotonic() - t_start
@@ -455,7 +475,16 @@ def print_table(result: dict) -> None:
             f"{r['peak_pss_mib']:.0f} | {' | '.join(cells)} |"
         )
     for r in result["stages"]:
-        extra = {k: r[k] for k in ("throughput_img_s", "steady_img_s", "auroc", "summary") if k in r}
+        keys = (
+            "throughput_img_s",
+            "steady_img_s",
+            "auroc",
+            "references",
+            "vs_no_refs",
+            "summary",
+            "pointing_game",
+        )
+        extra = {k: r[k] for k in keys if k in r}
         if extra:
             print(f"- {r['stage']}: {extra}")
 

@@ -22,7 +22,7 @@ COMMANDS = {
     "train": ("train", "train a classifier (same as pneumo-train, python train.py)"),
     "explain": ("explain", "predictions and Grad-CAM heatmaps of a checkpoint (same as pneumo-explain)"),
     "evaluate": ("evaluate", "the evaluation report of a predictions file (same as pneumo-evaluate)"),
-    "export": ("export", "a checkpoint as TorchScript or ONNX (same as pneumo-export)"),
+    "export": ("export", "a checkpoint as TorchScript, ONNX or a MONAI bundle (same as pneumo-export)"),
     "sanity": ("sanity", "the sanity check of a checkpoint's saliency maps (cascading randomization)"),
     "index": ("index", "summarise an NIH label index and its splits (the shipped one by default)"),
     "synthetic": ("synthetic", "write a synthetic set in NIH's layout (the demo set, or a look-alike)"),

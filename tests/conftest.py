@@ -61,6 +61,31 @@ def tiny_ckpt(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="session")
+def moved_threshold_explain(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """``(out_dir, threshold)``: explain.py's outputs on the tiny demo's val split with a copy of ``tiny_ckpt``
+    whose threshold was moved between two of its probabilities, just above the lowest labelled positive: the
+    decisions are mixed and there is at least one false negative (the checkpoint-threshold and gallery tests).
+    """
+    import torch
+
+    from pneumo.pipelines.explain import ExplainSettings, explain_images
+
+    root = tmp_path_factory.mktemp("moved_threshold")
+    first = explain_images(ExplainSettings(str(tiny_ckpt), str(root / "a"), split="val", progress=False))
+    probs = sorted(float(r["probability"]) for r in first.predictions)
+    lowest_positive = min(float(r["probability"]) for r in first.predictions if str(r["true_label"]) == "1")
+    above = [p for p in probs if p > lowest_positive]
+    assert above, "the lowest positive has the highest probability: no threshold gives mixed decisions"
+    threshold = (lowest_positive + above[0]) / 2  # between two probabilities
+    blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    blob["state_dict"]["threshold"] = torch.tensor(threshold)
+    moved = root / "moved.ckpt"
+    torch.save(blob, moved)
+    explain_images(ExplainSettings(str(moved), str(root / "b"), split="val", progress=False))
+    return root / "b", threshold
+
+
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pneumo's wheel, built once per session from a copy of the checkout (``tests.helpers.build_wheel``)."""
     from tests.helpers import build_wheel

@@ -187,6 +187,16 @@ def test_train_from_a_table_splits_as_the_csv_run(
         if p.is_file() and p.suffix in (".md", ".yaml", ".log", ".json", ".csv")
     ]
     assert not any(TOKEN in text for text in outputs)
+    # explain of that checkpoint reads the table as training did (labels, the references' index), and the
+    # split it rebuilds has the recorded sha256s (issue 25's data-identity check over a bq:// source)
+    from pneumo.pipelines.explain import ExplainSettings, explain_images
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = explain_images(
+        ExplainSettings(str(ckpt), str(tmp_path / "explain"), split="test", progress=False)
+    )
+    assert not result.failed and len(result.predictions) == csv_card["splits"]["test"]["images"]
+    assert all(row["true_label"] in (0, 1) for row in result.predictions)
 
 
 @pytest.mark.slow

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc
 
-from pneumo.data.distributed import shard_sampler
+from pneumo.data.distributed import ShardedDDPStrategy, shard_sampler
+from pneumo.pipelines.batch_predict import predict_images
+from pneumo.pipelines.explain import ExplainSettings, explain_images
 from pneumo.pipelines.train import train
 from tests.helpers import ROOT, read_scalars, run_cli, tiny_overrides
 
@@ -40,6 +44,9 @@ class ShardRecorder(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._add(trainer, "test", batch)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.seen["predict"].extend(batch["image_id"])
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +159,52 @@ def test_ddp_two_cpu_processes(demo_root: Path, tmp_path: Path, compose_train) -
         prob = model.predict_proba(torch.stack([it["image"] for it in items]))
     rank0_auroc = binary_auroc(prob, torch.stack([it["label"] for it in items])).item()
     assert abs(rank0_auroc - single) > 1e-3, (rank0_auroc, single)
+
+
+def test_prediction_writer_two_processes_write_each_image_once_with_single_process_scores(
+    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    """Issue 26: ``Trainer.predict`` + ``PredictionWriter`` on 2 CPU processes (gloo) of the project's DDP
+    strategy. The ranks are forked from this process (``start_method="fork"``): the same strategy, sampler
+    and writer as ``trainer=ddp``, without a second interpreter importing torch (train.py's DDP run above
+    covers the command-line launch)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((demo_root / "images").iterdir())[:11]:  # odd: the shards differ by one image
+        shutil.copy(path, images / path.name)
+    probe = tmp_path / "shards"
+    ddp = {
+        "strategy": ShardedDDPStrategy(start_method="fork", process_group_backend="gloo"),
+        "accelerator": "cpu",
+        "devices": 2,
+        "use_distributed_sampler": False,  # as conf/trainer/ddp.yaml: the strategy shards the loader
+    }
+    path = predict_images(
+        str(tiny_ckpt),
+        str(images),
+        tmp_path / "ddp",
+        trainer=ddp,
+        batch_size=4,
+        callbacks=[ShardRecorder(str(probe))],
+    )
+    seen = [json.loads((probe / f"predict_rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0]["world_size"] == 2 and seen[0]["pid"] != seen[1]["pid"] != os.getpid()
+    a, b = (s["seen"]["predict"] for s in seen)
+    names = sorted(p.name for p in images.iterdir())
+    assert sorted((len(a), len(b))) == [5, 6] and not set(a) & set(b) and sorted(a + b) == names
+    written = pd.read_csv(path)
+    assert written.image.tolist() == names and written["index"].tolist() == list(range(len(names)))
+    assert list(path.parent.iterdir()) == [path]  # each rank's part file is merged and gone
+    single = pd.read_csv(
+        predict_images(str(tiny_ckpt), str(images), tmp_path / "one", trainer={"accelerator": "cpu"})
+    )
+    assert (written.probability - single.probability).abs().max() <= 1e-6
+    assert (written.predicted_label == single.predicted_label).all()
+    # and they are explain's probabilities (same reading, temperature and threshold)
+    explained = explain_images(ExplainSettings(ckpt_path=str(tiny_ckpt), out_dir=str(tmp_path / "ex"),
+                                               inputs=str(images), progress=False))  # fmt: skip
+    by_name = {row["image"]: float(row["probability"]) for row in explained.predictions}
+    assert max(abs(by_name[n] - p) for n, p in zip(written.image, written.probability)) <= 1e-6
 
 
 def test_ddp_inside_a_local_multirun_fails_fast(compose_train) -> None:

@@ -86,23 +86,14 @@ def test_folder_of_images(tiny_ckpt: Path, demo_root: Path, tmp_path: Path) -> N
     assert [float(r["threshold"]) for r in rows] == pytest.approx([float(saved)] * len(rows), abs=1e-6)
 
 
-def test_predicted_label_uses_the_checkpoints_threshold(
-    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
-) -> None:
-    first = explain_images(ExplainSettings(str(tiny_ckpt), str(tmp_path / "a"), split="val", progress=False))
-    probs = sorted(float(r["probability"]) for r in first.predictions)
-    threshold = (probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2  # between two probabilities
-    blob = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
-    blob["state_dict"]["threshold"] = torch.tensor(threshold)
-    moved = tmp_path / "moved.ckpt"
-    torch.save(blob, moved)
-    rows = explain_images(
-        ExplainSettings(str(moved), str(tmp_path / "b"), split="val", progress=False)
-    ).predictions
+def test_predicted_label_uses_the_checkpoints_threshold(moved_threshold_explain: tuple[Path, float]) -> None:
+    out, threshold = moved_threshold_explain  # a checkpoint whose threshold was moved (conftest.py)
+    rows = _rows(out / "predictions.csv")
     predicted = [int(r["predicted_label"]) for r in rows]
     assert 0 < sum(predicted) < len(predicted)
     for row in rows:
         assert int(row["predicted_label"]) == int(float(row["probability"]) >= threshold)
+        assert float(row["threshold"]) == pytest.approx(threshold, abs=1e-6)
         assert row["true_label"] in ("0", "1", 0, 1)
 
 

@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from pneumo.cli.export import FORMATS as cli_formats
 from pneumo.errors import PneumoError
 from pneumo.images.preprocess import Preprocessor
+from pneumo.pipelines.explain import ExplainSettings, explain_images
 from pneumo.pipelines.export import FORMATS, ExportSettings, export_model
 from pneumo.pipelines.runs import load_run
 from pneumo.xai.cam import CAM_LAYER
@@ -122,6 +125,57 @@ def test_bad_input_is_one_line(tiny_ckpt: Path, tmp_path: Path) -> None:
                     f"hydra.run.dir={tmp_path / 'log'}"])  # fmt: skip
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines[-1].endswith("format='tflite': choose one of 'torchscript', 'onnx'"), proc.stderr
+    assert lines[-1].endswith("format='tflite': choose one of 'torchscript', 'onnx', 'bundle'"), proc.stderr
     assert not (tmp_path / "b").exists()
     assert cli_formats == FORMATS
+
+
+@pytest.mark.slow
+def test_the_bundle_runs_with_monai_alone_and_gives_explains_probabilities(
+    tiny_ckpt: Path, test_images, tmp_path: Path
+) -> None:
+    pytest.importorskip("fire", reason=ONNX_INSTALL)
+    paths, _ = test_images
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in paths[:4]:
+        shutil.copy(path, images / path.name)
+    # a colour image of another shape: the grey conversion and a resize by a non-integer factor
+    rgb = np.array(Image.open(paths[0]).convert("RGB").resize((70, 50)))
+    rgb[..., 0] = 255 - rgb[..., 0]
+    Image.fromarray(rgb).save(images / "colour_70x50.png")
+    bundle = tmp_path / "bundle"
+    export_model(ExportSettings(ckpt_path=str(tiny_ckpt), format="bundle", out_dir=str(bundle)))
+    for name in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "models/model.pt",
+        "docs/README.md",
+        "LICENSE",
+        "model_meta.json",
+    ):
+        assert (bundle / name).is_file(), name
+    offline = {"NO_PROXY": "*", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    command = ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--input_dir", str(images),
+               "--output_dir", str(tmp_path / "pred")]  # fmt: skip
+    proc = run_cli(command, cwd=bundle, timeout=300, env=offline)  # MONAI alone reads the bundle
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # MONAI's own check of the network against metadata.json's input and output (in this process: one
+    # interpreter start fewer; it reads the bundle's files as the command line does)
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+        bundle_root=str(bundle),
+    )
+    explained = explain_images(ExplainSettings(ckpt_path=str(tiny_ckpt), out_dir=str(tmp_path / "ex"),
+                                               inputs=str(images), progress=False))  # fmt: skip
+    expected = {row["image"]: float(row["probability"]) for row in explained.predictions}
+    got = pd.read_csv(tmp_path / "pred" / "probabilities.csv").set_index("image")
+    assert sorted(got.index) == sorted(expected)
+    for name, p in expected.items():
+        assert abs(got.probability[name] - p) <= 1e-5, (name, got.probability[name], p)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2

@@ -83,4 +83,6 @@ def test_throughput_benchmark_cpu_sized(demo_root: Path, tmp_path: Path) -> None
     assert min(result["model_only_runs"]) > 0 and result["end_to_end"] > 0
     assert result["model_only"] == pytest.approx(sum(result["model_only_runs"]) / 2)
     assert result["ratio"] == pytest.approx(result["end_to_end"] / result["model_only"])
-    assert result["source"].endswith("Source")  # the data module's own image source (cache or stream)
+    # the data module's own image source (cache or stream), then how the loader ran
+    assert result["source"].split(";")[0].endswith("Source")
+    assert "0 loader workers, pin_memory False" in result["source"]

@@ -47,6 +47,21 @@ def test_index_cli_without_a_csv_summarises_the_shipped_index_and_the_official_s
     assert (splits["train_val"]["images"], splits["test"]["images"]) == (NIH_TRAIN_VAL, NIH_TEST)
     assert splits["train_val"]["not_in_index"] == splits["test"]["not_in_index"] == 0
     assert summary["patient_overlap"] == {"train_val/test": 0}
+    # RSNA's radiologists beside NIH's label (SOURCES.md of the RSNA file: counts and the disagreement)
+    rsna = summary["rsna"]
+    assert (rsna["images"], rsna["positives"], rsna["boxes"]) == (26_585, 5_997, 9_534)
+    test = rsna["splits"]["test"]
+    assert (test["images"], test["patients"], test["positives"], test["boxes"]) == (
+        7_170,
+        1_249,
+        2_583,
+        4_220,
+    )
+    assert (test["both_positive"], test["index_only"], test["reference_only"]) == (174, 132, 2_409)
+    assert (rsna["splits"]["train_val"]["images"], rsna["splits"]["train_val"]["positives"]) == (
+        19_415,
+        3_414,
+    )
 
 
 def test_train_cfg_job_resolves_every_nih_location_to_the_shipped_files() -> None:

@@ -10,6 +10,8 @@ from PIL import Image
 
 from pneumo.xai.overlay import (
     BOX_COLOR,
+    HEAT_FLOOR,
+    PREDICTED_BOX_COLOR,
     blend,
     caption_text,
     make_grid,
@@ -19,16 +21,35 @@ from pneumo.xai.overlay import (
 )
 
 
-def test_blend_colours_hot_regions_red_and_keeps_cold_regions_gray() -> None:
+def test_blend_colours_hot_regions_red_and_leaves_cold_regions_the_xray_itself() -> None:
     image = np.full((32, 32), 0.5, np.float32)
     heat = np.zeros((32, 32), np.float32)
     heat[:, 16:] = 1.0
+    heat[:, 8:16] = HEAT_FLOOR / 2  # below the floor: not drawn either
     rgb = blend(image, heat, alpha=0.5, cmap="jet")
     assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
-    hot, cold = rgb[5, 25].astype(int), rgb[5, 5].astype(int)
+    hot = rgb[5, 25].astype(int)
     assert hot[0] > hot[2] + 60  # jet's top is dark red
-    assert cold[2] > cold[0]  # jet's bottom is dark blue, lightly blended
-    assert abs(int(cold.mean()) - 128) < 40  # the X-ray still shows through cold regions
+    # issue 26: no blue cast from the colour map's low end: cold regions are the X-ray's own grey
+    assert (rgb[:, :16] == 128).all()
+
+
+def test_a_negative_overlay_has_no_predicted_box_and_every_overlay_a_legend() -> None:
+    image, heat = np.full((64, 64), 0.5), np.zeros((64, 64))
+    heat[20:30, 20:30] = 1.0
+    box = np.array([[20.0, 20.0, 10.0, 10.0]])
+    magenta = np.array(PREDICTED_BOX_COLOR, np.uint8)
+    positive = render_overlay(image, heat, predicted_boxes=box, caption="p", size=256, predicted=1)
+    negative = render_overlay(image, heat, predicted_boxes=box, caption="p", size=256, predicted=0)
+    assert np.all(positive[:256] == magenta, axis=-1).any()
+    assert not np.all(negative[:256] == magenta, axis=-1).any()
+    # the line saying the heat is normalised per image (same legend either way: no box drawn)
+    note = render_overlay(image, heat, caption="p", size=256, predicted=0)
+    assert note.shape[0] > render_overlay(image, heat, caption="p", size=256, predicted=1).shape[0]
+    strip = positive[256:]
+    assert np.all(strip == magenta, axis=-1).any()  # the predicted box's legend swatch
+    coloured = (strip.max(axis=-1).astype(int) - strip.min(axis=-1)) > 100
+    assert coloured.sum() > 100  # the colour bar
 
 
 def test_uint8_and_float_images_give_the_same_picture() -> None:

@@ -4,6 +4,7 @@ a fourth reference as one config entry; training on RSNA's labels; the demo's do
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -78,22 +79,81 @@ def test_evaluation_cli_scores_nih_images_against_every_reference(tmp_path: Path
     assert "reference RSNA lung opacity (radiologists): AUROC on" in proc.stdout + proc.stderr
 
 
-def test_a_fourth_reference_is_one_config_entry(demo_root: Path, tmp_path: Path) -> None:
+def _worked_example() -> tuple[str, list[str]]:
+    """docs/evaluation.md's worked example: the header of its labels file and its commands."""
+    text = (ROOT / "docs" / "evaluation.md").read_text()
+    section = text.split("### Worked example: a fourth reference", 1)[1]
+    header = section.split("```csv\n", 1)[1].splitlines()[0]
+    commands = section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    return header, [c.split("  #")[0].strip() for c in commands]
+
+
+def test_a_fourth_reference_is_one_config_entry(
+    demo_root: Path, tiny_ckpt: Path, tmp_path: Path, compose_train
+) -> None:
+    """The docs' worked example, as written: a site's labels file with boxes, one entry in explain.py's
+    references and in the evaluation command's eval.references; no code."""
+    from pneumo.pipelines.explain import ExplainSettings, explain_images, format_summary
+
+    header, commands = _worked_example()
+    assert header == "image,label,x,y,w,h"
+    # the site's readers: the tiny demo's boxed test images (their boxes) and every second other test image
     test = read_image_list(str(demo_root / "test_list.txt"))
-    site = pd.DataFrame({"image": test[::2], "label": [i % 2 for i in range(len(test[::2]))]})
-    site.to_csv(tmp_path / "site.csv", index=False)
-    p = np.linspace(0.01, 0.99, len(test))
-    pd.DataFrame({"image": test, "probability": p}).to_csv(tmp_path / "p.csv", index=False)
-    entry = {"name": "site", "layout": "table", "url": str(tmp_path / "site.csv"), "title": "Site readers"}
-    settings = EvalSettings.from_config({"threshold": 0.5, "bootstrap": {"resamples": 50}, "figures": False,
-                                         "references": ["nih", entry]})  # fmt: skip
-    labels_url = str(demo_root / "Data_Entry_2017.csv")
-    report = evaluate_files(EvaluateSettings(str(tmp_path / "p.csv"), str(tmp_path / "out"), settings,
-                                             labels_url=labels_url))  # fmt: skip
+    drawn = pd.read_csv(demo_root / "BBox_List_2017.csv").iloc[:, :6]
+    drawn.columns = ["image", "finding", "x", "y", "w", "h"]
+    read = sorted(set(test[::2]) | (set(drawn["image"]) & set(test)))
+    rows = []
+    for i, name in enumerate(read):
+        boxes = drawn[drawn["image"] == name][["x", "y", "w", "h"]].to_numpy()
+        label = int(len(boxes) > 0 or i % 3 == 0)  # a few positives without a box too
+        rows += [[name, 1, *b] for b in boxes] if len(boxes) else [[name, label, "", "", "", ""]]
+    site_csv = tmp_path / "site_labels.csv"
+    pd.DataFrame(rows, columns=header.split(",")).to_csv(site_csv, index=False)
+    site = pd.DataFrame(rows, columns=header.split(",")).groupby("image")["label"].max()
+
+    def documented(program: str, paths: dict[str, str]) -> list[str]:
+        line = next(c for c in commands if c.split()[:2] == program.split()[:2] or c.startswith(program))
+        args = shlex.split(line)[len(program.split()) :]
+        args = [a.replace("url:site_labels.csv", f"url:{site_csv}") for a in args]
+        return [
+            f"{a.split('=')[0]}={paths[a.split('=')[0]]}" if a.split("=")[0] in paths else a for a in args
+        ]
+
+    explain_args = documented(
+        "python explain.py", {"ckpt_path": str(tiny_ckpt), "out_dir": str(tmp_path / "x")}
+    )
+    cfg = compose_train(
+        [*explain_args, "num_workers=0", "progress=false", "device=cpu"], config_name="explain"
+    )
+    result = explain_images(ExplainSettings.from_config(cfg))
+    by_ref = result.summary["references"]
+    assert list(by_ref) == ["nih", "rsna", "site"]
+    assert by_ref["site"]["n"] == len(set(drawn["image"]) & set(test)) > 0
+    assert any(line.startswith("pointing game vs site:") for line in format_summary(result.summary))
+    assert result.summary["attribution"] == {"site": "Site radiology 2026"}  # the demo's rsna: no citation
+
+    evaluate_args = documented("pneumo-evaluate", {
+        "predictions": str(tmp_path / "x" / "predictions.csv"),
+        "labels_url": str(demo_root / "Data_Entry_2017.csv"),
+        "out_dir": str(tmp_path / "report"),
+    })  # fmt: skip
+    cfg = compose_train([*evaluate_args, "eval.threshold=0.5", "eval.bootstrap.resamples=50",
+                         "eval.figures=false"], config_name="evaluate")  # fmt: skip
+    report = evaluate_files(EvaluateSettings.from_config(cfg))
     refs = _by_name(report)
     assert list(refs) == ["nih", "site"] and refs["site"]["images"] == len(site)
-    assert refs["site"]["metrics"]["auroc"]["value"] == pytest.approx(roc_auc_score(site["label"], p[::2]))
-    assert "| Site readers |" in (tmp_path / "out" / "report.md").read_text()
+    scores = pd.read_csv(tmp_path / "x" / "predictions.csv").set_index("image")
+    p, y = scores["probability"].reindex(site.index), site.to_numpy()
+    assert refs["site"]["metrics"]["auroc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    nih = scores["true_label"].reindex(site.index).to_numpy()
+    (row,) = report["reference_standards"]["crosstab"]
+    assert (row["a"], row["b"], row["images"]) == ("nih", "site", len(site))
+    assert (row["both_positive"], row["a_only"], row["b_only"], row["both_negative"]) == (
+        int(((nih == 1) & (y == 1)).sum()), int(((nih == 1) & (y == 0)).sum()),
+        int(((nih == 0) & (y == 1)).sum()), int(((nih == 0) & (y == 0)).sum()),
+    )  # fmt: skip
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| Site readers |" in text and "- Site radiology 2026" in text  # its row and its citation
     with pytest.raises(
         ReferenceError, match="unknown reference 'radiologist'; built-in: nih, adjudicated, rsna"
     ):
@@ -143,6 +203,9 @@ def test_demo_run_on_rsna_labels_reports_the_written_disagreements(
         assert (row["both_positive"], row["a_only"], row["b_only"], row["both_negative"]) == (
             counts["both_positive"], counts["nih_only"], counts["rsna_only"], counts["both_negative"],
         )  # fmt: skip
+    card = (Path(cfg.paths.output_dir) / "model_card.md").read_text()
+    assert "| training target | rsna: RSNA-style opacity (synthetic) |" in card
+    assert objects["datamodule"].labels == "rsna"
     text = (Path(cfg.paths.output_dir) / "report.md").read_text()
     for title in (
         "NIH label (NLP)",

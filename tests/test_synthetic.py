@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import fsspec
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pneumo.nih.boxes import BoxList
 from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.synthetic.demo import MANIFEST, ensure_synthetic_dataset, write_synthetic_dataset
@@ -102,8 +104,11 @@ def test_like_index_draws_each_row_of_the_real_index_with_nih_boxes_scaled(tmp_p
 
     with gzip.open(nih.HERE / "Data_Entry_2017_v2020.csv.gz", "rt") as fh:
         lines = fh.read().splitlines()
-    # patient 150 (00000150_002.png: Pneumonia with an NIH box) and patient 1 (no pneumonia)
-    rows = [lines[0]] + [ln for ln in lines[1:] if ln.startswith(("00000150_", "00000001_"))]
+    # patient 150 (00000150_002.png: Pneumonia with an NIH box; 00000150_003.png: RSNA-negative), patient 1
+    # (no pneumonia) and 00000032_012.png (NIH Pneumonia without an NIH box, two RSNA opacity boxes)
+    rows = [lines[0]] + [
+        ln for ln in lines[1:] if ln.startswith(("00000150_", "00000001_", "00000032_012.png"))
+    ]
     (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n")
     bbox = nih.HERE / "BBox_List_2017.csv.gz"
     out = tmp_path / "like"
@@ -128,6 +133,36 @@ def test_like_index_draws_each_row_of_the_real_index_with_nih_boxes_scaled(tmp_p
     assert box_rows[0] == BBOX_HEADER and len(box_rows) == 2
     assert box_rows[1].startswith("00000150_002.png,Pneumonia,")
     np.testing.assert_allclose([float(v) for v in box_rows[1].split(",")[2:6]], expected, atol=1e-3)
+
+    # the RSNA-layout file: the shipped RSNA rows of these images, boxes scaled to 64 px; the manifest's
+    # counts of it and of its disagreement with the NIH-style label
+    from pneumo.nih.rsna import RSNALabels
+    from pneumo.synthetic.like_index import _rows
+
+    shipped = RSNALabels.from_csv()
+    written_rsna = RSNALabels.from_csv(str(out / "rsna_pneumonia.csv"))
+    wanted = shipped.images[shipped.images["image"].isin(source.images)].reset_index(drop=True)
+    assert (
+        written_rsna.images["image"].tolist()
+        == wanted["image"].tolist()
+        == [
+            "00000032_012.png",
+            "00000150_003.png",
+        ]
+    )
+    assert written_rsna.images["opacity"].tolist() == wanted["opacity"].tolist() == [1, 0]
+    rsna_boxes = shipped.boxes.for_image("00000032_012.png", None)
+    np.testing.assert_allclose(
+        written_rsna.boxes.for_image("00000032_012.png", None), rsna_boxes * 64 / 1024, atol=1e-3
+    )
+    manifest = json.loads((out / "demo_manifest.json").read_text())["rsna"]["all"]
+    assert manifest == {"images": 2, "positives": 1, "boxes": len(rsna_boxes), "both_positive": 1,
+                        "nih_only": 0, "rsna_only": 0, "both_negative": 1}  # fmt: skip
+    # the opacity of a Pneumonia image NIH did not box is drawn in RSNA's first box (known placement)
+    drawn = {r[0]: r[4] for r in _rows(source, BoxList.from_csv(str(bbox)), shipped)}
+    np.testing.assert_allclose(drawn["00000032_012.png"], rsna_boxes[0] / 1024)
+    np.testing.assert_allclose(drawn["00000150_002.png"], expected / 64)  # NIH's own box first
+    assert drawn["00000001_000.png"] is None
     # the opacity is drawn there: brighter than the same place on most of the patient's other images
     x, y, w, h = np.round(expected).astype(int)
     inside = {

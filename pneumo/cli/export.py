@@ -1,4 +1,4 @@
-"""``pneumo-export ckpt_path=CKPT format=torchscript|onnx out_dir=DIR [heatmap=true] [overwrite=true]``.
+"""``pneumo-export ckpt_path=CKPT format=torchscript|onnx|bundle out_dir=DIR [heatmap=true] [overwrite=true]``.
 
 See ``conf/export.yaml``, ``pneumo.pipelines.export`` and docs/export.md. A checkpoint, format or folder that
 cannot be used stops with one line naming it (exit status 2); an export that does not reproduce the PyTorch
@@ -18,7 +18,7 @@ from pneumo.io.storage import protect_output
 
 log = logging.getLogger("pneumo.export")
 #: ``format=`` values (``pneumo.pipelines.export.FORMATS``; tests/test_export.py keeps them equal).
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "bundle")
 # Secrets are scrubbed from everything printed or logged from here on, Hydra's own messages included.
 protect_output()
 

@@ -47,15 +47,14 @@ from pneumo.io.bigquery import (
 from pneumo.io.files import atomic_write_text
 from pneumo.io.reading import read_csv, read_text
 from pneumo.io.storage import StorageSettings
-from pneumo.nih.index import LabelIndexError, NIHLabelIndex
+from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import shipped_path
 from pneumo.nih.tables import (
     IMAGE_COLUMN,
-    LABEL_COLUMNS,
     box_table,
-    index_from_table,
     label_table,
     list_table,
+    read_label_table,
     typed_table,
 )
 
@@ -111,14 +110,8 @@ def read_table_index(
 ) -> tuple[NIHLabelIndex, dict[str, Any]]:
     """The label index of a ``bq://`` table in NIH's layout, and the table's record (last modified, rows,
     sha256 of the rows) for the model card."""
-    ref = parse_table_url(url, "data.labels_url")
-    what = f"data.labels_url={url}"
-    frame, table = BigQuerySource(storage, ref.project).read_table(
-        ref, what, columns=list(LABEL_COLUMNS.values()) + ["patient_sex"]
-    )
-    if frame.empty:
-        raise LabelIndexError(f"{what}: the table has no rows")
-    return index_from_table(frame, url, list(views) if views else None), _record(frame, table)
+    index, frame, table = read_label_table(url, storage, list(views) if views else None)
+    return index, _record(frame, table)
 
 
 def read_table_list(url: str, storage: StorageSettings) -> tuple[list[str], dict[str, Any]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ from pneumo.data.bigquery import (
 )
 from pneumo.data.cache import BAD, CACHED, MISSING, CachedSource, ImageCache
 from pneumo.data.dataset import NIHImageDataset, StreamingSource, UInt8Batches, collated
+from pneumo.data.identity import RESTORE, RecordedData
 from pneumo.data.settings import (
     CacheSettings,
     CohortSettings,
@@ -59,14 +61,21 @@ from pneumo.data.settings import (
 from pneumo.errors import ConfigError, PneumoError
 from pneumo.images.batch import BatchTransform
 from pneumo.images.preprocess import build_tensor_transforms
-from pneumo.io.reading import translate_error
+from pneumo.io.files import sha256_of
+from pneumo.io.reading import read_bytes, translate_error
 from pneumo.io.storage import StorageSettings, redact_url
 from pneumo.io.store import ImageStore, absolute_location, location_exists, object_name
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.references import TRAINING_LABELS, load_reference, relabelled
 from pneumo.nih.shipped import relocated
 from pneumo.nih.splits import PatientSplit, make_splits, read_image_list
-from pneumo.synthetic.demo import ensure_synthetic_dataset
+from pneumo.synthetic.demo import (
+    MANIFEST,
+    SyntheticConfig,
+    command_line,
+    differences,
+    ensure_synthetic_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +192,9 @@ class NIHDataModule(L.LightningDataModule):
         #: Seed of the per-batch augmentation (torch's seed at ``setup``: ``seed_everything``'s).
         self.augment_seed: int | None = None
         self._batch_transform: BatchTransform | None = None
+        #: The data identity of the run this module rebuilds (``pneumo.pipelines.runs.load_run``): files and
+        #: splits read are checked against it (``pneumo.data.identity``); ``None`` for a new run.
+        self.recorded: RecordedData | None = None
 
     def _set_locations(
         self,
@@ -211,6 +223,11 @@ class NIHDataModule(L.LightningDataModule):
         )
         self.bbox_url = absolute_location(relocated(bbox_url)) if bbox_url else None
         self.synthetic = dict(synthetic, root=absolute_location(synthetic["root"])) if synthetic else None
+        located = [self.images_url, self.labels_url, *(self.split_lists or {}).values(), self.bbox_url or ""]
+        if self.synthetic and not any(url.startswith(self.synthetic["root"]) for url in located):
+            # every location is the user's own: no demo set is written, and none is claimed (card, report)
+            log.info("data.synthetic is not used: no data location is under %s", self.synthetic["root"])
+            self.synthetic = None
 
     def saved_settings(self) -> dict[str, Any]:
         """The arguments that rebuild this data module (``NIHDataModule(**saved)``), URLs redacted and
@@ -252,7 +269,8 @@ class NIHDataModule(L.LightningDataModule):
         """
         if self.synthetic:
             params = {k: v for k, v in self.synthetic.items() if k != "root"}
-            ensure_synthetic_dataset(self.synthetic["root"], **params)
+            # rebuilding a trained run: never write over a set another run may have been trained on
+            ensure_synthetic_dataset(self.synthetic["root"], keep_other=self.recorded is not None, **params)
         if self.cache_settings.enabled:
             self._build_cache(self._image_cache(self._read_index()))
 
@@ -260,11 +278,13 @@ class NIHDataModule(L.LightningDataModule):
         """The patient split from the label index and the split settings, before any image is read (images
         that turn out missing or bad are still in it)."""
         self.index = self._read_index()
-        lists = self.split_lists or {}
+        lists = {name: self._read_list(url, name) for name, url in (self.split_lists or {}).items()}
+        if lists and not (self.split_settings.views or self.cohort_settings.query or self.labels != "nih"):
+            unknown_list_names(lists, self.index)  # with no filter, every listed name should be indexed
         return make_splits(
             self.index,
-            train_val_list=self._read_list(lists["train_val"]) if lists else None,
-            test_list=self._read_list(lists["test"]) if lists else None,
+            train_val_list=lists["train_val"] if lists else None,
+            test_list=lists["test"] if lists else None,
             val_fraction=self.split_settings.val_fraction,
             test_fraction=self.split_settings.test_fraction,
             seed=self.split_settings.seed,
@@ -287,7 +307,10 @@ class NIHDataModule(L.LightningDataModule):
             left_out = set(names[np.isin(cache.status(), (MISSING, BAD))].tolist())
         else:
             left_out = set()
-        return [str(x) for x in planned if x not in left_out]
+        images = [str(x) for x in planned if x not in left_out]
+        if self.recorded is not None:
+            self.recorded.check_split(split, images, self.identity_fix())
+        return images
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the images left out as missing or bad, so a run rebuilt from its
@@ -317,6 +340,8 @@ class NIHDataModule(L.LightningDataModule):
                 self._check_images_present()
             self.split = split
             for name, images in split.as_dict().items():
+                if self.recorded is not None:
+                    self.recorded.check_split(name, images, self.identity_fix())
                 sub = index.subset(images)
                 log.info(
                     "%s split: %d images, %d patients, %d pneumonia",
@@ -418,6 +443,7 @@ class NIHDataModule(L.LightningDataModule):
             index, self.tables[self.labels_url] = read_table_index(self.labels_url, self.storage, views)
         else:
             index = self._read_csv_index(views)
+        self._check_identity("labels", self.labels_url)
         if self.cohort_settings.query:
             self.cohort = select_cohort(index, self.cohort_settings, self.storage, self.labels_url)
             index = index.subset(self.cohort.images_in_index)
@@ -438,12 +464,44 @@ class NIHDataModule(L.LightningDataModule):
         with _explained(self.labels_url):
             return NIHLabelIndex.from_csv(self.labels_url, options, views=views, io=self.storage.io)
 
-    def _read_list(self, url: str) -> list[str]:
+    def _read_list(self, url: str, name: str) -> list[str]:
         if url.startswith("bq://"):
             names, self.tables[url] = read_table_list(url, self.storage)
-            return names
-        with _explained(url):
-            return read_image_list(url, self.storage.options_for(url), self.storage.io)
+        else:
+            with _explained(url):
+                names = read_image_list(url, self.storage.options_for(url), self.storage.io)
+        self._check_identity(f"split_lists.{name}", url)
+        return names
+
+    # ------------------------------------------------------------------ the run's data identity
+    def _check_identity(self, role: str, url: str) -> None:
+        """Stop when the file (or ``bq://`` table) read as ``role`` is not the one the rebuilt run recorded."""
+        if self.recorded is None or role not in self.recorded.files:
+            return
+        if url in self.tables:  # a table: the sha256 of its rows as read, as the model card records it
+            digest = self.tables[url]["sha256"]
+        else:
+            digest = sha256_of(url, self.storage.options_for(url), io=self.storage.io)
+        self.recorded.check_file(role, redact_url(url), digest, self.identity_fix(url))
+
+    def identity_fix(self, url: str | None = None) -> str:
+        """What to do when the data read is not the rebuilt run's: for the demo set, the command that writes
+        the run's set back (with what differs); for a table, reload it; else restore the file."""
+        if self.synthetic:
+            root = str(self.synthetic["root"])
+            cfg = SyntheticConfig(**{k: v for k, v in self.synthetic.items() if k != "root"})
+            try:
+                written = json.loads(read_bytes(f"{root.rstrip('/')}/{MANIFEST}"))
+            except (OSError, ValueError):
+                written = None
+            made = f" (it was made with {differences(written, cfg)})" if written else ""
+            return (
+                f"the demo set at {root} was written again since{made}: write the run's set back with "
+                f"`{command_line(root, cfg)}` (a run trained on the set there now then needs its own back)"
+            )
+        if url is not None and url.startswith("bq://"):
+            return "the table's rows changed since: restore them, or train again on the table as it is"
+        return RESTORE
 
     def _check_images_present(self, index_names: Sequence[str] | None = None) -> None:
         """Fail early when the image root is missing or holds none of a few indexed images."""
@@ -547,6 +605,32 @@ class NIHDataModule(L.LightningDataModule):
     def teardown(self, stage: str | None = None) -> None:
         if self._store is not None and self._store._state_pid == os.getpid():  # noqa: SLF001 - issue 21
             self._store.close()
+
+
+def unknown_list_names(lists: Mapping[str, Sequence[str]], index: NIHLabelIndex, shown: int = 5) -> int:
+    """Count the split lists' names that the label index lacks and name the first few in a warning (the
+    split leaves them out); an error when the index holds none of a list's names. Returns the count.
+
+    Example:
+        >>> unknown_list_names({"test": ["a.png", "gone.png"]}, index)  # doctest: +SKIP
+        1
+    """
+    known = set(index.table["image"].astype(str))
+    missing = {name: [x for x in names if x not in known] for name, names in lists.items()}
+    for name, names in lists.items():
+        if names and len(missing[name]) == len(names):
+            raise DataRootError(
+                f"none of the {len(names)} image(s) of split list {name} is in the label index {redact_url(str(index.source))} "
+                f"(e.g. {', '.join(missing[name][:shown])}): a list of another data set?"
+            )
+    total = sum(len(v) for v in missing.values())
+    if total:
+        first = [x for names in missing.values() for x in names][:shown]
+        log.warning(
+            "%d image name(s) of the split lists are not in the label index %s and are left out: %s%s",
+            total, redact_url(str(index.source)), ", ".join(first), ", ..." if total > shown else "",
+        )  # fmt: skip
+    return total
 
 
 def seed_worker(worker_id: int) -> None:

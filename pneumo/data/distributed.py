@@ -12,6 +12,8 @@ Lightning's ``DDPStrategy`` with the samplers replaced (``conf/trainer/ddp.yaml`
   ``i % world_size``; the shards are disjoint and cover the split exactly. Ranks may differ by one image;
   that is safe without gradients, and torchmetrics gathers the uneven states when it computes the metric,
   so the synced AUROC is the AUROC of the whole split.
+- **predict**: as val / test (``Trainer.predict`` with ``pneumo.callbacks.prediction_writer``: each image
+  scored once, by one rank).
 - **any other sampler** (weighted, custom) is the user's: it is kept and not sharded (a warning says so).
 
 Example:
@@ -22,13 +24,14 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sized
 from typing import Any, cast
 
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler, _IndexBatchSamplerWrapper
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
@@ -120,6 +123,14 @@ class ShardedDDPStrategy(DDPStrategy):
             )
             return dataloader
         # Lightning's own helper re-creates the loader (any DataLoader subclass) with the new sampler.
+        from lightning.pytorch.trainer.states import RunningStage
         from lightning.pytorch.utilities.data import _update_dataloader
 
+        if isinstance(dataloader.batch_sampler, _IndexBatchSamplerWrapper):
+            # Trainer.predict has wrapped the batch sampler to record each batch's input indices (prediction
+            # writers read them); re-create the loader from the batch sampler inside, wrapped again.
+            inner = copy.copy(dataloader)
+            inside = dataloader.batch_sampler._batch_sampler  # noqa: SLF001 - the wrapper keeps it privately
+            object.__setattr__(inner, "batch_sampler", inside)
+            return _update_dataloader(inner, sampler, mode=RunningStage.PREDICTING)
         return _update_dataloader(dataloader, sampler)

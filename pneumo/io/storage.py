@@ -424,12 +424,29 @@ class StorageSettings:
         self._probed: set[str] = set()
 
     @classmethod
-    def from_config(cls, value: StorageSettings | Mapping | None) -> StorageSettings:
-        """Settings from a config mapping (``_target_`` ignored), settings as they are, or defaults."""
+    def from_config(
+        cls, value: StorageSettings | Mapping | None, key: str = "data.storage"
+    ) -> StorageSettings:
+        """Settings from a config mapping (``_target_`` ignored), settings as they are, or defaults; ``key``
+        is the command's name of the settings (``storage`` for explain.py and the evaluate command), which
+        its one-line errors name.
+
+        Example:
+            >>> StorageSettings.from_config({"concurrency": 0}, key="storage")
+            Traceback (most recent call last):
+            ...
+            pneumo.io.storage.StorageSettingsError: storage.concurrency must be >= 1, got 0
+        """
         if isinstance(value, StorageSettings):
             return value
         plain = {k: v for k, v in (to_plain(value) or {}).items() if k != "_target_"}
-        return cls(**plain)
+        try:
+            return cls(**plain)
+        except StorageSettingsError as err:
+            if key == "data.storage":
+                raise
+            # the messages name the training config's keys: this command's key instead
+            raise StorageSettingsError(re.sub(r"\bdata\.storage\b", key, str(err))) from None
 
     @staticmethod
     def _config_token(token: Any) -> str | None:

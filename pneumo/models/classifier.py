@@ -323,6 +323,8 @@ class PneumoniaClassifier(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams["class_weights"] == "auto" and stage == "fit":
             self.class_weights.copy_(self.task.auto_weights(getattr(self.trainer, "datamodule", None)))
+        if torch.are_deterministic_algorithms_enabled():  # trainer.deterministic=true
+            deterministic_pooling(self.net)
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
@@ -549,3 +551,31 @@ class PneumoniaClassifier(L.LightningModule):
                 "interval": "epoch",
             },
         }
+
+
+class GlobalAveragePool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(1)`` as a mean over height and width: the same values, and a backward pass that
+    CUDA runs deterministically (``adaptive_avg_pool2d_backward_cuda`` has no deterministic implementation:
+    with ``torch.use_deterministic_algorithms(True)`` it raises at the first backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+def deterministic_pooling(net: nn.Module) -> int:
+    """Replace every ``AdaptiveAvgPool2d`` to 1x1 in ``net`` (DenseNet121's ``class_layers.pool``) with
+    ``GlobalAveragePool``; returns how many. No weights change: checkpoints load either way.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1))
+        >>> deterministic_pooling(net), type(net[1]).__name__
+        (1, 'GlobalAveragePool')
+    """
+    swapped = 0
+    for name, module in list(net.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                setattr(module, child_name, GlobalAveragePool())
+                swapped += 1
+                log.debug("deterministic algorithms: %s.%s pools by a mean", name, child_name)
+    return swapped

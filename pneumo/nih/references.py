@@ -51,6 +51,7 @@ import pandas as pd
 
 from pneumo.config import choice
 from pneumo.errors import ConfigError, PneumoError
+from pneumo.io.bigquery import is_bigquery
 from pneumo.io.reading import read_csv
 from pneumo.nih.boxes import BoxList, load_boxes
 from pneumo.nih.findings import PNEUMONIA, PNEUMONIA_INDEX
@@ -235,7 +236,7 @@ class Reference:
                 a, b = pd.to_numeric(ours, errors="coerce").to_numpy(), theirs.to_numpy(dtype=float)
                 agree &= ~(np.isfinite(a) & np.isfinite(b) & (np.abs(a - b) > AGE_TOLERANCE))
             else:
-                agree &= _normalised(ours) == _normalised(theirs)
+                agree &= _same(ours, theirs)
         mask = known.copy()
         mask[np.flatnonzero(known)[~agree]] = False
         return mask, rows["label"].to_numpy()[agree].astype(np.int64)
@@ -248,17 +249,39 @@ class Reference:
         return self.boxes.for_image(image, PNEUMONIA if self.name == "nih" else None)
 
 
+def _same(ours: pd.Series, theirs: pd.Series) -> np.ndarray:
+    """Row-wise equality of two metadata columns: as numbers where both sides are numbers (patient ids,
+    read as ints, floats or strings), else as ``_normalised`` strings."""
+    a = pd.to_numeric(pd.Series(ours.to_numpy()), errors="coerce").to_numpy(dtype=np.float64)
+    b = pd.to_numeric(pd.Series(theirs.to_numpy()), errors="coerce").to_numpy(dtype=np.float64)
+    numeric = np.isfinite(a) & np.isfinite(b)
+    same = np.zeros(len(a), dtype=bool)
+    same[numeric] = a[numeric] == b[numeric]
+    rest = ~numeric
+    if rest.any():
+        same[rest] = _normalised(ours[rest]) == _normalised(theirs[rest])
+    return same
+
+
 def _normalised(values: pd.Series) -> np.ndarray:
-    """Strings compared case-blind; whole numbers without a trailing ``.0`` (patient ids read as floats)."""
-    text = values.astype(str).str.strip().str.upper()
-    return text.str.replace(r"^(\d+)\.0$", r"\1", regex=True).to_numpy()
+    """Strings compared case-blind; whole numbers without a trailing ``.0`` (patient ids read as floats).
+    Each distinct value is normalised once (a view or sex column has two or three)."""
+    distinct, inverse = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    text = pd.Series(distinct, dtype=object).str.strip().str.upper()
+    return text.str.replace(r"^(\d+)\.0$", r"\1", regex=True).to_numpy()[inverse.reshape(-1)]
 
 
 # ---------------------------------------------------------------------------------------------- loading
 @cache
 def index_metadata(url: str) -> pd.DataFrame:
-    """``image``, ``patient``, ``view``, ``sex``, ``age`` of a ``Data_Entry`` CSV (read once per process)."""
-    table = NIHLabelIndex.from_csv(url).table
+    """``image``, ``patient``, ``view``, ``sex``, ``age`` of a ``Data_Entry`` CSV or a ``bq://`` label table
+    (read once per process)."""
+    if is_bigquery(url):
+        from pneumo.nih.tables import read_label_table  # google-cloud-bigquery only when a table is named
+
+        table = read_label_table(url)[0].table
+    else:
+        table = NIHLabelIndex.from_csv(url).table
     return table[["image", "patient", "view", "sex", "age", "pneumonia"]].copy()
 
 
@@ -324,6 +347,7 @@ def load_reference(
     files: Mapping[str, Any] | None = None,
     labels_url: str | None = None,
     bbox_url: str | None = None,
+    index: pd.DataFrame | None = None,
 ) -> Reference:
     """Build one reference from an ``eval.references`` entry (see ``reference_spec``).
 
@@ -333,11 +357,24 @@ def load_reference(
         labels_url: the evaluated data's label index (the ``nih`` reference's labels; ``None``: the
             evaluated table's ``label`` column).
         bbox_url: the evaluated data's box list (the ``nih`` reference's boxes).
+        index: the table already read from ``labels_url`` (``image``, ``patient``, ``view``, ``sex``,
+            ``age``, ``pneumonia``: a data module's index, restricted or not, holding every evaluated image),
+            used instead of reading ``labels_url`` again (``nih``'s labels, and the metadata of a reference
+            whose ``index_url`` is ``labels_url``: NIH's 112,120-row index is read once per run).
     """
     spec = entry if isinstance(entry, ReferenceSpec) else reference_spec(entry, files)
     boxes: BoxList | None = None
+
+    def metadata(url: str) -> pd.DataFrame:
+        if index is not None and url == labels_url:
+            return index[["image", *MATCHED, "pneumonia"]]
+        return index_metadata(url)
+
     if spec.layout == "index" and not spec.url:
-        labels = None if labels_url is None else _labels_of("index", labels_url)[0]
+        labels = None
+        if labels_url is not None:
+            table = metadata(labels_url)
+            labels = table[["image"]].assign(label=table["pneumonia"].to_numpy())
         url = labels_url
     else:
         shipped = {"rsna": RSNA_FILE, "adjudicated": ADJUDICATED_FILE, "index": NIH_INDEX}.get(spec.layout)
@@ -347,7 +384,7 @@ def load_reference(
         labels, boxes = _labels_of(spec.layout, url)
         index_url = spec.index_url or (location(NIH_INDEX) if not spec.url else None)
         if index_url:
-            meta = index_metadata(index_url).drop(columns="pneumonia")
+            meta = metadata(index_url).drop(columns="pneumonia")
             labels = labels.merge(meta, on="image", how="inner")
     box_source = spec.boxes_url or (bbox_url if spec.layout == "index" else None)
     if box_source:
@@ -369,9 +406,11 @@ def load_references(
     files: Mapping[str, Any] | None = None,
     labels_url: str | None = None,
     bbox_url: str | None = None,
+    index: pd.DataFrame | None = None,
 ) -> list[Reference]:
-    """Every reference of ``eval.references``, in order (names must be unique)."""
-    refs = [load_reference(e, files, labels_url, bbox_url) for e in entries]
+    """Every reference of ``eval.references``, in order (names must be unique; arguments as
+    ``load_reference``'s)."""
+    refs = [load_reference(e, files, labels_url, bbox_url, index) for e in entries]
     names = [r.name for r in refs]
     if len(set(names)) < len(names):
         raise ReferenceError(f"eval.references: names must be unique, got {names}")
@@ -398,3 +437,47 @@ def relabelled(index: NIHLabelIndex, reference: Reference) -> NIHLabelIndex:
     findings = index.findings[rows].copy()
     findings[:, PNEUMONIA_INDEX] = labels
     return NIHLabelIndex(table, findings, f"{index.source} ({reference.name} labels)")
+
+
+def coverage_summary(
+    reference: Reference, index: NIHLabelIndex, splits: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """What ``reference`` says about a label index's images, beside the index's own Pneumonia label: the
+    images it covers (its coverage rule), their patients, positives and boxes, and how its label and the
+    index's agree there (``both_positive``, ``index_only``, ``reference_only``, ``both_negative``); the same
+    per split (``{"test": names}``). ``python -m pneumo index`` prints it under the reference's name.
+
+    Example:
+        >>> index = NIHLabelIndex.from_csv(location(NIH_INDEX))
+        >>> rsna = coverage_summary(load_reference("rsna"), index)
+        >>> rsna["images"], rsna["positives"], rsna["boxes"], rsna["both_positive"]
+        (26585, 5997, 9534, 364)
+    """
+    mask, labels = reference.covers(index.table)
+    covered = index.table.loc[mask, ["image", "patient", "pneumonia"]].assign(reference=labels)
+    box_counts = (
+        reference.boxes.table["image"].value_counts()
+        if reference.boxes is not None
+        else pd.Series(dtype=np.int64)
+    )
+
+    def counts(part: pd.DataFrame) -> dict[str, Any]:
+        ours, theirs = part["pneumonia"].to_numpy(), part["reference"].to_numpy()
+        return {
+            "images": len(part),
+            "patients": int(part["patient"].nunique()),
+            "positives": int(theirs.sum()),
+            "boxes": int(box_counts.reindex(part["image"]).fillna(0).sum()),
+            "both_positive": int(((ours == 1) & (theirs == 1)).sum()),
+            "index_only": int(((ours == 1) & (theirs == 0)).sum()),
+            "reference_only": int(((ours == 0) & (theirs == 1)).sum()),
+            "both_negative": int(((ours == 0) & (theirs == 0)).sum()),
+        }
+
+    out: dict[str, Any] = {"name": reference.name, "source": reference.source, **counts(covered)}
+    if splits:
+        out["splits"] = {
+            name: counts(covered[covered["image"].isin(set(map(str, images)))])
+            for name, images in splits.items()
+        }
+    return out

@@ -25,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from pneumo.io.bigquery import BigQuerySource, parse_table_url
+from pneumo.io.storage import StorageSettings
 from pneumo.nih.index import LabelIndexError, NIHLabelIndex
 
 #: NIH's label header -> the table's column (``Patient Sex`` is accepted for ``Patient Gender``).
@@ -137,3 +139,21 @@ def label_frame(table: pd.DataFrame, source: str) -> pd.DataFrame:
 def index_from_table(table: pd.DataFrame, source: str, views: list[str] | None = None) -> NIHLabelIndex:
     """The ``NIHLabelIndex`` of a label table's rows (the same as the CSV of the same rows gives)."""
     return NIHLabelIndex.from_frame(label_frame(table, source), source=source, views=views)
+
+
+def read_label_table(
+    url: str, storage: StorageSettings | None = None, views: list[str] | None = None
+) -> tuple[NIHLabelIndex, pd.DataFrame, Any]:
+    """The label index of a ``bq://`` table in NIH's layout, its rows and the table's metadata (the one
+    reader of label tables: training, explain and the references' index all read through it).
+
+    Example:
+        >>> index, rows, table = read_label_table("bq://my-project.nih.labels")  # doctest: +SKIP
+    """
+    ref = parse_table_url(url, "data.labels_url")
+    frame, table = BigQuerySource(storage or StorageSettings(), ref.project).read_table(
+        ref, f"data.labels_url={url}", columns=list(LABEL_COLUMNS.values()) + ["patient_sex"]
+    )
+    if frame.empty:
+        raise LabelIndexError(f"data.labels_url={url}: the table has no rows")
+    return index_from_table(frame, url, views), frame, table

@@ -33,9 +33,10 @@ from pneumo.io.files import prepare_out_dir
 from pneumo.io.storage import StorageSettings
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.shipped import shipped_path
+from pneumo.reporting.gallery import gallery_link
 from pneumo.reporting.outputs import report_outputs, write_outputs
 from pneumo.reporting.predictions import read_predictions
-from pneumo.reporting.report import EvalSettings, build_report
+from pneumo.reporting.report import EvalSettings, build_report, describe_data
 from pneumo.stats.temperature import fit_temperature, logit_of, scaled_probability
 from pneumo.stats.threshold import OperatingPoint, ThresholdRule, select_threshold
 
@@ -155,7 +156,7 @@ class EvaluateSettings:
         self.predictions, self.out_dir = str(self.predictions), str(self.out_dir)
         self.recalibrate, self.choose_on_evaluated = bool(self.recalibrate), bool(self.choose_on_evaluated)
         self.overwrite = bool(self.overwrite)
-        self.storage = StorageSettings.from_config(self.storage)
+        self.storage = StorageSettings.from_config(self.storage, key="storage")
         if self.recalibrate and self.val_predictions is None:
             raise EvaluateError(
                 "recalibrate=true fits the temperature on validation images: pass val_predictions=PATH"
@@ -208,12 +209,16 @@ def evaluate_files(settings: EvaluateSettings) -> dict:
         operating_point=op.to_dict(),
         split=settings.split,
         temperature=temperature,
+        data_source=describe_data(None, labels),
     )
     report["source"] = {
         "predictions": settings.predictions,
         "val_predictions": settings.val_predictions,
         "labels": labels,
     }
+    gallery = gallery_link(settings.predictions, settings.out_dir)  # explain.py's page of these images
+    if gallery:
+        report["gallery"] = gallery
     write_outputs(frame, report, settings.eval, settings.out_dir)
     return report
 

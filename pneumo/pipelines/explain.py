@@ -6,6 +6,9 @@ Outputs under ``out_dir``::
     predictions.csv             image, probability (at the model's temperature), predicted_label (at its threshold),
                                 threshold, logit (raw pneumonia logit), temperature, true_label, ...
     boxes.csv                   heatmap regions as boxes in NIH's BBox_List_2017.csv layout (source pixels)
+    index.html                  the gallery: one row per image (original, overlay, boxes, probability, decision,
+                                label, localization), sortable and filterable; self-contained (pneumo.reporting.gallery)
+    originals/<stem>.png        the source X-ray as shown in the gallery (its own width, capped)
     overlays/<stem>.png         heatmap over the source X-ray (its own resolution, capped), ground-truth boxes
                                 green, predicted boxes magenta, probability and labels in the caption
     heatmaps/<stem>.npy         float32 (S, S) in [0, 1], S = the checkpoint's input size (the first explainer)
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -60,22 +64,26 @@ from pneumo.data.inputs import (
 from pneumo.errors import ConfigError
 from pneumo.images.decode import BadImageError
 from pneumo.images.dicom import check_voi
+from pneumo.io.bigquery import is_bigquery
 from pneumo.io.files import atomic_write_bytes
 from pneumo.io.files import prepare_out_dir as prepare_folder
+from pneumo.io.storage import StorageSettings
 from pneumo.io.store import location_exists
 from pneumo.models.classifier import PneumoniaClassifier
 from pneumo.nih.boxes import load_boxes, scaled_to
 from pneumo.nih.findings import BBOX_HEADER, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
-from pneumo.nih.references import Reference, index_metadata, load_reference, reference_spec
+from pneumo.nih.references import Reference, load_reference, reference_spec
+from pneumo.nih.tables import read_label_table
 from pneumo.pipelines.runs import Run, load_run
 from pneumo.pipelines.saliency import Batch, SaliencySettings, lung_masks, saliency_report, write_saliency
+from pneumo.reporting.gallery import write_gallery
 from pneumo.reporting.saliency import warnings
 from pneumo.xai.explainers import Explanation, GradCamExplainer, explain, instantiate_explainers
 from pneumo.xai.gradcam import DEFAULT_LAYER, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
 from pneumo.xai.localization import DEFAULT_THRESHOLD, score_heatmap, summarize
-from pneumo.xai.overlay import box_legend, caption_text, reference_color, render_overlay, save_png
+from pneumo.xai.overlay import MIN_WIDTH, caption_text, make_grid, render_overlay, save_png
 from pneumo.xai.reference_boxes import (
     ReferenceHit,
     format_by_reference,
@@ -100,6 +108,10 @@ class ExplainResult:
     out_dir: str = ""
     #: per box reference, its scored images (``pneumo.xai.reference_boxes``)
     reference_hits: dict[str, list[ReferenceHit]] = field(default_factory=dict)
+    #: image name -> {reference: number of its boxes drawn} (the gallery's reference boxes column)
+    box_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the explainers' names, in the overlays' left-to-right order
+    explainers: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -113,12 +125,23 @@ def _index_name(name: str, known: Mapping, stems: Mapping[str, str]) -> str:
     return name if name in known else stems.get(os.path.splitext(name)[0], name)
 
 
-def attach_labels(refs: Sequence[ImageRef], labels_url: str | None, storage_options: StorageOptions) -> int:
-    """Set ``ref.label`` from a label index (matched by file name); returns how many were found."""
+def read_label_index(labels_url: str | None, storage_options: StorageOptions) -> pd.DataFrame | None:
+    """The label index's table (a ``Data_Entry`` CSV read with the session's storage settings, or a ``bq://``
+    table read as training reads it: ``pneumo.nih.tables.read_label_table``); ``None`` without one."""
+    if labels_url and is_bigquery(labels_url):
+        storage = storage_options if isinstance(storage_options, StorageSettings) else None
+        return read_label_table(labels_url, storage)[0].table
     options, io = (options_for(labels_url, storage_options) if labels_url else {}), io_for(storage_options)
     if not labels_url or not location_exists(labels_url, options, io):
+        return None
+    return NIHLabelIndex.from_csv(labels_url, options, io=io).table
+
+
+def attach_labels(refs: Sequence[ImageRef], table: pd.DataFrame | None) -> int:
+    """Set ``ref.label`` from a label index's table (``read_label_index``), matched by file name; returns how
+    many were found."""
+    if table is None:
         return 0
-    table = NIHLabelIndex.from_csv(labels_url, options, io=io).table
     label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
     stems = _by_stem(label_of)
     for ref in refs:
@@ -145,9 +168,18 @@ def attach_boxes(
 
 #: What ``explain_images`` writes into ``out_dir``; ``summary.json`` first: deleting it marks a folder incomplete.
 OUTPUTS = (
-    "summary.json", "predictions.csv", "boxes.csv", "localization.csv", "overlays", "heatmaps",
-    "saliency.json", "saliency.md", "sanity.png",
-)  # fmt: skip
+    "summary.json",
+    "predictions.csv",
+    "boxes.csv",
+    "localization.csv",
+    "index.html",
+    "originals",
+    "overlays",
+    "heatmaps",
+    "saliency.json",
+    "saliency.md",
+    "sanity.png",
+)
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -158,6 +190,7 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
     out = prepare_folder(out_dir, OUTPUTS, overwrite, "explain")
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    (out / "originals").mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -360,6 +393,8 @@ class _Session:
     reference_boxes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     #: image name -> patient (the pointing game's bootstrap clusters)
     patients: dict[str, Any] = field(default_factory=dict)
+    #: per box reference, its citation (kept with its pointing game in ``summary.json``)
+    citations: dict[str, str] = field(default_factory=dict)
 
     @property
     def model(self) -> PneumoniaClassifier:
@@ -390,10 +425,22 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
     if result.localization:
         result.summary = _localization_summary(settings, result, wang)
     if result.reference_hits:
+        citations = session.citations  # nih's boxes: the box file's own (NIH's attribution is the data's)
         result.summary = {
             **result.summary,
             "references": summarize_references(result.reference_hits, top_k=settings.boxes.top_k),
+            # the sources of the boxes scored: RSNA's attribution goes wherever its boxes are used
+            "attribution": {n: citations[n] for n in result.reference_hits if citations.get(n)},
         }
+    write_gallery(
+        out,
+        result.predictions,
+        result.localization,
+        session.threshold,
+        title=str(out.name),
+        boxes=result.box_counts,
+        explainers=result.explainers,
+    )
     summary = {
         "checkpoint": settings.ckpt_path,
         "images": len(refs),
@@ -414,7 +461,7 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
 def open_session(settings: ExplainSettings, out: Path) -> _Session:
     """Rebuild the checkpoint's run on the device; settings left ``None`` take the checkpoint's values."""
     device = settings.torch_device()
-    run = load_run(settings.ckpt_path, storage=settings.storage, map_location=device)
+    run = load_run(settings.ckpt_path, storage=settings.storage, map_location=device, storage_key="storage")
     run.model.to(device)
     saved = run.datamodule.hparams
     return _Session(
@@ -449,9 +496,10 @@ def image_refs(session: _Session) -> list[ImageRef]:
             "skipped %d file(s) that are not images by name: %s", len(skipped), ", ".join(skipped[:10])
         )
     finding = settings.localization.finding
-    n_labels = attach_labels(refs, session.labels_url, session.options)
+    table = read_label_index(session.labels_url, session.options)
+    n_labels = attach_labels(refs, table)
     n_boxes = attach_boxes(refs, session.bbox_url, finding, session.options)
-    attach_reference_boxes(session, refs)
+    attach_reference_boxes(session, refs, table)
     log.info(
         "%d image(s) at %d px; true labels for %d, %s boxes for %d; model threshold %.3f; Grad-CAM layer %s",
         len(refs), run.image_size, n_labels, finding, n_boxes, session.threshold, settings.gradcam.layer,
@@ -459,13 +507,13 @@ def image_refs(session: _Session) -> list[ImageRef]:
     return refs
 
 
-def attach_reference_boxes(session: _Session, refs: Sequence[ImageRef]) -> None:
+def attach_reference_boxes(session: _Session, refs: Sequence[ImageRef], table: pd.DataFrame | None) -> None:
     """The boxes of every box reference other than ``nih`` for the images it covers (its coverage rule, with
-    the images' patient, view, sex and age from the label index), and each image's patient."""
-    if not session.labels_url:
+    the images' patient, view, sex and age from the label index's ``table``), and each image's patient."""
+    if table is None:
         return
-    meta = index_metadata(session.labels_url)
-    frame = meta[meta["image"].isin({ref.name for ref in refs})].drop(columns="pneumonia")
+    meta = table[["image", "patient", "view", "sex", "age"]]
+    frame = meta[meta["image"].isin({ref.name for ref in refs})]
     session.patients = dict(zip(frame["image"], frame["patient"]))
     files = session.run.datamodule.hparams.get("references") or {}
     for entry in session.settings.references:
@@ -474,6 +522,7 @@ def attach_reference_boxes(session: _Session, refs: Sequence[ImageRef]) -> None:
         reference: Reference = load_reference(entry, files)
         if reference.boxes is None:
             continue
+        session.citations[reference.name] = reference.citation
         covered = frame["image"].to_numpy()[reference.covers(frame)[0]]
         session.reference_boxes[reference.name] = {str(x): reference.boxes_for(str(x)) for x in covered}
         log.info(
@@ -488,6 +537,7 @@ def _explain_all(session: _Session, refs: Sequence[ImageRef], result: ExplainRes
     heatmap; returns the predicted and ground-truth boxes of the images with ground truth (Wang's table)."""
     settings = session.settings
     explainers = settings.explainers()
+    result.explainers = list(explainers)
     for name in list(explainers)[1:]:
         (session.out / "heatmaps" / name).mkdir(parents=True, exist_ok=True)
     preprocess = Preprocessor(
@@ -555,6 +605,10 @@ def _explain_batch(
             wang[1].append(item.ref.boxes)
         if score is not None:
             result.localization.append(score)
+        counts = {"nih": len(item.ref.boxes)} | {
+            n: len(b) for n, b in _boxes_by_reference(session, item).items()
+        }
+        result.box_counts[item.ref.name] = {n: c for n, c in counts.items() if c}
         for name, hit in _reference_hits(session, item, heatmap).items():
             result.reference_hits.setdefault(name, []).append(hit)
 
@@ -668,9 +722,7 @@ def _write_one(
     predicted = int(probability >= threshold)
     boxes = scaled_to(ref.boxes, item.source_shape, heatmap.shape) if len(ref.boxes) else None
     drawn = {k: v for k, v in _boxes_by_reference(session, item).items() if len(v) and k != "nih"}
-    caption_tail = caption_text(probability, predicted, ref.label)
-    if drawn or len(ref.boxes):
-        caption_tail += "\n" + box_legend([*(["nih"] if len(ref.boxes) else []), *drawn])
+    caption_tail = caption_text(probability, predicted, ref.label)  # the box legend is drawn under it
     display = item.display  # the source pixels at their own width, capped at overlay.max_size
     assert display is not None  # the session's Preprocessor keeps a display copy (display_size is set)
     shown = display.shape
@@ -682,15 +734,15 @@ def _write_one(
             heat,
             boxes=scaled_to(ref.boxes, item.source_shape, shown) if len(ref.boxes) else None,
             predicted_boxes=scaled_to(predicted_boxes, item.source_shape, shown) if k == 0 else None,
-            reference_boxes=[
-                (scaled_to(b, item.source_shape, shown), reference_color(n)) for n, b in drawn.items()
-            ],
+            reference_boxes=[(n, scaled_to(b, item.source_shape, shown)) for n, b in drawn.items()],
             caption=f"{title}\n{caption_tail}",
-            size=shown[1],
+            size=max(shown[1], MIN_WIDTH),
+            predicted=predicted,
             alpha=overlay.alpha,
             cmap=overlay.cmap,
         ))  # fmt: skip
-    save_png(np.concatenate(tiles, axis=1), out / "overlays" / f"{stem}.png")
+    save_png(make_grid(tiles, ncols=len(tiles), pad=0), out / "overlays" / f"{stem}.png")
+    save_png(display, out / "originals" / f"{stem}.png")  # the gallery's original (index.html)
     for k, (name, heat) in enumerate(maps.items()):
         buffer = io.BytesIO()
         np.save(buffer, heat)
@@ -752,6 +804,8 @@ def write_box_list(path: Path, rows: Sequence[tuple]) -> None:
 def format_summary(summary: Mapping) -> list[str]:
     """Human-readable lines of a localization summary (as printed by ``explain.py``)."""
     by_reference = format_by_reference(summary.get("references") or {}) if summary else []
+    if summary and summary.get("attribution"):
+        by_reference += [f"boxes of {n}: {c}" for n, c in summary["attribution"].items()]
     if not summary or not summary.get("n"):
         return by_reference
     lo, hi = summary["hit_rate_ci95"]

@@ -1,11 +1,13 @@
-"""The pipeline behind ``pneumo-export``: a run's classifier as TorchScript or ONNX, with a ``model_meta.json``
-that says how to feed it and read it.
+"""The pipeline behind ``pneumo-export``: a run's classifier as TorchScript, ONNX or a MONAI bundle, with a
+``model_meta.json`` that says how to feed it and read it.
 
 Formats (``format=``) and what ``out_dir`` holds:
 
 =============  ==========================================================================================
 ``torchscript`` ``model.ts`` (``torch.jit.trace`` of the classifier in eval mode; ``torch.jit.load`` it)
 ``onnx``        ``model.onnx`` (opset ``ONNX_OPSET``, dynamic batch axis; input ``image``, output ``logits``)
+``bundle``      a MONAI bundle: ``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``,
+                ``docs/README.md``, ``LICENSE`` (``pneumo.pipelines.bundle``)
 =============  ==========================================================================================
 
 Every export takes grey ``(B, 1, S, S)`` float32 images in [0, 1], preprocessed as pneumo preprocesses them
@@ -59,7 +61,7 @@ from pneumo.xai.cam import CAM_LAYER, ClassActivationModel
 log = logging.getLogger(__name__)
 
 #: ``format=`` values.
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "bundle")
 #: The ONNX opset of ``model.onnx``.
 ONNX_OPSET = 17
 #: Largest logit difference (exported vs PyTorch) an export may have.
@@ -85,7 +87,7 @@ class ExportSettings:
 
     Attributes:
         ckpt_path: training checkpoint (``.ckpt``) written by ``train.py``, local or URL.
-        format: ``torchscript`` or ``onnx``.
+        format: ``torchscript``, ``onnx`` or ``bundle``.
         out_dir: the export's folder; an existing folder that is not empty is refused unless ``overwrite``.
         heatmap: add the class activation map output (``pneumo.xai.cam``).
         overwrite: delete an earlier export's files in ``out_dir`` first.
@@ -98,7 +100,7 @@ class ExportSettings:
         >>> ExportSettings(ckpt_path="last.ckpt", format="onxx", out_dir="x")
         Traceback (most recent call last):
         ...
-        pneumo.errors.ConfigError: format='onxx': choose one of 'torchscript', 'onnx' (did you mean 'onnx'?)
+        pneumo.errors.ConfigError: format='onxx': choose one of 'torchscript', 'onnx', 'bundle' (did you mean 'onnx'?)
     """
 
     ckpt_path: str
@@ -113,6 +115,11 @@ class ExportSettings:
     def __post_init__(self) -> None:
         self.format = choice(self.format, "format", FORMATS)
         self.ckpt_path, self.out_dir = str(self.ckpt_path), str(self.out_dir)
+        if self.heatmap and self.format == "bundle":
+            raise ConfigError(
+                "heatmap=true is for format=torchscript or onnx: the bundle writes probabilities (explain.py "
+                "draws heatmaps from the checkpoint)"
+            )
         self.check_images = int(checked_number(self.check_images, "check_images", int, 1))
         self.storage = dict(to_plain(self.storage)) if self.storage is not None else None
 
@@ -165,13 +172,20 @@ def export_model(settings: ExportSettings) -> ExportResult:
     Example:
         >>> export_model(ExportSettings(ckpt_path="last.ckpt", format="torchscript", out_dir="ts"))  # doctest: +SKIP
     """
-    run = load_run(settings.ckpt_path, storage=settings.storage)
+    run = load_run(settings.ckpt_path, storage=settings.storage, storage_key="storage")
     model = run.model.cpu().eval()
     module = exported_module(model, settings.heatmap)
     images = check_batch(run, settings)
     out = prepare_out_dir(settings.out_dir, settings.overwrite)
     meta = model_meta(run, settings)
     result = ExportResult(out_dir=str(out), model_file="", meta=meta, checked_images=len(images))
+    if settings.format == "bundle":
+        from pneumo.pipelines.bundle import write_bundle  # MONAI's bundle layout only when asked for
+
+        result.model_file = write_bundle(run, out, meta)
+        meta["file"] = result.model_file
+        atomic_write_bytes(out / "model_meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+        return result
     blob = _torchscript(module, images) if settings.format == "torchscript" else _onnx(module, images)
     differences = _check(settings.format, blob, module, images)
     result.max_logit_difference, result.max_heatmap_difference = differences
@@ -427,11 +441,15 @@ def _training_meta(run: Run, card: Mapping) -> dict[str, Any]:
     hp = run.datamodule.hparams
     data = dict(card.get("data") or {})
     labels = data.get("labels") or {"url": hp.get("labels_url")}
+    target = data.get("target") or {"labels": "nih"}
+    trained_on = (
+        f"{PNEUMONIA} labels of {labels.get('url')} (NIH ChestX-ray14: labels mined from radiology reports "
+        "by NLP, not a radiologist's reading)"
+        if target["labels"] == "nih"
+        else f"{target.get('title')} ({target.get('url')}), on the images it covers; {target.get('citation')}"
+    )
     return {
-        "reference_standard": (
-            f"{PNEUMONIA} labels of {labels.get('url')} (NIH ChestX-ray14: labels mined from radiology reports "
-            "by NLP, not a radiologist's reading)"
-        ),
+        "reference_standard": trained_on,
         "labels": _plain(labels),
         "split": data.get("split_rule") or _plain(hp.get("split")),
         "split_counts": _plain(data.get("splits") or data.get("counts")),

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from pneumo.data.datamodule import NIHDataModule
+from pneumo.data.identity import RecordedData
 from pneumo.data.settings import GROUPS, RUNTIME_KEYS, grouped, is_flat
 from pneumo.io.checkpoints import CheckpointError, read_checkpoint
-from pneumo.io.storage import StorageSettings
+from pneumo.io.storage import StorageSettings, redact_url
 from pneumo.io.store import absolute_location, object_name
 from pneumo.models.classifier import PneumoniaClassifier
 
@@ -71,6 +72,7 @@ def load_run(
     data: Mapping | None = None,
     operating_point: str | float | None = None,
     map_location: str | torch.device = "cpu",
+    storage_key: str = "data.storage",
 ) -> Run:
     """Rebuild the run of ``ckpt_path``.
 
@@ -82,13 +84,20 @@ def load_run(
             taken (the others would change the data and are the checkpoint's).
         operating_point: a rule that replaces the saved one (``eval.threshold``); validation re-applies it.
         map_location: device of the weights.
+        storage_key: this command's name of ``storage`` (``storage`` for explain.py), named in its errors.
+
+    The data module checks what it reads against the data identity the checkpoint's model card recorded
+    (``pneumo.data.identity``: the sha256 of the label file, split lists and split image lists): a data set
+    changed since stops the command with one line instead of being used under the run's name.
 
     Raises:
         CheckpointError: missing, unreadable, or not a pneumo classifier's checkpoint (one line).
     """
     location = absolute_location(str(ckpt_path))
     given = {k: v for k, v in dict(storage or {}).items() if v is not None}
-    reading = StorageSettings.from_config(given)  # this machine's settings: the checkpoint's are inside it
+    reading = StorageSettings.from_config(
+        given, key=storage_key
+    )  # this machine's settings: the checkpoint's are inside it
     blob = read_checkpoint(location, "ckpt_path", reading.options_for(location), map_location, io=reading.io)
     hp = blob.get("hyper_parameters") if isinstance(blob, Mapping) else None
     dhp = blob.get("datamodule_hyper_parameters") if isinstance(blob, Mapping) else None
@@ -104,12 +113,16 @@ def load_run(
         )
     # Checkpoints from before data.storage saved project / requester_pays at the top level.
     saved = dict(dhp.get("storage") or {k: dhp[k] for k in ("project", "requester_pays") if k in dhp})
-    settings = StorageSettings.from_config({**saved, **given})
+    settings = StorageSettings.from_config({**saved, **given}, key=storage_key)
     model = _rebuild_model(ckpt_path, blob, hp, operating_point)
     datamodule = _rebuild_datamodule(dhp, settings, data)
     state = blob.get(type(datamodule).__qualname__)
     if isinstance(state, Mapping):
         datamodule.load_state_dict(dict(state))
+    card = blob.get("model_card")
+    datamodule.recorded = RecordedData.from_card(
+        card.get("data") if isinstance(card, Mapping) else None, redact_url(str(ckpt_path))
+    )
     return Run(checkpoint=str(ckpt_path), model=model, datamodule=datamodule, storage=settings)
 
 

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,11 +50,42 @@ def _undefined(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
 
 
+#: Resamples of the ROC curve's bootstrap band, and its seed (the band is the same on every run).
+ROC_BAND_RESAMPLES, ROC_BAND_SEED = 200, 0
+
+
+def roc_band(
+    y: np.ndarray, p: np.ndarray, resamples: int = ROC_BAND_RESAMPLES, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr grid, lower tpr, upper tpr)``: a pointwise percentile bootstrap band of the ROC curve (images
+    resampled with replacement, stratified by class so every resample has both; vertical averaging on a
+    101-point FPR grid).
+
+    Example:
+        >>> grid, lo, hi = roc_band(np.r_[np.zeros(20), np.ones(20)], np.r_[np.linspace(0, .6, 20), np.linspace(.4, 1, 20)])
+        >>> bool((lo <= hi).all()), float(lo[-1]), len(grid)
+        (True, 1.0, 101)
+    """
+    rng = np.random.default_rng(ROC_BAND_SEED)
+    grid = np.linspace(0.0, 1.0, 101)
+    neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    curves = np.empty((resamples, len(grid)))
+    for b in range(resamples):
+        idx = np.r_[rng.choice(neg, len(neg)), rng.choice(pos, len(pos))]
+        fpr, tpr, _ = roc_points(y[idx], p[idx])
+        curves[b] = np.interp(grid, fpr, tpr)  # fpr is non-decreasing: the curve's upper envelope at ties
+    tail = 100 * (1 - level) / 2
+    return grid, np.percentile(curves, tail, axis=0), np.percentile(curves, 100 - tail, axis=0)
+
+
 def roc_figure(y: np.ndarray, p: np.ndarray, threshold: float, title: str = "ROC") -> Figure:
-    """ROC curve with the chance diagonal and the operating point."""
+    """ROC curve with its 95% bootstrap band, the chance diagonal and the operating point."""
     fig, ax = _figure()
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
     if 0 < y.sum() < len(y):
+        grid, lo, hi = roc_band(y, p)
+        ax.fill_between(grid, lo, hi, color="C0", alpha=0.2, lw=0,
+                        label=f"95% band ({ROC_BAND_RESAMPLES} bootstrap resamples)")  # fmt: skip
         fpr, tpr, _ = roc_points(y, p)
         ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(y, p):.3f}")
         op = threshold_metrics(y, p, threshold)
@@ -116,7 +148,9 @@ def reliability_figure(
         edgecolor="C0",
         label="fraction positive per bin",
     )
-    ax.plot(cal.mean_probability[filled], cal.fraction_positive[filled], "o-", color="C0", ms=4)
+    # NaN at empty bins breaks the line there: no segment is drawn across bins without images
+    ax.plot(np.where(filled, cal.mean_probability, np.nan), np.where(filled, cal.fraction_positive, np.nan),
+            "o-", color="C0", ms=4)  # fmt: skip
     for x, h, n in zip(centers[filled], cal.fraction_positive[filled], cal.counts[filled]):
         ax.text(x, min(h + 0.02, 0.95), str(n), ha="center", fontsize=7, color="0.3")
     ece = "n/a" if not np.isfinite(cal.ece) else f"{cal.ece:.3f}"
@@ -155,7 +189,9 @@ def confusion_figure(
             )
     ax.set_xticks([0, 1], ["negative", "positive"])
     ax.set_yticks([0, 1], ["negative", "positive"])
-    ax.set(xlabel="predicted", ylabel="actual", title=f"{title} (threshold {threshold:.3f})")
+    ax.set(xlabel="predicted", ylabel="actual")
+    # Two lines: a long target name and the threshold on one line ran past the figure's edge
+    ax.set_title(f"{textwrap.fill(title, 32)}\n(threshold {threshold:.3f})", fontsize=10)
     return fig
 
 

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import subprocess
 from collections.abc import Mapping
@@ -25,9 +24,11 @@ from typing import Any, cast
 
 from omegaconf import OmegaConf
 
+from pneumo.data.identity import image_list_sha256
 from pneumo.io.checkpoints import AtomicCheckpointIO
 from pneumo.io.files import atomic_write_text, sha256_of
 from pneumo.io.storage import redact_secrets, redact_url
+from pneumo.nih.references import load_reference
 from pneumo.reporting.report import metrics_table, subgroup_table
 
 LIMITS = (
@@ -91,6 +92,7 @@ def data_fields(datamodule: Any) -> dict:
 
     skipped = {kind: len(names) for kind, names in getattr(datamodule, "skipped", {}).items()}
     return {
+        "target": training_target(datamodule, digest),
         "labels": {
             "url": hp["labels_url"],
             "sha256": digest(datamodule.labels_url),
@@ -119,16 +121,31 @@ def data_fields(datamodule: Any) -> dict:
     }
 
 
-def image_list_sha256(images: Any) -> str:
-    """sha256 of a split's image names, sorted, one per line: equal lists give equal digests, whatever the
-    label source (CSV, table) or order.
+def training_target(datamodule: Any, digest: Any = None) -> dict[str, Any]:
+    """What the model was trained to predict (``data.labels``): ``nih`` (the label file's Pneumonia) or a
+    reference's labels on the images it covers, with its file, sha256 and citation (``data.labels=rsna``:
+    the RSNA radiologists, Shih et al. 2019, whose attribution goes with the model).
 
     Example:
-        >>> image_list_sha256(["b.png", "a.png"]) == image_list_sha256(["a.png", "b.png"])
-        True
+        >>> training_target(type("DM", (), {"labels": "nih"})())["labels"]
+        'nih'
     """
-    text = "\n".join(sorted(str(x) for x in images)) + "\n"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    name = str(getattr(datamodule, "labels", "nih") or "nih")
+    if name == "nih":
+        return {
+            "labels": "nih",
+            "title": "Pneumonia of the label file (NIH ChestX-ray14: NLP-mined from reports)",
+        }
+    reference = load_reference(
+        name, getattr(datamodule, "references", None), getattr(datamodule, "labels_url", None)
+    )
+    return {
+        "labels": name,
+        "title": reference.title,
+        "url": reference.source,
+        "sha256": digest(reference.source) if digest is not None and reference.source else None,
+        "citation": reference.citation,
+    }
 
 
 def initial_weights(model: Any) -> dict:
@@ -151,6 +168,39 @@ def initial_weights(model: Any) -> dict:
         return {"source": redact_url(str(source)), "sha256": None, "note": f"not hashed: {err}"}
 
 
+def determinism(trainer: Mapping) -> dict:
+    """Whether the run can be repeated bit for bit: the trainer's ``deterministic`` and ``benchmark``
+    settings, the device kind, and what that means (docs/scaling-and-sweeps.md, "Reproducibility").
+
+    Example:
+        >>> determinism({"accelerator": "cpu", "deterministic": False})["repeatable"]
+        'bitwise on CPU: the same seed and config give the same weights and predictions'
+    """
+    import torch
+
+    accelerator = str(trainer.get("accelerator") or "auto")
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    deterministic = trainer.get("deterministic")
+    if not gpu:
+        repeatable = "bitwise on CPU: the same seed and config give the same weights and predictions"
+    elif deterministic in (True, "true"):
+        repeatable = (
+            "bitwise on GPU with deterministic algorithms (trainer.deterministic=true), on the same GPU model "
+            "and library versions"
+        )
+    else:
+        repeatable = (
+            "not bitwise on GPU: fast non-deterministic algorithms (trainer.deterministic="
+            f"{deterministic}); a rerun differs slightly. trainer.deterministic=true repeats bit for bit"
+        )
+    return {
+        "device": "gpu" if gpu else "cpu",
+        "deterministic": deterministic,
+        "cudnn_benchmark": trainer.get("benchmark"),
+        "repeatable": repeatable,
+    }
+
+
 def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
     """Everything the card records before training (see the module docstring); plain data."""
     config: dict[str, Any]
@@ -170,6 +220,7 @@ def card_fields(cfg: Any, datamodule: Any, model: Any) -> dict:
         "data": data,
         "initial_weights": initial_weights(model),
         "seed": config.get("seed"),
+        "determinism": determinism(config.get("trainer") or {}),
         "pneumo": code_version(),
         "config": redact_secrets(config),
     }
@@ -207,6 +258,7 @@ def _model_lines(fields: Mapping) -> list[str]:
         _row("initial weights", weights.get("source")),
         _row("initial weights sha256", weights.get("sha256")),
         _row("seed", fields.get("seed")),
+        _row("repeatable", (fields.get("determinism") or {}).get("repeatable")),
         _row("pneumo version", code.get("version")),
         _row("git commit", code.get("git_commit")),
         _row("uncommitted changes", code.get("uncommitted_changes")),
@@ -224,6 +276,13 @@ def _data_lines(data: Mapping) -> list[str]:
         _row("label file", f"`{data['labels']['url']}`"),
         _row("label file sha256", data["labels"]["sha256"]),
     ]
+    target = data.get("target") or {"labels": "nih"}
+    if target["labels"] != "nih":
+        lines += [
+            _row("training target", f"{target['labels']}: {target.get('title')}"),
+            _row("training labels file", f"`{target.get('url')}`"),
+            _row("training labels file sha256", target.get("sha256")),
+        ]
     for name, entry in (data.get("split_lists") or {}).items():
         lines += [
             _row(f"split list {name}", f"`{entry['url']}`"),
@@ -253,6 +312,11 @@ def _data_lines(data: Mapping) -> list[str]:
         f"| {n} | {c['images']} | {c['patients']} | {c['pneumonia']} | {c.get('sha256') or 'n/a'} |"
         for n, c in data["splits"].items()
     ]
+    if target.get("citation"):
+        lines += [
+            "",
+            f"Trained on {target.get('title')}, on the images it covers; cite: {target['citation']}",
+        ]
     return [*lines, ""]
 
 

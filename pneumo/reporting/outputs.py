@@ -28,6 +28,7 @@ from pneumo.reporting.predictions import predictions_frame, write_predictions
 from pneumo.reporting.report import (
     EvalSettings,
     build_report,
+    describe_data,
     references_markdown,
     report_markdown,
     report_scalars,
@@ -131,10 +132,12 @@ def write_evaluation(
         logits = model.pneumonia_logit(torch.from_numpy(outputs.logits)).double().numpy()
     frame = predictions_frame(outputs.image_ids, outputs.probs, outputs.targets, metadata, logits=logits)
     threshold = float(model.threshold)
+    own = getattr(datamodule, "index", None) if getattr(datamodule, "labels", "nih") == "nih" else None
     references = load_references(
         settings.references,
         files=getattr(datamodule, "references", None),
         labels_url=getattr(datamodule, "labels_url", None) if metadata is not None else None,
+        index=own.table if own is not None and metadata is not None else None,  # read once: not again here
     )
     report = build_report(
         frame,
@@ -146,6 +149,11 @@ def write_evaluation(
         checkpoint=checkpoint,
         temperature=getattr(model, "calibration", None),
         references=references,
+        data_source=describe_data(
+            getattr(datamodule, "images_url", None),
+            getattr(datamodule, "labels_url", None),
+            synthetic=bool(getattr(datamodule, "synthetic", None)),
+        ),
     )
     figures, md_path = write_outputs(frame, report, settings, out_dir)
     _log_to_tensorboard(trainer, report, figures, split)

@@ -29,8 +29,10 @@ import pandas as pd
 from pneumo.config import checked_number
 from pneumo.errors import ConfigError
 from pneumo.io.files import atomic_write_text
+from pneumo.io.storage import redact_url
 from pneumo.nih.findings import PNEUMONIA
 from pneumo.nih.references import DEFAULT_REFERENCES, Reference, load_references, reference_spec
+from pneumo.nih.shipped import HERE as SHIPPED_FOLDER
 from pneumo.reporting.predictions import finding_columns
 from pneumo.stats.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, ClusterBootstrap, Interval
 from pneumo.stats.metrics import (
@@ -510,6 +512,7 @@ def build_report(  # noqa: PLR0913 - the report's inputs, keywords after the fir
     checkpoint: str | None = None,
     temperature: Mapping | None = None,
     references: Sequence[Reference] | None = None,
+    data_source: Mapping | None = None,
 ) -> dict:
     """Build the report of a prediction table.
 
@@ -526,6 +529,7 @@ def build_report(  # noqa: PLR0913 - the report's inputs, keywords after the fir
             column the report adds calibration before (temperature 1) and after scaling.
         references: the reference standards of the "Reference standards" section; ``None`` =
             ``settings.references`` at their shipped files, with ``nih`` the table's own ``label``.
+        data_source: where the images and labels came from (``describe_data``), named in the report.
     """
     missing = [c for c in ("image", "patient", "probability", "label") if c not in frame.columns]
     if missing:
@@ -546,6 +550,7 @@ def build_report(  # noqa: PLR0913 - the report's inputs, keywords after the fir
         "target": PNEUMONIA,  # the binary target of both tasks (``pneumo.models.tasks``)
         "split": split,
         "checkpoint": checkpoint,
+        "data_source": dict(data_source) if data_source else None,
         "counts": section["counts"],
         "split_counts": dict(split_counts) if split_counts else None,
         "threshold": op_entry,
@@ -565,6 +570,39 @@ def build_report(  # noqa: PLR0913 - the report's inputs, keywords after the fir
     report.update(sections)
     report["messages"] = messages + section_messages
     return _clean(report)
+
+
+#: Where NIH ChestX-ray14's images are published (Google's public copy); its shipped label files are NIH's too.
+NIH_IMAGES = "gcs-public-data--healthcare-nih-chest-xray"
+
+
+def describe_data(images_url: str | None, labels_url: str | None, synthetic: bool = False) -> dict:
+    """The data source a report names: ``kind`` (``synthetic``, ``bigquery``, ``nih`` or ``user``) and a
+    sentence for ``report.md``.
+
+    Example:
+        >>> describe_data("data/nih_demo/images", "data/nih_demo/Data_Entry_2017.csv", synthetic=True)["kind"]
+        'synthetic'
+        >>> describe_data("/scans", "bq://p.nih.labels")["text"]
+        'labels from the BigQuery table `bq://p.nih.labels`, images from `/scans`'
+        >>> describe_data("/scans", "/scans/labels.csv")["kind"]
+        'user'
+    """
+    images, labels = redact_url(str(images_url or "")), redact_url(str(labels_url or ""))
+    where = f", images from `{images}`" if images else ""
+    if synthetic:
+        kind = "synthetic"
+        text = (
+            f"the **synthetic demo set** (drawn shapes in NIH's layout, `pneumo.synthetic`; its figures say the "
+            f"pipeline works, nothing about chest X-rays): labels `{labels}`{where}"
+        )
+    elif labels.startswith("bq://"):
+        kind, text = "bigquery", f"labels from the BigQuery table `{labels}`{where}"
+    elif NIH_IMAGES in images or (not images and labels.startswith(str(SHIPPED_FOLDER))):
+        kind, text = "nih", f"NIH ChestX-ray14: labels `{labels}`{where}"
+    else:
+        kind, text = "user", f"your files: labels `{labels}`{where}"
+    return {"kind": kind, "text": text, "images_url": images or None, "labels_url": labels or None}
 
 
 def _operating_point_entry(threshold: float, settings: EvalSettings, operating_point: Mapping | None) -> dict:
@@ -689,6 +727,8 @@ def report_markdown(report: Mapping) -> str:
     lines = [f"# Evaluation report: {title}, {split} split", ""]
     if report.get("checkpoint"):
         lines += [f"Checkpoint: `{report['checkpoint']}`", ""]
+    if report.get("data_source"):
+        lines += [f"Data: {report['data_source']['text']}.", ""]
     prevalence = "n/a" if c["prevalence"] is None else f"{100 * c['prevalence']:.1f}%"
     lines += [
         f"{c['images']} images, {c['patients']} patients, {c['positives']} {report['target'].lower()} "
@@ -746,6 +786,10 @@ def report_markdown(report: Mapping) -> str:
         lines += ["## Notes", ""] + [f"- {m}" for m in report["messages"]] + [""]
     if report.get("figures"):
         lines += ["## Figures", ""] + [f"![{name}]({name})" for name in report["figures"]] + [""]
+    if report.get("gallery"):
+        lines += ["## Explanations", "", f"The explained images, sortable and filterable by outcome: "
+                  f"[the gallery]({report['gallery']}) (`index.html` of the explain run that wrote these "
+                  "predictions).", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -268,8 +268,17 @@ def _encoded(
     return {f"{root}/images/{name}": encode_png(pixels)}
 
 
-def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **overrides: Any) -> dict:
-    """Write the data set unless ``out`` already holds a complete one made with the same parameters."""
+def ensure_synthetic_dataset(
+    out: str, cfg: SyntheticConfig | None = None, keep_other: bool = False, **overrides: Any
+) -> dict:
+    """Write the data set unless ``out`` already holds a complete one made with the same parameters.
+
+    Args:
+        out: the set's root (folder or fsspec URL).
+        cfg: parameters; keyword ``overrides`` replace single fields.
+        keep_other: never write over a complete set made with other parameters (a command rebuilding a
+            trained run: another run may have been trained on the set there); ``DemoSetError`` instead.
+    """
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **overrides})
     fs, root = fsspec.core.url_to_fs(out)
     manifest_path = f"{root.rstrip('/')}/{MANIFEST}"
@@ -278,7 +287,46 @@ def ensure_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **ove
         # a set written before the reference files existed is written again
         if manifest.get("config") == asdict(cfg) and fs.exists(f"{root.rstrip('/')}/{RSNA_NAME}"):
             return manifest
+        if keep_other and manifest.get("config") != asdict(cfg):
+            raise DemoSetError(
+                f"{out.rstrip('/')}/{MANIFEST}: the demo set there was made with {differences(manifest, cfg)}, "
+                f"not as the run recorded; it is left as it is (another run may use it): write the run's set "
+                f"with `{command_line(out, cfg)}` (a run trained on the set there now then needs its own back)"
+            )
         log.info("demo set at %s was made with other parameters; writing it again", out)
         fs.rm_file(manifest_path)
     log.info("writing the synthetic demo set (%d images, %d px) to %s", cfg.n, cfg.size, out)
     return write_synthetic_dataset(out, cfg)
+
+
+class DemoSetError(ConfigError):
+    """A demo set that a command may not write over (another run's), or that is not the run's."""
+
+
+def differences(manifest: dict, cfg: SyntheticConfig) -> str:
+    """The parameters in which a written set (its manifest) differs from ``cfg``: ``n=600 (run's: 120)``.
+
+    Example:
+        >>> differences({"config": asdict(SyntheticConfig(n=600))}, SyntheticConfig(n=120))
+        "n=600 (the run's: 120)"
+    """
+    written = dict(manifest.get("config") or {})
+    parts = [f"{k}={written.get(k)} (the run's: {v})" for k, v in asdict(cfg).items() if written.get(k) != v]
+    return ", ".join(parts) or "the same parameters"
+
+
+def command_line(out: str, cfg: SyntheticConfig) -> str:
+    """The ``python -m pneumo synthetic`` command that writes the set of ``cfg`` to ``out``.
+
+    Example:
+        >>> command_line("data/nih_demo", SyntheticConfig(n=120, pneumonia_fraction=0.3))
+        'python -m pneumo synthetic data/nih_demo --n 120 --size 128 --seed 0 --pneumonia-fraction 0.3'
+    """
+    default, given = asdict(SyntheticConfig()), asdict(cfg)
+    flags = [f"--n {cfg.n}", f"--size {cfg.size}", f"--seed {cfg.seed}"]
+    flags += [
+        f"--{key.replace('_', '-')} {value}"
+        for key, value in given.items()
+        if key not in ("n", "size", "seed", "max_images_per_patient") and value != default[key]
+    ]
+    return f"python -m pneumo synthetic {out} " + " ".join(flags)

@@ -4,10 +4,19 @@
 per row of a ``Data_Entry_2017*.csv``: the same file names, patients (one anatomy per patient, shared by
 their follow-ups), views, ages, sexes and finding labels. The pneumonia opacity is drawn on exactly the rows
 whose labels say Pneumonia; where NIH boxed a pneumonia (``BBox_List_2017.csv``, 1024-px coordinates) the
-opacity fills NIH's box scaled to the image, elsewhere a box drawn at random in a lung field. The result is
-written in NIH's layout (``images/``, ``Data_Entry_2017.csv``, ``BBox_List_2017.csv`` with the drawn
-boxes in pixels of the written image, NIH's official split lists restricted to the index) so pneumo's real
-pipeline can run at NIH's full size (``benchmarks/nih_scale.py``) without downloading 42 GB.
+opacity fills NIH's box scaled to the image, else, where the RSNA radiologists boxed an opacity on that image
+(the shipped RSNA labels, ``pneumo.nih.rsna``), RSNA's first box, elsewhere a box drawn at random in a lung
+field. The result is written in NIH's layout (``images/``, ``Data_Entry_2017.csv``, ``BBox_List_2017.csv``
+with NIH's boxes in pixels of the written image, NIH's official split lists restricted to the index) so
+pneumo's real pipeline can run at NIH's full size (``benchmarks/nih_scale.py``) without downloading 42 GB.
+
+It also writes ``rsna_pneumonia.csv``: the shipped RSNA labels of the index's images in RSNA's layout, boxes
+scaled to the written image (``pneumo.synthetic.references.rsna_like_index``). Its disagreements with the
+NIH-style label are RSNA's real ones (on the official test list: both positive 174, NIH only 132, RSNA only
+2,409; ``files/ATTRIBUTION.md``); the manifest's ``rsna`` records them per split (``images``, ``positives``,
+``boxes``, ``both_positive``, ``nih_only``, ``rsna_only``, ``both_negative``), so a report's cross-tab can
+be checked against what was written. Data sets point ``data.references.rsna`` at it (``url``, with
+``index_url`` the set's ``Data_Entry_2017.csv``).
 
 Defaults are the NIH files shipped with pneumo. Rendering runs in worker processes; each image depends only
 on the seed and its row (patient, follow-up), so the output does not depend on the number of processes.
@@ -39,9 +48,11 @@ import numpy as np
 from pneumo.nih.boxes import BoxList, scaled_to
 from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
 from pneumo.nih.index import NIHLabelIndex
+from pneumo.nih.rsna import RSNALabels
 from pneumo.nih.shipped import location
 from pneumo.nih.splits import read_image_list
 from pneumo.synthetic.demo import MANIFEST, SyntheticConfig
+from pneumo.synthetic.references import RSNA_NAME, rsna_like_index
 from pneumo.synthetic.render import encode_png, opacity_box, random_anatomy, render
 
 log = logging.getLogger(__name__)
@@ -74,20 +85,30 @@ def _draw_chunk(root: str, cfg: SyntheticConfig, rows: list[_Row]) -> int:
     return len(rows)
 
 
-def _rows(index: NIHLabelIndex, boxes: BoxList | None) -> list[_Row]:
-    """What to draw per row; NIH's pneumonia boxes, normalised to [0, 1] of the image side."""
-    nih_box: dict[str, tuple[float, float, float, float]] = {}
+def _first_boxes(boxes: BoxList | None) -> dict[str, tuple[float, float, float, float]]:
+    """The first box of each image of ``boxes`` (1024-px coordinates), normalised to [0, 1] of the side."""
+    out: dict[str, tuple[float, float, float, float]] = {}
     if boxes is not None:
-        for image, group in boxes.subset(PNEUMONIA).table.groupby("image"):
+        for image, group in boxes.table.groupby("image"):
             xywh = scaled_to(group[["x", "y", "w", "h"]].to_numpy()[:1], (NIH_SIDE, NIH_SIDE), (1, 1))[0]
             x, y, w, h = (float(v) for v in xywh)
-            nih_box[str(image)] = (x, y, w, h)
+            out[str(image)] = (x, y, w, h)
+    return out
+
+
+def _rows(index: NIHLabelIndex, boxes: BoxList | None, rsna: RSNALabels | None = None) -> list[_Row]:
+    """What to draw per row: NIH's pneumonia box, else (a Pneumonia row) RSNA's first opacity box, normalised
+    to [0, 1] of the image side."""
+    nih_box = _first_boxes(boxes.subset(PNEUMONIA) if boxes is not None else None)
+    rsna_box = _first_boxes(rsna.boxes if rsna is not None else None)
     t = index.table
     names = [str(x) for x in t["image"]]
-    return [
-        (name, int(p), int(f), tuple(FINDINGS[j] for j in np.flatnonzero(row)), nih_box.get(name))
-        for name, p, f, row in zip(names, t["patient"], t["follow_up"], index.findings)
-    ]
+    rows = []
+    for name, p, f, row in zip(names, t["patient"], t["follow_up"], index.findings):
+        labels = tuple(FINDINGS[j] for j in np.flatnonzero(row))
+        box = nih_box.get(name) or (rsna_box.get(name) if PNEUMONIA in labels else None)
+        rows.append((name, int(p), int(f), labels, box))
+    return rows
 
 
 def write_like_index(
@@ -122,12 +143,15 @@ def write_like_index(
     cfg = dataclasses.replace(cfg, **overrides)
     index = NIHLabelIndex.from_csv(index_csv)
     boxes = BoxList.from_csv(bbox_csv) if bbox_csv else None
-    rows = _rows(index, boxes)
+    rsna = RSNALabels.from_csv()
+    rows = _rows(index, boxes, rsna)
     fs, root, root_url = _open_output(out)
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     log.info("drawing %d images (%d px) like %s in %d process(es)", len(rows), cfg.size, index_csv, workers)
     seconds = _draw_all(root_url, cfg, rows, workers, on_progress)
-    box_lines, split = _write_tables(fs, root, index, rows, cfg.size, lists)
+    nih_boxed = boxes.subset(PNEUMONIA).images if boxes is not None else set()
+    box_lines, split = _write_tables(fs, root, index, rows, cfg.size, lists, nih_boxed)
+    rsna_counts = _write_rsna(fs, root, index, rsna, cfg.size, split)
     manifest = {
         "config": {
             "size": cfg.size,
@@ -142,6 +166,7 @@ def write_like_index(
         "boxed_pneumonia": box_lines,
         "train_val": len(split["train_val"]),
         "test": len(split["test"]),
+        "rsna": rsna_counts,
         "seconds": round(seconds, 1),
         "workers": workers,
     }
@@ -181,9 +206,10 @@ def _write_tables(
     rows: list[_Row],
     size: int,
     lists: Sequence[str],
+    nih_boxed: set[str],
 ) -> tuple[int, dict[str, list[str]]]:
-    """Write the label index, the box list and the split lists (restricted to the index) in NIH's layout;
-    returns the number of boxes listed and the split lists."""
+    """Write the label index, the box list (the drawn boxes of ``nih_boxed``: NIH's own) and the split lists
+    (restricted to the index) in NIH's layout; returns the number of boxes listed and the split lists."""
     t = index.table
     labels = ["|".join(r[3]) or NO_FINDING for r in rows]
     ages = ["" if np.isnan(a) else str(int(a)) for a in t["age"]]
@@ -196,7 +222,7 @@ def _write_tables(
     box_lines = [
         f"{r[0]},{PNEUMONIA},{r[4][0] * size:.3f},{r[4][1] * size:.3f},{r[4][2] * size:.3f},{r[4][3] * size:.3f},,,"
         for r in rows
-        if r[4] is not None
+        if r[4] is not None and r[0] in nih_boxed
     ]
     known = set(t["image"])
     split = {
@@ -207,6 +233,37 @@ def _write_tables(
     for key, names in split.items():
         fs.pipe_file(f"{root}/{key}_list.txt", ("\n".join(names) + "\n").encode())
     return len(box_lines), split
+
+
+def _write_rsna(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    index: NIHLabelIndex,
+    rsna: RSNALabels,
+    size: int,
+    split: dict[str, list[str]],
+) -> dict[str, dict[str, int]]:
+    """Write ``rsna_pneumonia.csv`` (the RSNA labels of the index's images, boxes in written pixels); return
+    its counts and its agreement with the index's Pneumonia, in all and per split."""
+    lines, _ = rsna_like_index(index.images, size, NIH_SIDE, rsna)
+    fs.pipe_file(f"{root}/{RSNA_NAME}", ("\n".join(lines) + "\n").encode())
+    ours = index.table.set_index("image")["pneumonia"]
+    images = rsna.images[rsna.images["image"].isin(set(ours.index))]
+    boxes = rsna.boxes.table["image"].value_counts()
+    out = {}
+    for part, names in {"all": None, **split}.items():
+        rows = images if names is None else images[images["image"].isin(set(names))]
+        nih, theirs = ours.reindex(rows["image"]).to_numpy(), rows["opacity"].to_numpy()
+        out[part] = {
+            "images": len(rows),
+            "positives": int(theirs.sum()),
+            "boxes": int(boxes.reindex(rows["image"]).fillna(0).sum()),
+            "both_positive": int(((nih == 1) & (theirs == 1)).sum()),
+            "nih_only": int(((nih == 1) & (theirs == 0)).sum()),
+            "rsna_only": int(((nih == 0) & (theirs == 1)).sum()),
+            "both_negative": int(((nih == 0) & (theirs == 0)).sum()),
+        }
+    return out
 
 
 def _run_chunks(root: str, cfg: SyntheticConfig, chunks: list[list[_Row]], workers: int) -> Iterator[int]:

@@ -142,16 +142,19 @@ def _count(counts: dict[str, int], nih: int, target: int) -> None:
     counts[key[(nih, target)]] += 1
 
 
-def rsna_like_index(names: Iterable[str], size: int, side: int = 1024) -> tuple[list[str], dict[str, int]]:
-    """The shipped RSNA file restricted to ``names`` (a look-alike set's images: NIH's own names), its boxes
-    scaled from NIH's ``side`` px to the written ``size``: the lines (header first) and their counts.
+def rsna_like_index(
+    names: Iterable[str], size: int, side: int = 1024, rsna: RSNALabels | None = None
+) -> tuple[list[str], dict[str, int]]:
+    """The shipped RSNA file (or ``rsna``) restricted to ``names`` (a look-alike set's images: NIH's own
+    names), its boxes scaled from NIH's ``side`` px to the written ``size``: the lines (header first) and
+    their counts.
 
     Example:
         >>> lines, counts = rsna_like_index(["00000013_005.png", "00000001_000.png"], size=64)
         >>> counts["images"] <= 2, lines[0] == RSNA_HEADER
         (True, True)
     """
-    rsna = RSNALabels.from_csv()
+    rsna = rsna or RSNALabels.from_csv()
     wanted = set(names)
     images = rsna.images[rsna.images["image"].isin(wanted)]
     boxes = rsna.boxes.table[rsna.boxes.table["image"].isin(wanted)]
