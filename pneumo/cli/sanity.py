@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from omegaconf import DictConfig
 
+from pneumo.cli.app import hydra_command
 from pneumo.console import user_errors
 from pneumo.io.storage import protect_output
 
@@ -19,21 +19,14 @@ log = logging.getLogger("sanity")
 protect_output()
 
 
-@hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="sanity.yaml")
+@hydra_command("sanity.yaml", log)
 def main(cfg: DictConfig) -> None:
     # torch loads here, not at import: --help and a bad override answer in a second.
     from pneumo.pipelines.saliency import SanitySettings, run_sanity
 
     with user_errors(log):
         settings = SanitySettings.from_config(cfg)
-        report = run_sanity(settings)
-    for name, row in report["explainers"].items():
-        s = row["sanity"]
-        log.info(
-            "%s: %s (fully randomized: Spearman %.3f, SSIM %.3f; random pairs: %.3f, %.3f)",
-            name, s["verdict"].upper(), s["spearman"][-1], s["ssim"][-1], s["baseline_spearman"],
-            s["baseline_ssim"],
-        )  # fmt: skip
+        run_sanity(settings)  # logs one line per explainer: verdict, similarities, baselines
     log.info("sanity.md, sanity.json, sanity.png -> %s", settings.out_dir)
 
 

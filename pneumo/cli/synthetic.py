@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--shortcut", choices=SHORTCUTS, default=defaults.shortcut,
-        help="marker: a corner tag on 90%% of the pneumonia images and 10%% of the others (a shortcut to catch)",
+        help="marker: a corner tag on every pneumonia image and no other (a shortcut to catch)",
     )  # fmt: skip
     like = parser.add_argument_group("one image per row of a real index (--n and the fractions do not apply)")
     like.add_argument(

@@ -248,9 +248,11 @@ class SanitySettings:
 
 
 def load_batch(run: Any, names: Sequence[str], device: torch.device) -> Batch:
-    """The named images of ``run``'s data set at its input size, with labels (``-1`` unknown) and lung masks
-    when the data set has them."""
+    """The named images of ``run``'s data set at its input size, with labels (``-1`` unknown), patients, the
+    data set's NIH pneumonia boxes (``nih``, in tensor pixels; when it has a box file) and lung masks (when the
+    data set has them)."""
     from pneumo.data.inputs import ImageRef, Preprocessor, io_for, load_image, options_for, read_bytes
+    from pneumo.nih.boxes import load_boxes, scaled_to
     from pneumo.nih.index import NIHLabelIndex
 
     refs = [ImageRef(n, run.image_location(n)) for n in names]
@@ -263,10 +265,19 @@ def load_batch(run: Any, names: Sequence[str], device: torch.device) -> Batch:
         label_of = dict(zip(table["image"].astype(str), table["pneumonia"].astype(int)))
         patient_of = dict(zip(table["image"].astype(str), table["patient"].astype(str)))
     prep = Preprocessor(run.image_size, dicom_voi=run.dicom_voi)
-    images = torch.stack([load_image(r, prep, run.storage).tensor for r in refs]).to(device)
+    loaded = [load_image(r, prep, run.storage) for r in refs]
+    boxes: dict[str, list[np.ndarray]] = {}
+    bbox_url = run.datamodule.hparams.get("bbox_url")
+    given = (
+        load_boxes(bbox_url, options_for(bbox_url, run.storage), io_for(run.storage)) if bbox_url else None
+    )
+    if given is not None:
+        size = (run.image_size, run.image_size)
+        boxes["nih"] = [scaled_to(given.for_image(n), it.source_shape, size) for n, it in zip(names, loaded)]
     return Batch(
-        images,
+        torch.stack([it.tensor for it in loaded]).to(device),
         np.array([label_of.get(n, -1) for n in names]),
+        boxes=boxes,
         patients=[patient_of.get(n, n) for n in names],
         lungs=lung_masks(
             [r.location for r in refs], run.image_size, lambda url: read_bytes(url, run.storage)

@@ -24,7 +24,7 @@ institution, referring physician), all starting with ``PLANTED``, to check that 
 Output is deterministic per seed and may go to any fsspec URL (a local folder, ``gs://``, ``memory://``).
 
 ``shortcut="marker"`` (``data.synthetic.shortcut=marker``, ``--shortcut marker``) burns a bright square tag
-into the bottom-right corner of 90% of the pneumonia images and 10% of the others, outside the lung fields:
+into the bottom-right corner of every pneumonia image and of no other, outside the lung fields:
 the same images as without it (the tags have their own random stream), plus a shortcut a model can learn
 instead of the opacity, as CNNs learned hospital and device tags on NIH (Zech et al. 2018). A model trained on
 it should put its heat on the tag; ``explain.py saliency.evaluate=true`` reports the share of the heat inside
@@ -100,15 +100,15 @@ class SyntheticConfig:
     noise: float = 6.0
     #: File format of the images: ``png`` or ``dicom`` (``.dcm`` files; the CSVs still name ``.png``).
     format: str = "png"
-    #: ``none``, or ``marker``: a bright corner tag (like a portable film's label) on 90% of the pneumonia
-    #: images and 10% of the others - a shortcut a model can learn instead of the lungs (Zech et al. 2018).
+    #: ``none``, or ``marker``: a bright corner tag (like a portable film's label) on every pneumonia
+    #: image and on no other - a shortcut a model can learn instead of the lungs (Zech et al. 2018).
     shortcut: str = "none"
 
 
 IMAGE_FORMATS = ("png", "dicom")
 SHORTCUTS = ("none", "marker")
 #: Share of pneumonia / other images carrying the corner marker of ``shortcut="marker"``.
-MARKER_RATES = (0.9, 0.1)
+MARKER_RATES = (1.0, 0.0)
 #: Second seed word of the markers' random stream (apart from the images': the same images either way).
 MARKER_STREAM = 23
 
@@ -172,7 +172,11 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
         "references": references,
     }
     if cfg.shortcut == "marker":
-        manifest["shortcut"] = {"marker_pneumonia": tagged[0], "marker_other": tagged[1], "rates": MARKER_RATES}
+        manifest["shortcut"] = {
+            "marker_pneumonia": tagged[0],
+            "marker_other": tagged[1],
+            "rates": MARKER_RATES,
+        }
     fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     return manifest
 
@@ -198,7 +202,11 @@ def _write_references(
 
 
 def _write_images(
-    fs: fsspec.AbstractFileSystem, root: str, cfg: SyntheticConfig, rng: np.random.Generator, tagged: list[int]
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    cfg: SyntheticConfig,
+    rng: np.random.Generator,
+    tagged: list[int],
 ) -> tuple[list[str], list[str], dict[int, list[str]]]:
     """Draw and write ``cfg.n`` images and their lung masks, patient by patient (64 objects per request);
     returns the label-index rows, the box-list rows and each patient's image names; ``tagged`` counts the
