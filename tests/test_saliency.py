@@ -131,7 +131,7 @@ def test_an_image_only_edge_filter_plugged_in_by_target_fails(sanity_report: tup
 def test_gradcam_deletion_beats_a_random_order_on_the_trained_checkpoint(trained_ckpt: Path) -> None:
     from pneumo.pipelines.runs import load_run
     from pneumo.pipelines.saliency import SaliencySettings, load_batch, saliency_report
-    from pneumo.reporting.saliency import format_saliency
+    from pneumo.reporting.saliency import LUNG_SHARE_WARNING, format_saliency
     from pneumo.xai.explainers import instantiate_explainers
 
     run = load_run(str(trained_ckpt), map_location="cpu")
@@ -149,6 +149,9 @@ def test_gradcam_deletion_beats_a_random_order_on_the_trained_checkpoint(trained
     # every demo image has lung masks: the share is reported beside the lungs' area
     row = report["explainers"]["gradcam"]
     assert 0.0 <= row["lung_share"] <= 1.0 and 0.1 < row["lung_area"] < 0.5
+    # the report flags heat mostly off the lungs, never for the random floor (it ignores the model)
+    assert ("**Shortcut warning (gradcam)**" in table) == (row["lung_share"] < LUNG_SHARE_WARNING)
+    assert "Shortcut warning (random)" not in table
     assert report["explainers"]["random"]["cost_vs_gradcam"] > 0
     # CheXlocalize against the demo's NIH-layout boxes (every pneumonia image is boxed), patient bootstrap
     loc = row["localization"]["nih"]
@@ -246,10 +249,15 @@ def test_explain_with_saliency_evaluate_writes_the_report(trained_ckpt: Path, tm
     report = json.loads((tmp_path / "saliency.json").read_text())
     row = report["explainers"]["gradcam"]
     assert row["sanity"]["verdict"] in ("pass", "fail") and row["faithfulness"]["n"] >= 1
-    nih = row["localization"]["nih"]
+    nih, rsna = (
+        row["localization"]["nih"],
+        row["localization"]["rsna"],
+    )  # every box reference, each on its own
     assert nih["n"] >= 1 and 0.0 <= nih["miou_otsu"] <= 1.0 and len(nih["miou_otsu_ci"]) == 2
+    assert rsna["n"] >= 1 and 0.0 <= rsna["hit_rate"] <= 1.0 and len(rsna["hit_rate_ci"]) == 2
     md = (tmp_path / "saliency.md").read_text()
     assert "| gradcam | " in md and "## Localization (CheXlocalize)" in md and "## Sanity check" in md
+    assert f"| gradcam | rsna | {rsna['n']} | " in md
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["saliency"]["gradcam"]["faithfulness"]["deletion"] == row["faithfulness"]["deletion"]
 

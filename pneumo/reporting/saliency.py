@@ -52,12 +52,21 @@ def _row(name: str, row: Mapping) -> str:
 
 
 def warnings(explainers: Mapping[str, Mapping]) -> list[str]:
-    """The report's warnings: heat off the lung fields (a shortcut), deletion no better than a random order,
-    a failed sanity check. One Markdown bullet each."""
+    """The report's warnings: heat off the lung fields (a shortcut; not for an explainer that never runs the
+    model), deletion no better than a random order, a failed sanity check. One Markdown bullet each.
+
+    Example:
+        >>> rows = {"gradcam": {"lung_share": 0.1, "lung_area": 0.25, "passes": 1.0},
+        ...         "random": {"lung_share": 0.25, "lung_area": 0.25, "passes": 0.0}}
+        >>> [line[:35] for line in warnings(rows)]
+        ['- **Shortcut warning (gradcam)**: 1']
+    """
     out = []
     for name, row in explainers.items():
         share = row.get("lung_share")
-        if isinstance(share, float) and share < LUNG_SHARE_WARNING:
+        # an explainer that never runs the model (passes 0: the random floor) cannot reveal a shortcut
+        ignores_model = row.get("passes") == 0
+        if isinstance(share, float) and share < LUNG_SHARE_WARNING and not ignores_model:
             out.append(
                 f"- **Shortcut warning ({name})**: {share:.0%} of the heat lies in the lung fields (they cover "
                 f"{row.get('lung_area', math.nan):.0%} of the image); the model may be reading something outside "
