@@ -1,6 +1,7 @@
 """``python -m pneumo <command> [args]``: every pneumo command under one name.
 
-Commands: ``train``, ``explain``, ``evaluate``, ``export`` (Hydra: ``key=value`` overrides, ``--help``, ``--cfg job``),
+Commands: ``train``, ``explain``, ``evaluate``, ``export``, ``sanity`` (Hydra: ``key=value`` overrides, ``--help``,
+``--cfg job``),
 ``index``, ``synthetic``, ``dicom`` (``--help`` for their options).
 
 Example:
@@ -22,6 +23,7 @@ COMMANDS = {
     "explain": ("explain", "predictions and Grad-CAM heatmaps of a checkpoint (same as pneumo-explain)"),
     "evaluate": ("evaluate", "the evaluation report of a predictions file (same as pneumo-evaluate)"),
     "export": ("export", "a checkpoint as TorchScript, ONNX or a MONAI bundle (same as pneumo-export)"),
+    "sanity": ("sanity", "the sanity check of a checkpoint's saliency maps (cascading randomization)"),
     "index": ("index", "summarise an NIH label index and its splits (the shipped one by default)"),
     "synthetic": ("synthetic", "write a synthetic set in NIH's layout (the demo set, or a look-alike)"),
     "dicom": ("dicom", "what pneumo sees in DICOM files (no patient data is read)"),

@@ -3,8 +3,8 @@
 Commands are taken from fenced shell blocks (```bash, ```sh, ```shell, ```console, and ``$ ``-prompted lines of
 unlabelled blocks). Each Hydra command (``python train.py``, ``python explain.py``, ``pneumo-train``,
 ``pneumo-explain``, ``pneumo-evaluate``, ``python -m pneumo.evaluation``, ``python -m pneumo
-train|explain|evaluate``, ``torchrun ... train.py``, ``srun python train.py``) is composed with ``--cfg job``
-appended (nothing trains: Hydra prints the config and exits), ``-m`` dropped and each swept list cut to its
+train|explain|evaluate|export|sanity``, ``torchrun ... train.py``, ``srun python train.py``) is composed with
+``--cfg job`` appended (nothing trains: Hydra prints the config and exits), ``-m`` dropped and each swept list cut to its
 first value; shell variables and placeholders (``$CKPT``, ``$(ls ...)``, ``...``) become harmless values and
 ``$RUN`` a run folder holding a saved config (for ``-cp $RUN/.hydra -cn config``). Each argparse command
 (``python -m pneumo index|synthetic|dicom``, ``python -m pneumo.testing.gcs_emulator``) runs with ``--help``.
@@ -40,7 +40,7 @@ SHELL_LANGUAGES = {"bash", "sh", "shell", "console", "shell-session"}
 CKPT = "logs/train/runs/2026-12-01_18-37-53_838712/checkpoints/epoch_005.ckpt"
 PLACEHOLDER = "placeholder"
 HYDRA_SCRIPTS = {"train.py": "train", "explain.py": "explain"}
-HYDRA_COMMANDS = {"train", "explain", "evaluate", "export"}
+HYDRA_COMMANDS = {"train", "explain", "evaluate", "export", "sanity"}
 ARGPARSE_COMMANDS = {"index", "synthetic", "dicom"}
 CONSOLE_SCRIPTS = {"pneumo-train", "pneumo-explain", "pneumo-evaluate", "pneumo-export"}
 WRAPPERS = {"srun", "time", "/usr/bin/time", "nohup", "exec", "env"}

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pneumo.console import print_json, user_errors
-from pneumo.synthetic.demo import IMAGE_FORMATS, SyntheticConfig, write_synthetic_dataset
+from pneumo.synthetic.demo import IMAGE_FORMATS, SHORTCUTS, SyntheticConfig, write_synthetic_dataset
 from pneumo.synthetic.like_index import write_like_index
 
 
@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--format", choices=IMAGE_FORMATS, default=defaults.format, help="png, or dicom (.dcm files)"
     )
+    parser.add_argument(
+        "--shortcut", choices=SHORTCUTS, default=defaults.shortcut,
+        help="marker: a corner tag on every pneumonia image and no other (a shortcut to catch)",
+    )  # fmt: skip
     like = parser.add_argument_group("one image per row of a real index (--n and the fractions do not apply)")
     like.add_argument(
         "--like-index",
@@ -70,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 test_fraction=args.test_fraction,
                 noise=args.noise,
                 format=args.format,
+                shortcut=args.shortcut,
             )
     print_json({k: v for k, v in manifest.items() if k != "findings"})
     return 0

@@ -16,6 +16,8 @@ Outputs under ``out_dir``::
                                 its overlay then shows the explainers side by side)
     localization.csv            per image with boxes: hit, iou, iobb, box_fraction, ...   (when boxes exist)
     summary.json                counts, unreadable inputs, the localization summary and Wang et al.'s table
+    saliency.md / .json         with saliency.evaluate=true: per explainer the sanity verdict, deletion/insertion
+    sanity.png                  AUCs vs random order, CheXlocalize mIoU and hit rate, lung-field share, ms/image
 
 Every file is written whole (a temporary file renamed over it) and ``summary.json`` is written last: a folder
 without it holds an interrupted run. A folder that already holds these outputs is refused unless
@@ -56,6 +58,7 @@ from pneumo.data.inputs import (
     io_for,
     load_image,
     options_for,
+    read_bytes,
     resolve_inputs,
 )
 from pneumo.errors import ConfigError
@@ -73,7 +76,9 @@ from pneumo.nih.index import NIHLabelIndex
 from pneumo.nih.references import Reference, load_reference, reference_spec
 from pneumo.nih.tables import read_label_table
 from pneumo.pipelines.runs import Run, load_run
+from pneumo.pipelines.saliency import Batch, SaliencySettings, lung_masks, saliency_report, write_saliency
 from pneumo.reporting.gallery import write_gallery
+from pneumo.reporting.saliency import warnings
 from pneumo.xai.explainers import Explanation, GradCamExplainer, explain, instantiate_explainers
 from pneumo.xai.gradcam import DEFAULT_LAYER, pneumonia_probability
 from pneumo.xai.heatmap_boxes import format_table, heatmap_boxes, localization_table
@@ -172,6 +177,9 @@ OUTPUTS = (
     "originals",
     "overlays",
     "heatmaps",
+    "saliency.json",
+    "saliency.md",
+    "sanity.png",
 )
 
 
@@ -281,6 +289,7 @@ class ExplainSettings:
             that replace the checkpoint's ``data.storage``; ``None`` values keep the checkpoint's. Credentials:
             Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
         progress: show a progress bar.
+        saliency: the saliency checks (``saliency.evaluate=true``; ``pneumo.pipelines.saliency``).
 
     Example:
         >>> ExplainSettings(ckpt_path="last.ckpt", out_dir="out", split="test").boxes.top_k
@@ -310,10 +319,11 @@ class ExplainSettings:
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
     storage: dict[str, Any] | None = None
     progress: bool = True
+    saliency: SaliencySettings = field(default_factory=SaliencySettings)
 
     def __post_init__(self) -> None:
         # sub-blocks given as mappings (``overlay={"max_size": 1200}``) are checked like the config's
-        for name in ("gradcam", "localization", "boxes", "overlay"):
+        for name in ("gradcam", "localization", "boxes", "overlay", "saliency"):
             setattr(self, name, settings_from(_BLOCKS[name], getattr(self, name), name))
         if (self.inputs is None) == (self.split is None):
             raise ConfigError("give exactly one of inputs=PATH_OR_URL or split=train|val|test")
@@ -361,6 +371,7 @@ _BLOCKS: dict[str, type] = {
     "localization": LocalizationSettings,
     "boxes": BoxSettings,
     "overlay": OverlaySettings,
+    "saliency": SaliencySettings,
 }
 #: Keys of ``conf/explain.yaml`` that are the command's, not the pipeline's (any other key is a setting).
 _NOT_SETTINGS = {"task_name", "paths", "hydra"}
@@ -441,6 +452,8 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
         "image_size": session.run.image_size,
         "localization": result.summary or None,
     }
+    if settings.saliency.evaluate:
+        summary["saliency"] = _saliency(session, refs)
     # Last: its presence says the folder holds a whole run.
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
@@ -623,6 +636,47 @@ def _reference_hits(session: _Session, item: LoadedImage, heatmap: np.ndarray) -
     }
     patient = session.patients.get(item.ref.name, item.ref.name)
     return score_references(heatmap, scaled, patient, settings.localization.threshold, settings.boxes.top_k)
+
+
+def _saliency(session: _Session, refs: Sequence[ImageRef]) -> dict:
+    """The saliency checks (``pneumo.pipelines.saliency``) on up to ``saliency.n`` of the images (pneumonia
+    first), written as ``saliency.md`` / ``.json`` and ``sanity.png``; returns each explainer's row for
+    ``summary.json``."""
+    settings = session.settings
+    preprocess = Preprocessor(session.run.image_size, dicom_voi=session.dicom_voi)
+    items: list[LoadedImage] = []
+    for ref in sorted(refs, key=lambda r: r.label != 1):  # stable: positives first, then in order
+        if len(items) == settings.saliency.n:
+            break
+        try:
+            items.append(load_image(ref, preprocess, session.options))
+        except (BadImageError, OSError, ValueError, RuntimeError):
+            continue  # already reported by the main loop
+    if len(items) < 2:
+        log.warning("saliency.evaluate: %d readable image(s); the checks need 2 or more", len(items))
+        return {}
+    size = (session.run.image_size, session.run.image_size)
+    boxes: dict[str, list[np.ndarray]] = {}
+    for j, item in enumerate(items):
+        for name, given in _boxes_by_reference(session, item).items():
+            per_image = boxes.setdefault(name, [np.zeros((0, 4))] * len(items))
+            per_image[j] = scaled_to(given, item.source_shape, size) if len(given) else np.zeros((0, 4))
+    batch = Batch(
+        images=torch.stack([it.tensor for it in items]).to(session.device),
+        labels=np.array([-1 if it.ref.label is None else it.ref.label for it in items]),
+        boxes=boxes,
+        patients=[str(session.patients.get(it.ref.name, it.ref.name)) for it in items],
+        lungs=lung_masks(
+            [it.ref.location for it in items], size[0], lambda url: read_bytes(url, session.options)
+        ),
+    )
+    report = saliency_report(
+        session.model, batch, settings.explainers(), settings.gradcam.target, settings.saliency
+    )
+    write_saliency(session.out, report)
+    for line in warnings(report["explainers"]):
+        log.warning("saliency: %s", line[2:].replace("**", ""))
+    return report["explainers"]
 
 
 def _write_predictions(session: _Session, result: ExplainResult) -> None:

@@ -12,6 +12,7 @@ in (some visible: cardiomegaly, effusion, nodule, mass; the rest label-only) so 
     OUT/BBox_List_2017.csv         (real header; boxes in pixels of the written image)
     OUT/rsna_pneumonia.csv  OUT/adjudicated_labels.csv   (radiologist-style references in RSNA's and
                                    Google's layouts, with documented disagreements: pneumo.synthetic.references)
+    OUT/lung_masks/<name>.png      the lung fields of each image (255 inside), for "heat in the lungs" shares
     OUT/demo_manifest.json         (written last: parameters and counts; marks the set complete)
 
 Unlike NIH (boxes only on test images) every opacity gets a box, so validation overlays can show them too.
@@ -21,6 +22,13 @@ names, as in Google's bucket (``png/`` and ``dicom/``): train on it with ``data.
 headers carry planted identifiers (``planted_identifiers``: patient name and ID, birth date, study date,
 institution, referring physician), all starting with ``PLANTED``, to check that none leaves the file.
 Output is deterministic per seed and may go to any fsspec URL (a local folder, ``gs://``, ``memory://``).
+
+``shortcut="marker"`` (``data.synthetic.shortcut=marker``, ``--shortcut marker``) burns a bright square tag
+into the bottom-right corner of every pneumonia image and of no other, outside the lung fields:
+the same images as without it (the tags have their own random stream), plus a shortcut a model can learn
+instead of the opacity, as CNNs learned hospital and device tags on NIH (Zech et al. 2018). A model trained on
+it should put its heat on the tag; ``explain.py saliency.evaluate=true`` reports the share of the heat inside
+the lung masks (docs/explanations.md).
 
 Example:
     >>> write_synthetic_dataset("data/nih_demo", n=600, size=128, seed=0)  # doctest: +SKIP
@@ -48,7 +56,14 @@ from pneumo.io.reading import read_bytes
 from pneumo.io.store import object_name
 from pneumo.nih.findings import BBOX_HEADER, DATA_ENTRY_HEADER, FINDINGS, NO_FINDING, PNEUMONIA
 from pneumo.synthetic.references import ADJUDICATED_NAME, RSNA_NAME, RSNA_RULES, reference_files
-from pneumo.synthetic.render import Anatomy, encode_png, opacity_box, random_anatomy, render
+from pneumo.synthetic.render import (
+    Anatomy,
+    draw_marker,
+    encode_png,
+    opacity_box,
+    random_anatomy,
+    render_with_lungs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +100,17 @@ class SyntheticConfig:
     noise: float = 6.0
     #: File format of the images: ``png`` or ``dicom`` (``.dcm`` files; the CSVs still name ``.png``).
     format: str = "png"
+    #: ``none``, or ``marker``: a bright corner tag (like a portable film's label) on every pneumonia
+    #: image and on no other - a shortcut a model can learn instead of the lungs (Zech et al. 2018).
+    shortcut: str = "none"
 
 
 IMAGE_FORMATS = ("png", "dicom")
+SHORTCUTS = ("none", "marker")
+#: Share of pneumonia / other images carrying the corner marker of ``shortcut="marker"``.
+MARKER_RATES = (1.0, 0.0)
+#: Second seed word of the markers' random stream (apart from the images': the same images either way).
+MARKER_STREAM = 23
 
 
 def planted_identifiers(patient: int) -> dict[str, str]:
@@ -118,11 +141,14 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
     if cfg.n < 10:
         raise ConfigError(f"a synthetic data set needs at least 10 images, got n={cfg.n}")
     choice(cfg.format, "data.synthetic.format", IMAGE_FORMATS)
+    choice(cfg.shortcut, "data.synthetic.shortcut", SHORTCUTS)
     rng = np.random.default_rng(cfg.seed)
     fs, root = fsspec.core.url_to_fs(out)
     root = root.rstrip("/")
     fs.makedirs(f"{root}/images", exist_ok=True)
-    rows, boxes, patient_images = _write_images(fs, root, cfg, rng)
+    fs.makedirs(f"{root}/lung_masks", exist_ok=True)
+    tagged = [0, 0]
+    rows, boxes, patient_images = _write_images(fs, root, cfg, rng, tagged)
     patients = np.array(sorted(patient_images))
     test_patients = set(
         rng.choice(patients, size=max(1, int(round(cfg.test_fraction * len(patients)))), replace=False)
@@ -145,6 +171,12 @@ def write_synthetic_dataset(out: str, cfg: SyntheticConfig | None = None, **over
         "findings": list(FINDINGS),
         "references": references,
     }
+    if cfg.shortcut == "marker":
+        manifest["shortcut"] = {
+            "marker_pneumonia": tagged[0],
+            "marker_other": tagged[1],
+            "rates": MARKER_RATES,
+        }
     fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     return manifest
 
@@ -170,10 +202,16 @@ def _write_references(
 
 
 def _write_images(
-    fs: fsspec.AbstractFileSystem, root: str, cfg: SyntheticConfig, rng: np.random.Generator
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    cfg: SyntheticConfig,
+    rng: np.random.Generator,
+    tagged: list[int],
 ) -> tuple[list[str], list[str], dict[int, list[str]]]:
-    """Draw and write ``cfg.n`` images, patient by patient (64 objects per request); returns the label-index
-    rows, the box-list rows and each patient's image names."""
+    """Draw and write ``cfg.n`` images and their lung masks, patient by patient (64 objects per request);
+    returns the label-index rows, the box-list rows and each patient's image names; ``tagged`` counts the
+    pneumonia and other images given the shortcut's marker."""
+    tags = np.random.default_rng([cfg.seed, MARKER_STREAM])
     rows: list[str] = []
     boxes: list[str] = []
     patient_images: dict[int, list[str]] = {}
@@ -186,7 +224,12 @@ def _write_images(
         n_images = min(int(rng.integers(1, cfg.max_images_per_patient + 1)), cfg.n - len(rows))
         for follow_up in range(n_images):
             name = f"{patient:08d}_{follow_up:03d}.png"
-            labels, box, view, pixels = _draw_image(rng, cfg, anatomy)
+            labels, box, view, pixels, lungs = _draw_image(rng, cfg, anatomy)
+            # the tags' own stream: a marker set holds the clean set's very images, plus the tags
+            if cfg.shortcut == "marker" and tags.random() < MARKER_RATES[0 if box is not None else 1]:
+                draw_marker(pixels)
+                tagged[0 if box is not None else 1] += 1
+            batch[f"{root}/lung_masks/{name}"] = encode_png((lungs * 255).astype(np.uint8))
             if box is not None:
                 x, y, w, h = (v * cfg.size for v in box)
                 boxes.append(f"{name},{PNEUMONIA},{x:.3f},{y:.3f},{w:.3f},{h:.3f},,,")
@@ -208,16 +251,17 @@ def _write_images(
 
 def _draw_image(
     rng: np.random.Generator, cfg: SyntheticConfig, anatomy: Anatomy
-) -> tuple[set[str], tuple[float, float, float, float] | None, str, np.ndarray]:
-    """One image of a patient: its findings, its pneumonia box (fractions of the side) or ``None``, its view
-    and its pixels."""
+) -> tuple[set[str], tuple[float, float, float, float] | None, str, np.ndarray, np.ndarray]:
+    """One image of a patient: its findings, its pneumonia box (fractions of the side) or ``None``, its view,
+    its pixels and its lung-field mask."""
     labels = {f for f, p in OTHER_FINDING_RATES.items() if rng.random() < p}
     box = None
     if rng.random() < cfg.pneumonia_fraction:
         labels.add(PNEUMONIA)
         box = opacity_box(rng, anatomy)
     view = "PA" if rng.random() < 0.6 else "AP"
-    return labels, box, view, render(rng, cfg.size, cfg.noise, anatomy, labels, box)
+    pixels, lungs = render_with_lungs(rng, cfg.size, cfg.noise, anatomy, labels, box)
+    return labels, box, view, pixels, lungs
 
 
 def _encoded(

@@ -66,6 +66,19 @@ def render(
     box: tuple[float, float, float, float] | None,
 ) -> np.ndarray:
     """Draw one chest radiograph as uint8 (``size x size``); ``box`` = opacity (x, y, w, h), normalised."""
+    return render_with_lungs(rng, size, noise, anatomy, labels, box)[0]
+
+
+def render_with_lungs(
+    rng: np.random.Generator,
+    size: int,
+    noise: float,
+    anatomy: Anatomy,
+    labels: set[str],
+    box: tuple[float, float, float, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``render``'s picture and its lung fields: a boolean ``size x size`` mask (the drawn lungs at half
+    their soft edge), from the same draws of ``rng``."""
     s = size
     yy, xx = (np.mgrid[0:s, 0:s].astype(np.float32) + 0.5) / s
     shift_x, shift_y = rng.normal(0, 0.01, 2)
@@ -102,7 +115,21 @@ def render(
         y0, x0 = int(rng.uniform(0.03, 0.1) * s), int(rng.choice([0.05, 0.85]) * s)
         img[y0 : y0 + 2 * m, x0 : x0 + m] = 0.95
     img = img * 255.0 + rng.normal(0, noise, (s, s))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8), lungs > 0.5
+
+
+def draw_marker(pixels: np.ndarray) -> None:
+    """Burn a bright square tag (1/8 of the side) into the bottom-right corner, outside the lung fields, like
+    a portable film's label (in place; the side markers ``render`` draws sit at the top).
+
+    Example:
+        >>> pixels = np.zeros((32, 32), np.uint8); draw_marker(pixels)
+        >>> int(pixels.sum() // 245), int(pixels[-2, -2]), int(pixels[0, 0])
+        (16, 245, 0)
+    """
+    s = pixels.shape[0]
+    m, at = max(3, s // 8), max(1, s // 32)
+    pixels[s - at - m : s - at, s - at - m : s - at] = 245
 
 
 def opacity_box(rng: np.random.Generator, a: Anatomy) -> tuple[float, float, float, float]:
