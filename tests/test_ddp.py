@@ -179,14 +179,13 @@ def test_prediction_writer_two_processes_write_each_image_once_with_single_proce
         "devices": 2,
         "use_distributed_sampler": False,  # as conf/trainer/ddp.yaml: the strategy shards the loader
     }
-    path = predict_images(
-        str(tiny_ckpt),
-        str(images),
-        tmp_path / "ddp",
-        trainer=ddp,
-        batch_size=4,
-        callbacks=[ShardRecorder(str(probe))],
-    )
+    # explain.py heatmaps=false: Trainer.predict on every process of `predict`
+    ddp_run = explain_images(ExplainSettings(
+        ckpt_path=str(tiny_ckpt), out_dir=str(tmp_path / "ddp"), inputs=str(images), batch_size=4, progress=False,
+        heatmaps=False, predict={**ddp, "callbacks": [ShardRecorder(str(probe))]},
+    ))  # fmt: skip
+    path = tmp_path / "ddp" / "predictions.csv"
+    assert [row["image"] for row in ddp_run.predictions] == sorted(p.name for p in images.iterdir())
     seen = [json.loads((probe / f"predict_rank{r}.json").read_text()) for r in (0, 1)]
     assert seen[0]["world_size"] == 2 and seen[0]["pid"] != seen[1]["pid"] != os.getpid()
     a, b = (s["seen"]["predict"] for s in seen)
@@ -194,7 +193,8 @@ def test_prediction_writer_two_processes_write_each_image_once_with_single_proce
     assert sorted((len(a), len(b))) == [5, 6] and not set(a) & set(b) and sorted(a + b) == names
     written = pd.read_csv(path)
     assert written.image.tolist() == names and written["index"].tolist() == list(range(len(names)))
-    assert list(path.parent.iterdir()) == [path]  # each rank's part file is merged and gone
+    # each rank's part file is merged and gone; rank 0 wrote the summary
+    assert sorted(p.name for p in path.parent.iterdir()) == ["predictions.csv", "summary.json"]
     single = pd.read_csv(
         predict_images(str(tiny_ckpt), str(images), tmp_path / "one", trainer={"accelerator": "cpu"})
     )

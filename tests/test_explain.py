@@ -380,6 +380,32 @@ def test_cli_prints_the_wang_table_on_the_test_positives(
     assert "IOBB   " + "  ".join(f"{v:<7.3f}" for v in wang["iobb"]) in log
 
 
+def test_cli_heatmaps_false_predicts_the_split_through_trainer_predict(
+    tiny_ckpt: Path, demo_root: Path, tmp_path: Path
+) -> None:
+    """``explain.py split=test heatmaps=false``: Lightning's ``Trainer.predict`` scores the split (every
+    test image once, in the split's order) with the probabilities and decisions of a full explain run, and
+    writes no heatmaps, overlays or gallery."""
+    out = tmp_path / "fast"
+    args = [f"ckpt_path={tiny_ckpt}", "split=test", f"out_dir={out}", "heatmaps=false",
+            "+predict.accelerator=cpu", f"paths.log_dir={tmp_path}/logs", "progress=false"]  # fmt: skip
+    proc = run_cli(["explain.py", *args], cwd=ROOT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "predicted" in proc.stdout + proc.stderr and "heatmaps=false" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "summary.json"]
+    fast = _rows(out / "predictions.csv")
+    full = explain_images(
+        ExplainSettings(str(tiny_ckpt), str(tmp_path / "full"), split="test", progress=False)
+    ).predictions
+    assert [r["image"] for r in fast] == [r["image"] for r in full] and len(fast) > 0
+    assert [int(r["index"]) for r in fast] == list(range(len(fast)))
+    for a, b in zip(fast, full):
+        assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-6)
+        assert int(a["predicted_label"]) == int(b["predicted_label"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == len(fast) and summary["explained"] == 0
+
+
 def test_a_folder_of_symlinked_images_is_read(demo_root: Path, tmp_path: Path) -> None:
     from pneumo.data.inputs import Preprocessor, load_image, resolve_inputs
 

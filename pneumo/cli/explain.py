@@ -30,6 +30,9 @@ def main(cfg: DictConfig) -> None:
     with user_errors(log):
         result = explain_images(ExplainSettings.from_config(cfg))
     n_ok, n_bad = len(result.predictions), len(result.failed)
+    if not cfg.get("heatmaps", True):
+        log.info("predicted %d image(s) -> %s (predictions.csv; heatmaps=false)", n_ok, result.out_dir)
+        return
     log.info(
         "explained %d image(s) -> %s (predictions.csv, boxes.csv, overlays/, heatmaps/)", n_ok, result.out_dir
     )

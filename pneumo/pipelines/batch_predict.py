@@ -46,21 +46,28 @@ class ImagesDataset(Dataset):
         return {"image": loaded.tensor, "image_id": self.refs[index].name, "index": index}
 
 
-def predict_images(
+def predict_images(  # noqa: PLR0913 - the inputs, then one keyword per setting of the run
     ckpt_path: str,
-    inputs: str,
+    inputs: str | None,
     out_dir: str | Path,
     trainer: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     callbacks: Sequence[L.Callback] = (),
+    split: str | None = None,
+    storage: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Score ``inputs`` (an image, a folder, a ``.txt`` list) with the checkpoint's classifier through
+    """Score ``inputs`` (an image, a folder, a ``.txt`` list) or ``split`` (``train``/``val``/``test`` of the
+    checkpoint's data set, as ``explain.py split=`` lists it) with the checkpoint's classifier through
     ``Trainer.predict``; returns the written ``predictions.csv`` (module docstring). ``trainer``: keyword
-    arguments of ``lightning.Trainer`` (accelerator, devices, strategy...); ``callbacks``: more Lightning
-    callbacks beside the writer."""
-    run = load_run(ckpt_path)
-    refs, _ = resolve_inputs(str(inputs), run.storage)
+    arguments of ``lightning.Trainer`` (accelerator, devices, strategy, callbacks...); ``callbacks``: more
+    Lightning callbacks beside the writer; ``storage``: ``StorageSettings`` keys replacing the checkpoint's."""
+    run = load_run(ckpt_path, storage=storage, storage_key="storage")
+    if inputs is not None:
+        refs, _ = resolve_inputs(str(inputs), run.storage)
+    else:
+        names = run.datamodule.split_images(str(split))
+        refs = [ImageRef(name, run.image_location(name)) for name in names]
     preprocess = Preprocessor(run.image_size, dicom_voi=check_voi(run.dicom_voi))
     loader = DataLoader(
         ImagesDataset(refs, preprocess, run.storage),
@@ -76,7 +83,8 @@ def predict_images(
         "enable_model_summary": False,
         **dict(trainer or {}),
     }
-    L.Trainer(callbacks=[writer, *callbacks], **options).predict(
+    more = list(options.pop("callbacks", None) or [])
+    L.Trainer(callbacks=[writer, *callbacks, *more], **options).predict(
         model, dataloaders=loader, return_predictions=False
     )
     return writer.path

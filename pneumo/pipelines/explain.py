@@ -290,6 +290,11 @@ class ExplainSettings:
             Application Default Credentials, or a token in ``$PNEUMO_GCS_TOKEN`` (never in a config).
         progress: show a progress bar.
         saliency: the saliency checks (``saliency.evaluate=true``; ``pneumo.pipelines.saliency``).
+        heatmaps: ``False``: predictions only, through Lightning's ``Trainer.predict`` on every process of
+            ``predict`` (``pneumo.pipelines.batch_predict``: one ``predictions.csv``, each image once, in input
+            order; no heatmaps, overlays, boxes or gallery), for tens of thousands of images.
+        predict: ``lightning.Trainer`` keyword arguments of ``heatmaps=False`` (``accelerator``, ``devices``,
+            ``strategy``, ``precision``...); ``None`` = one process on ``device``.
 
     Example:
         >>> ExplainSettings(ckpt_path="last.ckpt", out_dir="out", split="test").boxes.top_k
@@ -320,6 +325,8 @@ class ExplainSettings:
     storage: dict[str, Any] | None = None
     progress: bool = True
     saliency: SaliencySettings = field(default_factory=SaliencySettings)
+    heatmaps: bool = True
+    predict: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # sub-blocks given as mappings (``overlay={"max_size": 1200}``) are checked like the config's
@@ -336,6 +343,8 @@ class ExplainSettings:
         if self.dicom_voi is not None:
             check_voi(self.dicom_voi, "dicom_voi")
         self.storage = dict(to_plain(self.storage)) if self.storage is not None else None
+        self.heatmaps = bool(choice(self.heatmaps, "heatmaps", (True, False)))
+        self.predict = dict(to_plain(self.predict)) if self.predict else None
         self.explainer = dict(to_plain(self.explainer)) if self.explainer else None
         self.references = [r if isinstance(r, str) else dict(r) for r in (to_plain(self.references) or [])]
         for entry in self.references:
@@ -417,6 +426,8 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
         >>> settings = ExplainSettings(ckpt_path="last.ckpt", out_dir="out", inputs="images")  # doctest: +SKIP
         >>> explain_images(settings).predictions[0]["probability"]  # doctest: +SKIP
     """
+    if not settings.heatmaps:
+        return predict_only(settings)
     out = prepare_out_dir(settings.out_dir, settings.overwrite)
     session = open_session(settings, out)
     refs = image_refs(session)
@@ -455,6 +466,49 @@ def explain_images(settings: ExplainSettings) -> ExplainResult:
     if settings.saliency.evaluate:
         summary["saliency"] = _saliency(session, refs)
     # Last: its presence says the folder holds a whole run.
+    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def predict_only(settings: ExplainSettings) -> ExplainResult:
+    """``heatmaps=false``: the probabilities of every input through ``Trainer.predict`` on every process of
+    ``settings.predict`` (``batch_predict.predict_images``), written to ``predictions.csv`` (``index``,
+    ``image``, ``probability``, ``logit``, ``predicted_label``, ``threshold``, ``temperature``) and
+    ``summary.json`` by the first process; returns them as ``ExplainResult.predictions``."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from pneumo.pipelines.batch_predict import predict_images
+
+    out = prepare_folder(settings.out_dir, OUTPUTS, settings.overwrite, "explain")
+    device = settings.torch_device()
+    trainer = settings.predict or {
+        "accelerator": "gpu" if device.type == "cuda" else "cpu",
+        **({"devices": [device.index]} if device.type == "cuda" and device.index is not None else {}),
+    }
+    path = predict_images(
+        settings.ckpt_path,
+        settings.inputs,
+        out,
+        trainer={"enable_progress_bar": settings.progress, **trainer},
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers,
+        split=settings.split,
+        storage=settings.storage,
+    )
+    result = ExplainResult(out_dir=str(out))
+    if getattr(rank_zero_only, "rank", 0) != 0:  # rank 0 merged the file and writes the summary
+        return result
+    with open(path, newline="") as fh:
+        result.predictions = list(csv.DictReader(fh))
+    first = result.predictions[0] if result.predictions else {}
+    summary = {
+        "checkpoint": settings.ckpt_path,
+        "mode": "predictions only (heatmaps=false, Trainer.predict)",
+        "images": len(result.predictions),
+        "explained": 0,
+        "threshold": float(first["threshold"]) if first else None,
+        "temperature": float(first["temperature"]) if first else None,
+    }
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 
