@@ -13,7 +13,6 @@ The figures go to docs/BENCHMARKS.md ("Saliency checks").
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import tempfile
 import time
@@ -22,46 +21,13 @@ from pathlib import Path
 import torch
 
 #: The tiny DenseNet of the benchmark (and of tests/test_saliency.py): trains in seconds on 2 cores.
-TINY_NET = [
-    "model.net._target_=monai.networks.nets.DenseNet",
-    "+model.net.init_features=8",
-    "+model.net.growth_rate=4",
-    "+model.net.block_config=[1,1,1,1]",
-    "+model.net.bn_size=2",
-    "model.optimizer.lr=3e-3",
-    "model.temperature=1.0",
-]
 EXPLAINERS = ("gradcam", "gradcam_pp", "integrated_gradients", "occlusion", "guided_gradcam", "random")
 
 
 def _train(out: Path, size: int, n: int, epochs: int) -> Path:
-    import pneumo.conf
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
+    from pneumo.testing.tiny_run import train_demo_checkpoint  # the tests' tiny DenseNet(8, 4, [1,1,1,1])
 
-    from pneumo.pipelines.train import train
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=os.path.dirname(pneumo.conf.__file__), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"data.synthetic.root={out}/data", f"data.synthetic.n={n}", f"data.synthetic.size={size}",
-                "data.synthetic.pneumonia_fraction=0.5", f"data.images.size={size}", "data.loader.batch_size=16",
-                "data.loader.num_workers=0", f"paths.log_dir={out}", f"paths.data_dir={out}/cache",
-                "trainer.accelerator=cpu", f"trainer.max_epochs={epochs}", "callbacks.progress_bar.refresh_rate=0",
-                "test=false", "logger=none", "seed=0", *TINY_NET,
-            ],
-        )  # fmt: skip
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.gradcam_overlay = None
-        cfg.callbacks.lr_monitor = None
-        cfg.callbacks.early_stopping = None
-    train(cfg)
-    return out / "run" / "checkpoints" / "last.ckpt"
+    return train_demo_checkpoint(out, n=n, size=size, epochs=epochs)
 
 
 def _specs() -> dict:

@@ -13,7 +13,6 @@ Not a test: on networks small enough for CI the clean model's heat is not reliab
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -21,47 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: A DenseNet with two layers per block: small enough for a CPU, large enough to learn the opacity.
-NET = [
-    "model.net._target_=monai.networks.nets.DenseNet",
-    "+model.net.init_features=16",
-    "+model.net.growth_rate=8",
-    "+model.net.block_config=[2,2,2,2]",
-    "+model.net.bn_size=2",
-    "model.optimizer.lr=3e-3",
-    "model.temperature=1.0",
-]
-
 
 def _train(root: Path, out: Path, shortcut: str, args: argparse.Namespace, seed: int) -> Path:
-    import pneumo.conf
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
+    from pneumo.testing.tiny_run import densenet_overrides, train_demo_checkpoint
 
-    from pneumo.pipelines.train import train
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=os.path.dirname(pneumo.conf.__file__), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"data.synthetic.root={root}", f"data.synthetic.n={args.images}", f"data.synthetic.size={args.size}",
-                f"data.synthetic.shortcut={shortcut}", "data.synthetic.pneumonia_fraction=0.5",
-                f"data.images.size={args.size}", "data.loader.batch_size=16", "data.loader.num_workers=0",
-                f"paths.log_dir={out}", f"paths.data_dir={out}/cache", "trainer.accelerator=cpu",
-                f"trainer.max_epochs={args.epochs}", "callbacks.progress_bar.refresh_rate=0", "test=false",
-                "logger=none", f"seed={seed}", *NET,
-            ],
-        )  # fmt: skip
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.gradcam_overlay = None
-        cfg.callbacks.lr_monitor = None
-        cfg.callbacks.early_stopping = None
-    train(cfg)
-    return out / "run" / "checkpoints" / "last.ckpt"
+    # DenseNet(16, 8, [2,2,2,2]): small enough for a CPU, large enough to learn the opacity
+    return train_demo_checkpoint(
+        out, n=args.images, size=args.size, epochs=args.epochs, seed=seed, data_root=root,
+        net=densenet_overrides(16, 8, 2), overrides=[f"data.synthetic.shortcut={shortcut}"],
+    )  # fmt: skip
 
 
 def _shares(ckpt: Path) -> tuple[float, float, float, float]:

@@ -17,28 +17,18 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from pneumo.pipelines.saliency import SanitySettings, lung_share, run_sanity
+from pneumo.testing.tiny_run import train_demo_checkpoint
 from pneumo.xai.chexlocalize import localize_by_reference, otsu_threshold
 from pneumo.xai.faithfulness import deletion_insertion
 from pneumo.xai.gradcam import normalize_per_image
 from pneumo.xai.sanity import random_pairs, randomization_steps, spearman_abs, ssim
-from tests.helpers import CONF, ROOT
+from tests.helpers import ROOT
 
 EDGES = {"_target_": "tests.test_saliency.edge_filter", "_partial_": True}
 GRADCAM = {"_target_": "pneumo.xai.explainers.GradCamExplainer"}
 IG = {"_target_": "pneumo.xai.explainers.IntegratedGradientsExplainer", "n_steps": 8}
 GUIDED = {"_target_": "pneumo.xai.explainers.GuidedGradCamExplainer"}
 RANDOM = {"_target_": "pneumo.xai.explainers.RandomExplainer", "seed": 0}
-#: A DenseNet small enough to train to AUROC ~0.9 on the demo in a few CPU-seconds (Grad-CAM's layer,
-#: features.transition2.conv, is 8x8 at 64 px).
-TINY_NET = [
-    "model.net._target_=monai.networks.nets.DenseNet",
-    "+model.net.init_features=8",
-    "+model.net.growth_rate=4",
-    "+model.net.block_config=[1,1,1,1]",
-    "+model.net.bn_size=2",
-    "model.optimizer.lr=3e-3",
-    "model.temperature=1.0",
-]
 
 
 def edge_filter(model: torch.nn.Module, images: torch.Tensor, target: object) -> torch.Tensor:
@@ -54,33 +44,9 @@ def edge_filter(model: torch.nn.Module, images: torch.Tensor, target: object) ->
 def trained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny DenseNet trained by train.py's code for 15 epochs on a 200-image demo set (64 px, half of it
     pneumonia): test AUROC about 0.9, a model that has learned something to explain."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from pneumo.pipelines.train import train
-
-    out = tmp_path_factory.mktemp("saliency_run")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"data.synthetic.root={out}/data", "data.synthetic.n=200", "data.synthetic.size=64",
-                "data.synthetic.pneumonia_fraction=0.5", "data.images.size=64", "data.loader.batch_size=16",
-                "data.loader.num_workers=0", f"paths.log_dir={out}", f"paths.data_dir={out}/cache",
-                "trainer.accelerator=cpu", "trainer.max_epochs=15", "callbacks.progress_bar.refresh_rate=0",
-                "test=false", "logger=none", "seed=0", *TINY_NET,
-            ],
-        )  # fmt: skip
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.gradcam_overlay = None
-        cfg.callbacks.lr_monitor = None
-        cfg.callbacks.early_stopping = None
-    train(cfg)
-    return out / "run" / "checkpoints" / "last.ckpt"
+    # the default network of train_demo_checkpoint: DenseNet(8, 4, [1,1,1,1]), a few CPU-seconds to AUROC ~0.9
+    # (Grad-CAM's layer, features.transition2.conv, is 8x8 at 64 px)
+    return train_demo_checkpoint(tmp_path_factory.mktemp("saliency_run"), n=200, size=64, epochs=15)
 
 
 @pytest.fixture(scope="module")
