@@ -55,8 +55,8 @@ class SaliencySettings:
         evaluate: run the checks and write ``saliency.md`` / ``.json`` (and ``sanity.png``).
         n: images checked (the explained ones, pneumonia first).
         sanity: run the sanity check (about 12 explanations per image and explainer on DenseNet121).
-        grid, steps, baseline: faithfulness: ``grid x grid`` patches, ``steps`` points per curve, ``blur`` or
-            ``mean`` baseline.
+        grid, steps, baseline: faithfulness: ``grid x grid`` patches, ``steps`` points per curve, ``black``
+            (the image's darkest level), ``blur`` or ``mean`` baseline.
         resamples: patient-bootstrap resamples of the localization intervals.
         seed: seed of the random orders, image pairs and re-initialisations.
     """
@@ -66,7 +66,7 @@ class SaliencySettings:
     sanity: bool = True
     grid: int = 8
     steps: int = 16
-    baseline: str = "blur"
+    baseline: str = "black"
     resamples: int = 1000
     seed: int = 0
 
@@ -116,11 +116,16 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _positives(batch: Batch) -> np.ndarray:
+    """Indices of the batch's positives (all images when no label says pneumonia)."""
+    keep = np.flatnonzero(batch.labels == 1)
+    return keep if len(keep) else np.arange(len(batch.labels))
+
+
 def _faithfulness(model: nn.Module, batch: Batch, explained: Explanation, s: SaliencySettings) -> dict:
     """Mean deletion/insertion AUCs and curves (heat order and random order) on the positives (all images
     when no label says pneumonia)."""
-    keep = np.flatnonzero(batch.labels == 1)
-    keep = keep if len(keep) else np.arange(len(batch.labels))
+    keep = _positives(batch)
     idx = torch.as_tensor(keep, device=batch.images.device)
     curves = deletion_insertion(
         model,
@@ -155,9 +160,11 @@ def explainer_row(
             list(maps), batch.boxes, batch.patients or None, resamples=settings.resamples, seed=settings.seed
         )
     if batch.lungs is not None:
-        shares = lung_share(maps, batch.lungs)
+        # on the positives, as faithfulness: the heat of a pneumonia output on a normal film shows nothing read
+        keep = _positives(batch)
+        shares = lung_share(maps[keep], batch.lungs[keep])
         row["lung_share"] = _finite(float(np.nanmean(shares))) if np.isfinite(shares).any() else None
-        row["lung_area"] = float(batch.lungs.mean())
+        row["lung_area"] = float(batch.lungs[keep].mean())
     return row
 
 

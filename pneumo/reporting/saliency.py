@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-#: The report warns of a shortcut when less than this share of an explainer's heat lies in the lung fields.
-LUNG_SHARE_WARNING = 0.5
+#: The report warns of a shortcut when the lung fields hold less than this many times the heat a uniform map
+#: gives them (their share of the heat over their share of the image: 1.0 is a map spread evenly). On the
+#: demo, clean models gave 1.4-1.9 and marker-trained ones 0.2-1.1 (docs/explanations.md).
+LUNG_CONCENTRATION_WARNING = 1.25
 
 
 def _f(value: object, digits: int = 3) -> str:
@@ -51,6 +53,20 @@ def _row(name: str, row: Mapping) -> str:
     )
 
 
+def lung_concentration(row: Mapping) -> float:
+    """An explainer's share of heat in the lung fields over the lungs' share of the image (``NaN`` when
+    unknown): 1.0 is what a uniform map scores, above 1 the heat gathers in the lungs.
+
+    Example:
+        >>> lung_concentration({"lung_share": 0.5, "lung_area": 0.25}), lung_concentration({})
+        (2.0, nan)
+    """
+    share, area = row.get("lung_share"), row.get("lung_area")
+    if isinstance(share, float) and isinstance(area, float) and area > 0:
+        return share / area
+    return math.nan
+
+
 def warnings(explainers: Mapping[str, Mapping]) -> list[str]:
     """The report's warnings: heat off the lung fields (a shortcut; not for an explainer that never runs the
     model), deletion no better than a random order, a failed sanity check. One Markdown bullet each.
@@ -63,14 +79,13 @@ def warnings(explainers: Mapping[str, Mapping]) -> list[str]:
     """
     out = []
     for name, row in explainers.items():
-        share = row.get("lung_share")
         # an explainer that never runs the model (passes 0: the random floor) cannot reveal a shortcut
-        ignores_model = row.get("passes") == 0
-        if isinstance(share, float) and share < LUNG_SHARE_WARNING and not ignores_model:
+        if lung_concentration(row) < LUNG_CONCENTRATION_WARNING and row.get("passes") != 0:
             out.append(
-                f"- **Shortcut warning ({name})**: {share:.0%} of the heat lies in the lung fields (they cover "
-                f"{row.get('lung_area', math.nan):.0%} of the image); the model may be reading something outside "
-                "the lungs - a marker, a text label, the film's edge (Zech et al. 2018). Look at the overlays."
+                f"- **Shortcut warning ({name})**: {row['lung_share']:.0%} of the heat lies in the lung fields, "
+                f"which cover {row['lung_area']:.0%} of the image ({lung_concentration(row):.2f}x a uniform map's "
+                "share); the model may be reading something outside the lungs - a marker, a text label, the "
+                "film's edge (Zech et al. 2018). Look at the overlays."
             )
         faith = row.get("faithfulness") or {}
         if faith and faith["deletion"] >= faith["deletion_random"]:

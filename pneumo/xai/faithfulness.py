@@ -1,8 +1,8 @@
 """Faithfulness of saliency maps: deletion and insertion curves (Petsiuk et al. 2018, RISE), patch-wise.
 
 The image is cut into a ``grid x grid`` patches ranked by their mean heat. **Deletion** replaces the patches
-with a baseline (a blurred copy of the image, or its mean) in heat order, hottest first, and follows the
-target's probability: a faithful map makes it fall fast (low area under the curve). **Insertion** starts from
+with a baseline (the image's darkest grey level, a blurred copy of the image, or its mean) in heat order,
+hottest first, and follows the target's probability: a faithful map makes it fall fast (low area under the curve). **Insertion** starts from
 the baseline and puts the patches back in heat order: the probability should rise fast (high area). Both are
 compared with the same curves in a random patch order, which any map should beat.
 
@@ -24,7 +24,10 @@ from torch import nn
 from pneumo.models.tasks import MultiLabelTask, task_of
 from pneumo.xai.gradcam import eval_mode
 
-BASELINES = ("blur", "mean")
+#: ``black`` first: on a radiograph the darkest level is air, with no tissue and no opacity to read, while a
+#: blurred copy keeps a smooth opacity and the mean turns dark lungs grey, both of which can look like pneumonia
+#: (docs/explanations.md, "Faithfulness").
+BASELINES = ("black", "blur", "mean")
 
 
 def blurred(images: torch.Tensor, sigma_fraction: float = 1 / 16) -> torch.Tensor:
@@ -38,6 +41,20 @@ def blurred(images: torch.Tensor, sigma_fraction: float = 1 / 16) -> torch.Tenso
     x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(x, g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def baseline_images(images: torch.Tensor, baseline: str) -> torch.Tensor:
+    """What deletion puts in place of the removed patches of ``(B, C, H, W)`` images (one of ``BASELINES``).
+
+    Example:
+        >>> x = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])
+        >>> baseline_images(x, "black").flatten().tolist(), baseline_images(x, "mean").flatten().tolist()
+        ([0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.5, 0.5])
+    """
+    if baseline == "blur":
+        return blurred(images)
+    level = images.amin(dim=(1, 2, 3), keepdim=True) if baseline == "black" else images.mean((1, 2, 3), True)
+    return level.expand_as(images)
 
 
 def target_probability(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -91,7 +108,7 @@ def deletion_insertion(
     targets: torch.Tensor,
     grid: int = 8,
     steps: int = 16,
-    baseline: str = "blur",
+    baseline: str = "black",
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Deletion and insertion of ``images`` in the heat order of ``maps`` and in a seeded random patch order.
@@ -101,7 +118,8 @@ def deletion_insertion(
         images: ``(B, C, H, W)``; maps: ``(B, H, W)`` (any scale: only their order counts); targets: ``(B,)``.
         grid: the image is cut into ``grid x grid`` patches, ranked by their mean heat.
         steps: points of each curve after the start (``steps + 1`` in all, evenly spaced in patches).
-        baseline: ``blur`` (a Gaussian blur of the image) or ``mean`` (its mean grey level).
+        baseline: ``black`` (every pixel at the image's darkest grey level), ``blur`` (a Gaussian blur of the
+            image) or ``mean`` (its mean grey level).
         seed: seed of the random order.
 
     Returns:
@@ -111,9 +129,7 @@ def deletion_insertion(
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline={baseline!r}: choose one of {', '.join(BASELINES)}")
-    base = (
-        blurred(images) if baseline == "blur" else images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images)
-    )
+    base = baseline_images(images, baseline)
     generator = torch.Generator().manual_seed(seed)
     heat_order = _patch_order(maps.to(images.device), grid, None).to(images.device)
     random_order = _patch_order(maps, grid, generator).to(images.device)
