@@ -118,6 +118,22 @@ def run_cli(
     return _PRELOADED.run(list(args), Path(cwd), full_env, timeout)
 
 
+def start_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None):
+    """Start a project command (as ``run_cli``) and return at once, for tests that kill it mid-run: an object
+    with ``subprocess.Popen``'s ``pid``, ``poll``, ``wait``, ``send_signal`` and ``kill``, plus ``output()``
+    (stdout, stderr) once it has ended. Other ``run_cli`` calls wait until it has ended."""
+    global _PRELOADED
+    from tests.preloaded import PreloadedInterpreter
+
+    if _PRELOADED is None:
+        import atexit
+
+        _PRELOADED = PreloadedInterpreter(ROOT)
+        atexit.register(_PRELOADED.close)
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return _PRELOADED.start(list(args), Path(cwd), full_env)
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     import socket

@@ -151,10 +151,71 @@ class PreloadedInterpreter:
                 raise subprocess.TimeoutExpired([sys.executable, *args], timeout, out, err)
             return subprocess.CompletedProcess([sys.executable, *args], code, out, err)
 
+    def start(self, args: list[str], cwd: Path, env: dict) -> PreloadedProcess:
+        """Start ``python *args`` as a forked child and return at once (``subprocess.Popen``'s ``poll``,
+        ``wait``, ``send_signal``, ``kill``); other commands wait until it has ended."""
+        self.lock.acquire()
+        try:
+            tmp = tempfile.mkdtemp(prefix="pneumo-cli-")
+            server = self._start()
+            assert server.stdin is not None and server.stdout is not None
+            job = {"argv": [str(a) for a in args], "cwd": str(cwd), "env": env,
+                   "stdout": f"{tmp}/out", "stderr": f"{tmp}/err"}  # fmt: skip
+            server.stdin.write((json.dumps(job) + "\n").encode())
+            server.stdin.flush()
+            pid = int(server.stdout.readline().split()[1])
+        except BaseException:
+            self.lock.release()
+            raise
+        return PreloadedProcess(self, pid, Path(tmp))
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.stdin.close()  # type: ignore[union-attr]
             self.proc.wait(timeout=30)
+
+
+class PreloadedProcess:
+    """A running child of ``PreloadedInterpreter.start``: ``returncode`` (``-N`` when signal ``N`` ended it)
+    once the server has reaped it; its output in files, read by ``output()`` after it ended."""
+
+    def __init__(self, owner: PreloadedInterpreter, pid: int, tmp: Path) -> None:
+        self.owner, self.pid, self.tmp = owner, pid, tmp
+        self.returncode: int | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._reap, daemon=True).start()
+
+    def _reap(self) -> None:
+        try:
+            assert self.owner.proc is not None and self.owner.proc.stdout is not None
+            self.returncode = int(self.owner.proc.stdout.readline().split()[1])
+        finally:
+            self._done.set()
+            self.owner.lock.release()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:  # not reaped yet: the pid is still this child's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def output(self) -> tuple[str, str]:
+        """Its stdout and stderr (after it ended)."""
+        return tuple(  # type: ignore[return-value]
+            (self.tmp / name).read_text(errors="replace") if (self.tmp / name).exists() else ""
+            for name in ("out", "err")
+        )
 
 
 def _kill_group(pid: int) -> None:

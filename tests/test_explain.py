@@ -6,8 +6,6 @@ import csv
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from pneumo.nih.index import NIHLabelIndex
 from pneumo.pipelines.explain import ExplainSettings, explain_images
 from pneumo.pipelines.runs import load_run
 from pneumo.testing.gcs_emulator import GCSEmulator  # noqa: F401 - first: turns gcsfs's gRPC probe off before gcsfs loads
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, run_cli, start_cli
 
 
 def _rows(path: Path) -> list[dict]:
@@ -247,10 +245,7 @@ def test_a_killed_run_into_a_reused_out_dir_never_mixes_old_and_new_outputs(
     assert {p.name: p.stat().st_mtime_ns for p in (out / "overlays").iterdir()} == old_overlays
 
     # With overwrite=true, killed (SIGKILL) once it has written its first overlays.
-    run = subprocess.Popen(
-        [sys.executable, "explain.py", *args, "overwrite=true"], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    run = start_cli(["explain.py", *args, "overwrite=true"], cwd=ROOT)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and run.poll() is None:

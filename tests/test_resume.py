@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pneumo.io.checkpoints import AtomicCheckpointIO
-from tests.helpers import ROOT, tiny_overrides
+from tests.helpers import ROOT, run_cli, start_cli, tiny_overrides
 
 
 class StallMidEpoch(L.Callback):
@@ -41,17 +41,6 @@ class EpochRecorder(L.Callback):
         self.out.write_text(json.dumps(self.started))
 
 
-def _popen(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path: Path) -> None:
     epochs, batches, lr = 2, 2, 1e-3
@@ -75,8 +64,9 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
         f"hydra.run.dir={run_dir}",
     ]
     marker = tmp_path / "stalled.json"
-    proc = _popen(
+    proc = start_cli(
         [
+            "train.py",
             *args,
             "+callbacks.stall._target_=tests.test_resume.StallMidEpoch",
             "+callbacks.stall.epoch=1",
@@ -87,7 +77,7 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
     try:
         deadline = time.monotonic() + 300
         while not marker.exists():
-            assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read()[-3000:]}"
+            assert proc.poll() is None, f"training ended before the kill: {proc.output()[1][-3000:]}"
             assert time.monotonic() < deadline, "the run never reached epoch 1"
             time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
@@ -106,8 +96,9 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
 
     # resume in place, from the run's own saved config (docs/scaling-and-sweeps.md, "Resume"), without the stalling probe
     epochs_seen = tmp_path / "epochs.json"
-    proc = _popen(
+    resumed = run_cli(
         [
+            "train.py",
             "-cp",
             str(run_dir / ".hydra"),
             "-cn",
@@ -119,8 +110,7 @@ def test_sigkill_mid_epoch_then_resume_from_last_ckpt(demo_root: Path, tmp_path:
             f"+callbacks.epochs.out={epochs_seen}",
         ]
     )
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     # only the unfinished epochs ran, continuing the step count
     assert json.loads(epochs_seen.read_text()) == {"1": batches}
 
