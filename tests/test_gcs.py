@@ -13,6 +13,7 @@ from pneumo.testing.gcs_emulator import nih_urls
 from tests.helpers import (
     BILLING_PROJECT,
     ROOT,
+    TINY_NET,
     TINY_TRAINER,
     closed_port,
     demo_datamodule,
@@ -132,6 +133,7 @@ def test_train_cli_on_the_emulator_bucket_no_token_anywhere(
             "data.split.val_fraction=0.2",
             f"paths.log_dir={tmp_path}/logs",
             *TINY_TRAINER,
+            *TINY_NET,
         ],
         cwd=ROOT,
         timeout=600,

@@ -21,7 +21,7 @@ from pneumo.io.files import sha256_of
 from pneumo.nih.index import NIHLabelIndex
 from pneumo.pipelines.runs import load_run
 from pneumo.synthetic.like_index import write_like_index
-from tests.helpers import BILLING_PROJECT, ROOT, run_cli
+from tests.helpers import BILLING_PROJECT, ROOT, TINY_NET, run_cli
 
 #: Published facts of NIH ChestX-ray14 (ATTRIBUTION.md; NIH's release notes), not computed by pneumo.
 NIH_IMAGES, NIH_PATIENTS, NIH_PNEUMONIA, NIH_TRAIN_VAL, NIH_TEST = 112_120, 30_805, 1_431, 86_524, 25_596
@@ -165,6 +165,7 @@ def test_data_nih_trains_from_an_emulator_bucket_holding_only_images(gcs_emulato
             "+trainer.overfit_batches=1",
             "+trainer.limit_test_batches=2",
             "callbacks.progress_bar.refresh_rate=0",
+            *TINY_NET,
         ],
         cwd=ROOT,
         timeout=600,

@@ -224,7 +224,7 @@ def test_training_test_and_explain_feed_the_network_alike(
 
     cfg = compose_train(
         [
-            *tiny_overrides(demo_root, tmp_path),
+            *tiny_overrides(demo_root, tmp_path, net=False),  # ImageNet's weights are DenseNet121's
             "model.pretrained=imagenet",
             "callbacks.gradcam_overlay.every_n_epochs=1",
             "eval.bootstrap.resamples=50",

@@ -77,7 +77,10 @@ def test_a_fixed_threshold_holds_without_validation(demo_root: Path) -> None:
 
 @pytest.mark.slow
 def test_train_cli_end_to_end(demo_root: Path, tmp_path: Path) -> None:
-    proc = run_cli(["train.py", *tiny_overrides(demo_root, tmp_path), "trainer.max_epochs=3"], cwd=ROOT)
+    # the configured DenseNet121 (the other test runs use tiny_overrides' small DenseNet)
+    proc = run_cli(
+        ["train.py", *tiny_overrides(demo_root, tmp_path, net=False), "trainer.max_epochs=3"], cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == 1

@@ -53,10 +53,22 @@ SWEEPS_INSTALL = 'pip install "pneumo[sweeps]" (in a checkout: pip install -e ".
 _CONFIG_ERRORS = (ConfigCompositionException, OverrideParseException)
 
 
+def _group_options(group: str) -> list[str]:
+    """The configs of ``group`` that pneumo ships (``pneumo/conf/<group>/*.yaml``). Hydra leaves them out of
+    its error for a name inside a list (``explainer=[gradcam,typo]``), and has forgotten its search path by
+    the time the error arrives here."""
+    from importlib.resources import files
+
+    folder = files("pneumo.conf").joinpath(group)
+    with contextlib.suppress(OSError):
+        return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return []
+
+
 def _missing_config_line(err: MissingConfigException) -> str:
     """``group=name: no such group config; choose one of ...`` (or the sweeps extra's install line)."""
     group, _, name = str(err.missing_cfg_file or "").rpartition("/")
-    options = [str(o) for o in (err.options or [])]
+    options = [str(o) for o in (err.options or [])] or _group_options(group)
     if not group:  # the primary config itself (``--config-name``) is missing
         return f"no config {name!r} ({one_line(err)})"
     if name in PLUGIN_OPTIONS.get(group, ()) and name not in options:

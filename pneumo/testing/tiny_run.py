@@ -30,6 +30,13 @@ def densenet_overrides(init_features: int, growth_rate: int, layers_per_block: i
     ]
 
 
+#: The network of the saliency tests and benchmarks: DenseNet(16, 8, [2,2,2,2]), 15 k parameters. On 300 demo
+#: images at 64 px for 20 epochs (about 6 CPU-seconds) it reached a test AUROC of 0.97-0.999 over seeds 0-6,
+#: with Grad-CAM's maximum inside the opacity's box on about 60% of the pneumonia images; the 2 k-parameter
+#: default below hit the box no more often than a random point.
+SALIENCY_NET = densenet_overrides(16, 8, 2)
+
+
 def train_demo_checkpoint(
     out: Path,
     *,
