@@ -86,7 +86,7 @@ def main() -> None:
     )
     print(
         "| seed | clean AUROC | clean share (pneumonia) | warning | marker AUROC | marker share (pneumonia) "
-        "| warning | lung area |"
+        "| warning | lung area (pneumonia) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     yes = {True: "yes", False: "no"}

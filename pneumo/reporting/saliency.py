@@ -155,9 +155,10 @@ def format_saliency(report: Mapping[str, Any]) -> list[str]:
         f"{report.get('target', 'pneumonia')} output. Sanity: cascading randomization (Adebayo et al. 2018); pass = "
         "fully randomized maps no more similar to the trained ones than the trained maps of two different images. "
         "Deletion (lower is better) and insertion (higher is better) AUCs on the pneumonia images, random patch "
-        "order in brackets. mIoU: Otsu threshold of the min-max map (CheXlocalize). Lung-field share: the heat "
-        "inside the lungs (in brackets: the lungs' share of the image, what a uniform map scores). Passing every "
-        "check is necessary, not sufficient (docs/explanations.md).",
+        "order in brackets. mIoU: Otsu threshold of the min-max map (CheXlocalize). Lung-field share: on the "
+        "pneumonia images, the heat inside the lungs (in brackets: the lungs' share of those images, what a "
+        f"uniform map scores; under {LUNG_CONCENTRATION_WARNING}x that, a shortcut warning). Passing every check "
+        "is necessary, not sufficient (docs/explanations.md).",
         "",
         "| explainer | sanity | deletion AUC (random) | insertion AUC (random) | mIoU (Otsu) | hit rate "
         "| lung-field share (area) | ms / image | cost vs Grad-CAM |",
