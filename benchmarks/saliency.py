@@ -2,12 +2,13 @@
 
 Trains a small DenseNet on a demo set (or takes ``--ckpt``), then runs ``explain.py saliency.evaluate=true``'s
 checks (``pneumo.pipelines.saliency.saliency_report``) for the six shipped explainers on ``--n`` test images and
-prints the table of ``saliency.md`` plus the sanity lines. ``ms / image`` is one explanation of the batch;
+prints ``saliency.md`` plus the sanity lines. ``ms / image`` is one explanation of the batch;
 ``cost vs Grad-CAM`` is that over Grad-CAM's (the sanity check costs about ``blocks + 1`` explanations more).
 The figures go to docs/BENCHMARKS.md ("Saliency checks").
 
     python benchmarks/saliency.py                  # demo: 300 images at 96 px, the tests' DenseNet, 16 images
     python benchmarks/saliency.py --ckpt last.ckpt --n 32
+    python benchmarks/saliency.py --captum         # plus Captum's infidelity and max-sensitivity, with costs
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--n", type=int, default=16, help="test images checked")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument(
+        "--captum",
+        action="store_true",
+        help="also Captum's infidelity and max-sensitivity (saliency.captum_metrics)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,7 +74,7 @@ def main() -> None:
         run = load_run(str(ckpt), map_location="cpu")
         names = pick(run.datamodule.split_images("test"), args.n, seed=0)
         batch = load_batch(run, names, torch.device("cpu"))
-        settings = SaliencySettings(evaluate=True, n=args.n, resamples=200)
+        settings = SaliencySettings(evaluate=True, n=args.n, resamples=200, captum_metrics=args.captum)
         report = saliency_report(run.model, batch, instantiate_explainers(_specs()), "pneumonia", settings)
     from pneumo.xai.sanity import SanityResult
 
@@ -78,9 +84,7 @@ def main() -> None:
         f"{len(names)} test images ({report['positives']} pneumonia); training {trained:.0f} s, "
         f"checks {time.perf_counter() - start - trained:.0f} s"
     )
-    for line in format_saliency(report):
-        if line.startswith("## Warnings"):
-            break
+    for line in format_saliency(report):  # saliency.md, whole
         print(line)
     fields = set(SanityResult.__dataclass_fields__)
     results = {

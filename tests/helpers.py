@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from pneumo.testing.tiny_run import densenet_net
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
@@ -31,13 +33,7 @@ TINY_TRAINER = [
 #: ``features.transition2.conv``) and in-place ReLUs, but 2 layers per block and 16 initial features: 15 k
 #: parameters and a 0.2 MB checkpoint instead of 7 M and 84 MB (writing, syncing and reading DenseNet121's
 #: checkpoints took most of a tiny run's time). Tests about DenseNet121 itself ask for ``net=False``.
-TINY_NET = [
-    "model.net._target_=monai.networks.nets.DenseNet",
-    "+model.net.init_features=16",
-    "+model.net.growth_rate=8",
-    "+model.net.block_config=[2,2,2,2]",
-    "+model.net.bn_size=2",
-]
+TINY_NET = densenet_net(16, 8, 2)
 
 
 def tiny_overrides(data_root: Path, out: Path, net: bool = True) -> list[str]:
@@ -117,26 +113,16 @@ def run_cli(
     for tests about imports or installs."""
     import subprocess
 
-    global _PRELOADED
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     if fresh or args[0] == "-c" or os.environ.get("PNEUMO_TESTS_FRESH_CLI"):
         return subprocess.run(
             [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
         )
-    from tests.preloaded import PreloadedInterpreter
-
-    if _PRELOADED is None:
-        import atexit
-
-        _PRELOADED = PreloadedInterpreter(ROOT)
-        atexit.register(_PRELOADED.close)
-    return _PRELOADED.run(list(args), Path(cwd), full_env, timeout)
+    return _preloaded().run(list(args), Path(cwd), full_env, timeout)
 
 
-def start_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None):
-    """Start a project command (as ``run_cli``) and return at once, for tests that kill it mid-run: an object
-    with ``subprocess.Popen``'s ``pid``, ``poll``, ``wait``, ``send_signal`` and ``kill``, plus ``output()``
-    (stdout, stderr) once it has ended. Other ``run_cli`` calls wait until it has ended."""
+def _preloaded():
+    """The session's preloading interpreter (``tests.preloaded``), started on first use."""
     global _PRELOADED
     from tests.preloaded import PreloadedInterpreter
 
@@ -145,8 +131,17 @@ def start_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None):
 
         _PRELOADED = PreloadedInterpreter(ROOT)
         atexit.register(_PRELOADED.close)
+    return _PRELOADED
+
+
+def start_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None):
+    """Start a project command (as ``run_cli``) and return at once, for tests that kill it mid-run: an object
+    with ``subprocess.Popen``'s ``pid``, ``poll``, ``wait``, ``send_signal`` and ``kill``, plus ``output()``
+    (stdout, stderr) once it has ended. Other ``run_cli`` calls wait until it has ended. Always a forked
+    child, even under ``PNEUMO_TESTS_FRESH_CLI``: these tests are about the command's crash behaviour, which a
+    fresh interpreter shares."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return _PRELOADED.start(list(args), Path(cwd), full_env)
+    return _preloaded().start(list(args), Path(cwd), full_env)
 
 
 def closed_port() -> int:

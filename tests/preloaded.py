@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 #: Imported once by the preloading interpreter (third-party only).
@@ -183,6 +185,7 @@ class PreloadedProcess:
         self.owner, self.pid, self.tmp = owner, pid, tmp
         self.returncode: int | None = None
         self._done = threading.Event()
+        weakref.finalize(self, shutil.rmtree, tmp, True)
         threading.Thread(target=self._reap, daemon=True).start()
 
     def _reap(self) -> None:
@@ -203,9 +206,10 @@ class PreloadedProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
+        """``sig`` to the child's process group (it leads one: its data-loader workers go with it)."""
         if self.returncode is None:  # not reaped yet: the pid is still this child's
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+                os.killpg(self.pid, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)

@@ -105,7 +105,9 @@ def test_gradcam_deletion_beats_a_random_order_on_the_trained_checkpoint(trained
     batch = load_batch(run, run.datamodule.split_images("test"), torch.device("cpu"))
     assert batch.lungs is not None and (batch.labels == 1).sum() >= 10
     explainers = instantiate_explainers({"gradcam": GRADCAM, "random": RANDOM})
-    settings = SaliencySettings(evaluate=True, sanity=False, resamples=100)
+    settings = SaliencySettings(
+        evaluate=True, sanity=False, resamples=100, captum_metrics=True, perturbations=4
+    )
     report = saliency_report(run.model, batch, explainers, "pneumonia", settings)
     faith = report["explainers"]["gradcam"]["faithfulness"]
     # the default baseline, black (seeds 0-6: below the random order on every seed, by 0.03-0.33)
@@ -129,6 +131,18 @@ def test_gradcam_deletion_beats_a_random_order_on_the_trained_checkpoint(trained
     )
     assert 0.0 <= loc["hit_rate"] <= 1.0 and 0.0 < loc["random_hit_rate"] < 1.0
     assert f"| gradcam | nih | {loc['n']} | {loc['miou_otsu']:.3f} (" in table
+    # Captum's metrics, when asked: on the positives, finite, with their costs
+    captum = row["captum"]
+    assert captum["n"] == loc["n"] and captum["perturbations"] == 4
+    assert (
+        captum["infidelity"] >= 0.0
+        and captum["sensitivity_max"] > 0.0
+        and captum["sensitivity_ms_per_image"] > 0
+    )
+    assert (
+        "## Captum metrics (Yeh et al. 2019)" in table
+        and f"| gradcam | {captum['infidelity']:.4f} | " in table
+    )
 
 
 def test_similarity_measures_and_randomization_order() -> None:
@@ -339,3 +353,36 @@ def test_heat_leaves_the_lungs_of_a_model_that_learned_the_marker_and_the_report
           f"marker {shares['marker']} (median {marker:.3f}); warnings: {flagged}")  # fmt: skip
     assert marker < clean - 0.1, shares
     assert flagged["marker"] >= 2 and flagged["clean"] <= 1, (flagged, shares)
+
+
+def test_captum_infidelity_and_max_sensitivity_tell_maps_apart() -> None:
+    """Infidelity is ~0 for a linear model's own weights and larger for a random map; max-sensitivity is 0 for
+    a map that ignores the image and not for the input gradient of a nonlinear network; both are seeded and
+    leave the caller's random state alone."""
+    from pneumo.xai.captum_metrics import infidelity_scores, max_sensitivity
+
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    x = torch.rand(3, 1, 8, 8)
+    targets = torch.tensor([1, 1, 1])
+    exact = linear[1].weight[1].detach().view(1, 8, 8).expand(3, 8, 8)
+    noise = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    state = torch.random.get_rng_state()
+    assert (infidelity_scores(linear, x, exact, targets).abs() < 1e-6).all()
+    random_map = infidelity_scores(linear, x, noise, targets)
+    assert (random_map > 1e-4).all() and torch.equal(random_map, infidelity_scores(linear, x, noise, targets))
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(144, 2)
+    )
+
+    def gradient(images: torch.Tensor) -> torch.Tensor:
+        images = images.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net(images)[:, 1].sum(), images)
+        return grad[:, 0].abs()
+
+    fixed = max_sensitivity(lambda images: torch.ones(len(images), 8, 8), x)
+    moving = max_sensitivity(gradient, x)
+    assert torch.equal(fixed, torch.zeros(3)) and (moving > 0).all()
+    assert torch.equal(moving, max_sensitivity(gradient, x))

@@ -36,6 +36,7 @@ from pneumo.errors import ConfigError
 from pneumo.io.files import atomic_write_bytes, prepare_out_dir
 from pneumo.io.reading import read_bytes
 from pneumo.reporting.saliency import format_saliency, plot_sanity
+from pneumo.xai.captum_metrics import infidelity_scores, max_sensitivity
 from pneumo.xai.chexlocalize import localize_by_reference
 from pneumo.xai.explainers import Explanation, explain, explainer_name, instantiate_explainers
 from pneumo.xai.faithfulness import BASELINES, deletion_insertion
@@ -59,6 +60,8 @@ class SaliencySettings:
             (the image's darkest level), ``blur`` or ``mean`` baseline.
         resamples: patient-bootstrap resamples of the localization intervals.
         seed: seed of the random orders, image pairs and re-initialisations.
+        captum_metrics: also Captum's infidelity and max-sensitivity (``pneumo.xai.captum_metrics``), each
+            with ``perturbations`` draws per image: that many forward passes, and that many explanations.
     """
 
     evaluate: bool = False
@@ -69,12 +72,15 @@ class SaliencySettings:
     baseline: str = "black"
     resamples: int = 1000
     seed: int = 0
+    captum_metrics: bool = False
+    perturbations: int = 10
 
     def __post_init__(self) -> None:
         self.n = int(checked_number(self.n, "saliency.n", int, 2))
         self.grid = int(checked_number(self.grid, "saliency.grid", int, 2))
         self.steps = int(checked_number(self.steps, "saliency.steps", int, 1))
         self.resamples = int(checked_number(self.resamples, "saliency.resamples", int, 10, 100_000))
+        self.perturbations = int(checked_number(self.perturbations, "saliency.perturbations", int, 1, 1000))
         choice(self.baseline, "saliency.baseline", BASELINES)
 
 
@@ -144,16 +150,45 @@ def _faithfulness(model: nn.Module, batch: Batch, explained: Explanation, s: Sal
     return out
 
 
+def _captum_metrics(
+    model: nn.Module, batch: Batch, explainer: Callable[..., Any], target: Any, explained: Explanation,
+    s: SaliencySettings,
+) -> dict[str, Any]:  # fmt: skip
+    """Mean infidelity and max-sensitivity on the positives, with what each cost per image."""
+    keep = torch.as_tensor(_positives(batch), device=batch.images.device)
+    images = batch.images[keep]
+    start = time.perf_counter()
+    infidelity = infidelity_scores(
+        model, images, explained.maps[keep], explained.targets[keep], s.perturbations, s.seed
+    )
+    middle = time.perf_counter()
+    sensitivity = max_sensitivity(
+        lambda x: explain(explainer, model, x, target).maps, images, s.perturbations, s.seed
+    )
+    end = time.perf_counter()
+    return {
+        "n": len(keep),
+        "perturbations": s.perturbations,
+        "infidelity": float(infidelity.mean()),
+        "sensitivity_max": float(sensitivity.mean()),
+        "infidelity_ms_per_image": 1000.0 * (middle - start) / len(keep),
+        "sensitivity_ms_per_image": 1000.0 * (end - middle) / len(keep),
+    }
+
+
 def explainer_row(
     model: nn.Module, batch: Batch, explainer: Callable[..., Any], target: Any, settings: SaliencySettings
 ) -> dict[str, Any]:
-    """One explainer's checks except the sanity check: ms per image, faithfulness, localization by
-    reference (images with boxes), lung-field share (when masks are known)."""
+    """One explainer's checks except the sanity check: ms per image, faithfulness (and, when asked, Captum's
+    infidelity and max-sensitivity), localization by reference (images with boxes), lung-field share (when
+    masks are known)."""
     start = time.perf_counter()
     explained = explain(explainer, model, batch.images, target)
     row: dict[str, Any] = {"ms_per_image": 1000.0 * (time.perf_counter() - start) / len(batch.images)}
     row["passes"] = getattr(explainer, "passes", None)
     row["faithfulness"] = _faithfulness(model, batch, explained, settings)
+    if settings.captum_metrics:
+        row["captum"] = _captum_metrics(model, batch, explainer, target, explained, settings)
     maps = explained.maps.cpu().numpy()
     if any(len(b) for per_image in batch.boxes.values() for b in per_image):
         row["localization"] = localize_by_reference(

@@ -17,7 +17,9 @@ from typing import Any
 
 #: The report warns of a shortcut when the lung fields hold less than this many times the heat a uniform map
 #: gives them (their share of the heat over their share of the image: 1.0 is a map spread evenly). On the
-#: demo, clean models gave 1.4-1.9 and marker-trained ones 0.2-1.1 (docs/explanations.md).
+#: demo at 64 px (seeds 0-6, pneumonia images) clean models gave 1.4-1.9 and marker-trained ones 0.2-1.1,
+#: leaving out one marker run that trained badly (1.65); at 96 px one marker model gave 1.29
+#: (docs/explanations.md, docs/BENCHMARKS.md).
 LUNG_CONCENTRATION_WARNING = 1.25
 
 
@@ -144,6 +146,31 @@ def _localization_lines(explainers: Mapping[str, Mapping]) -> list[str]:
     ]  # fmt: skip
 
 
+def _captum_lines(explainers: Mapping[str, Mapping]) -> list[str]:
+    rows = {n: r["captum"] for n, r in explainers.items() if r.get("captum")}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    lines = [
+        "", "## Captum metrics (Yeh et al. 2019)", "",
+        f"On {first['n']} pneumonia image(s), {first['perturbations']} perturbations each. Infidelity: how badly the "
+        "map, best rescaled, predicts the output's change under Gaussian noise (lower is better). Max-sensitivity: "
+        "the largest relative change of the map within a small ball around the image (lower is better; 0 for a "
+        "map that ignores the image, so read it beside the other checks). Costs in ms per image, and as a "
+        "multiple of one explanation.", "",
+        "| explainer | infidelity | max-sensitivity | infidelity cost | max-sensitivity cost |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for n, c in rows.items():
+        one = explainers[n].get("ms_per_image") or math.nan
+        lines.append(
+            f"| {n} | {_f(c['infidelity'], 4)} | {_f(c['sensitivity_max'])} | {_f(c['infidelity_ms_per_image'], 1)} "
+            f"({_f(c['infidelity_ms_per_image'] / one, 1)}x) | {_f(c['sensitivity_ms_per_image'], 1)} "
+            f"({_f(c['sensitivity_ms_per_image'] / one, 1)}x) |"
+        )
+    return lines
+
+
 def format_saliency(report: Mapping[str, Any]) -> list[str]:
     """The Markdown lines of a saliency report (``pneumo.pipelines.saliency.saliency_report`` or the sanity
     command's)."""
@@ -168,7 +195,7 @@ def format_saliency(report: Mapping[str, Any]) -> list[str]:
     found = warnings(explainers)
     if found:
         lines += ["", "## Warnings", "", *found]
-    return lines + _sanity_lines(explainers) + _localization_lines(explainers)
+    return lines + _sanity_lines(explainers) + _localization_lines(explainers) + _captum_lines(explainers)
 
 
 def plot_sanity(report: Mapping, path: Path) -> None:

@@ -2,9 +2,10 @@
 
 The image is cut into a ``grid x grid`` patches ranked by their mean heat. **Deletion** replaces the patches
 with a baseline (the image's darkest grey level, a blurred copy of the image, or its mean) in heat order,
-hottest first, and follows the target's probability: a faithful map makes it fall fast (low area under the curve). **Insertion** starts from
-the baseline and puts the patches back in heat order: the probability should rise fast (high area). Both are
-compared with the same curves in a random patch order, which any map should beat.
+hottest first, and follows the target's probability: a faithful map makes it fall fast (low area under the
+curve). **Insertion** starts from the baseline and puts the patches back in heat order: the probability should
+rise fast (high area). Both are compared with the same curves in a random patch order, which any map should
+beat.
 
 Example:
     >>> from monai.networks.nets import DenseNet
