@@ -48,6 +48,18 @@ def explained(tiny_ckpt: Path, demo_root: Path, tmp_path_factory: pytest.TempPat
     return Explained(paths, root / "out", pd.read_csv(root / "out" / "predictions.csv").set_index("image"))
 
 
+def test_the_evaluate_command_loads_no_torch() -> None:
+    """Scoring a predictions CSV (``pneumo-evaluate``, ``python -m pneumo.evaluation``) needs pandas and
+    matplotlib, not torch or Lightning: their import alone took ~5 s of the command's 8."""
+    code = (
+        "import sys, pneumo.pipelines.evaluate, pneumo.cli.evaluate, pneumo.reporting.gallery\n"
+        "print([m for m in ('torch', 'lightning', 'monai') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
 def test_import_pneumo_loads_no_torch_and_the_api_loads_on_first_use() -> None:
     code = (
         "import sys, pneumo, pneumo.errors\n"

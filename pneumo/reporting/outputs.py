@@ -16,11 +16,9 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import pandas as pd
-import torch
 
 from pneumo.nih.references import load_references
 from pneumo.reporting.figures import report_figures, save_figures
@@ -34,6 +32,9 @@ from pneumo.reporting.report import (
     report_scalars,
     write_report,
 )
+
+if TYPE_CHECKING:  # imported where a trainer's run writes its report, not for a predictions CSV's report
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ def write_evaluation(
     metadata, split_counts = split_metadata(datamodule, split)
     logits = None
     if getattr(outputs, "logits", None) is not None and hasattr(model, "pneumonia_logit"):
+        import torch
+
         logits = model.pneumonia_logit(torch.from_numpy(outputs.logits)).double().numpy()
     frame = predictions_frame(outputs.image_ids, outputs.probs, outputs.targets, metadata, logits=logits)
     threshold = float(model.threshold)

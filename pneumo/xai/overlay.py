@@ -17,14 +17,16 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from pneumo.io.files import atomic_write_bytes
+
+if TYPE_CHECKING:  # torch only where a tensor comes in: the gallery and `evaluate` draw without it
+    import torch
 
 #: Colour of ground-truth box outlines (RGB).
 BOX_COLOR = (0, 255, 0)
@@ -96,7 +98,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _to_unit(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """A ``(H, W)`` (or ``(1, H, W)``) image as float in [0, 1]; uint8 is divided by 255."""
-    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise ValueError(f"an overlay needs a 2-D grayscale image, got shape {arr.shape}")
@@ -280,6 +282,8 @@ def make_grid(tiles: Sequence[np.ndarray], ncols: int = 4, pad: int = 2) -> np.n
 
 def to_chw_tensor(picture: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(3, H, W)`` uint8 tensor (TensorBoard's ``add_image`` default layout)."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1).contiguous()
 
 
