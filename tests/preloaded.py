@@ -131,27 +131,16 @@ class PreloadedInterpreter:
         return self.proc
 
     def run(self, args: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
-        """Run ``python *args`` as a forked child; ``subprocess.run``'s result (text output)."""
-        with self.lock, tempfile.TemporaryDirectory(prefix="pneumo-cli-") as tmp:
-            server = self._start()
-            assert server.stdin is not None and server.stdout is not None
-            job = {"argv": [str(a) for a in args], "cwd": str(cwd), "env": env,
-                   "stdout": f"{tmp}/out", "stderr": f"{tmp}/err"}  # fmt: skip
-            server.stdin.write((json.dumps(job) + "\n").encode())
-            server.stdin.flush()
-            pid = int(server.stdout.readline().split()[1])
-            fired: list[bool] = []
-            timer = threading.Timer(timeout, lambda: (fired.append(True), _kill_group(pid)))
-            timer.start()
-            try:
-                code = int(server.stdout.readline().split()[1])
-            finally:
-                timer.cancel()
-            timed_out = bool(fired)
-            out, err = (Path(tmp, name).read_text(errors="replace") for name in ("out", "err"))
-            if timed_out:
-                raise subprocess.TimeoutExpired([sys.executable, *args], timeout, out, err)
-            return subprocess.CompletedProcess([sys.executable, *args], code, out, err)
+        """Run ``python *args`` as a forked child; ``subprocess.run``'s result (text output). Past
+        ``timeout`` its process group is killed and ``TimeoutExpired`` raised, as ``subprocess.run`` does."""
+        proc = self.start(args, cwd, env)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise subprocess.TimeoutExpired([sys.executable, *args], timeout, *proc.output()) from None
+        return subprocess.CompletedProcess([sys.executable, *args], code, *proc.output())
 
     def start(self, args: list[str], cwd: Path, env: dict) -> PreloadedProcess:
         """Start ``python *args`` as a forked child and return at once (``subprocess.Popen``'s ``poll``,
@@ -220,8 +209,3 @@ class PreloadedProcess:
             (self.tmp / name).read_text(errors="replace") if (self.tmp / name).exists() else ""
             for name in ("out", "err")
         )
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)

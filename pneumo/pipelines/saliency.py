@@ -128,10 +128,10 @@ def _positives(batch: Batch) -> np.ndarray:
     return keep if len(keep) else np.arange(len(batch.labels))
 
 
-def _faithfulness(model: nn.Module, batch: Batch, explained: Explanation, s: SaliencySettings) -> dict:
-    """Mean deletion/insertion AUCs and curves (heat order and random order) on the positives (all images
-    when no label says pneumonia)."""
-    keep = _positives(batch)
+def _faithfulness(
+    model: nn.Module, batch: Batch, keep: np.ndarray, explained: Explanation, s: SaliencySettings
+) -> dict:
+    """Mean deletion/insertion AUCs and curves (heat order and random order) on the images ``keep``."""
     idx = torch.as_tensor(keep, device=batch.images.device)
     curves = deletion_insertion(
         model,
@@ -151,15 +151,15 @@ def _faithfulness(model: nn.Module, batch: Batch, explained: Explanation, s: Sal
 
 
 def _captum_metrics(
-    model: nn.Module, batch: Batch, explainer: Callable[..., Any], target: Any, explained: Explanation,
-    s: SaliencySettings,
+    model: nn.Module, batch: Batch, keep: np.ndarray, explainer: Callable[..., Any], target: Any,
+    explained: Explanation, s: SaliencySettings,
 ) -> dict[str, Any]:  # fmt: skip
-    """Mean infidelity and max-sensitivity on the positives, with what each cost per image."""
-    keep = torch.as_tensor(_positives(batch), device=batch.images.device)
-    images = batch.images[keep]
+    """Mean infidelity and max-sensitivity on the images ``keep``, with what each cost per image."""
+    idx = torch.as_tensor(keep, device=batch.images.device)
+    images = batch.images[idx]
     start = time.perf_counter()
     infidelity = infidelity_scores(
-        model, images, explained.maps[keep], explained.targets[keep], s.perturbations, s.seed
+        model, images, explained.maps[idx], explained.targets[idx], s.perturbations, s.seed
     )
     middle = time.perf_counter()
     sensitivity = max_sensitivity(
@@ -186,17 +186,18 @@ def explainer_row(
     explained = explain(explainer, model, batch.images, target)
     row: dict[str, Any] = {"ms_per_image": 1000.0 * (time.perf_counter() - start) / len(batch.images)}
     row["passes"] = getattr(explainer, "passes", None)
-    row["faithfulness"] = _faithfulness(model, batch, explained, settings)
+    # faithfulness, Captum's metrics and the lung share on the positives: the heat of a pneumonia output on
+    # a normal film shows nothing the model read
+    keep = _positives(batch)
+    row["faithfulness"] = _faithfulness(model, batch, keep, explained, settings)
     if settings.captum_metrics:
-        row["captum"] = _captum_metrics(model, batch, explainer, target, explained, settings)
+        row["captum"] = _captum_metrics(model, batch, keep, explainer, target, explained, settings)
     maps = explained.maps.cpu().numpy()
     if any(len(b) for per_image in batch.boxes.values() for b in per_image):
         row["localization"] = localize_by_reference(
             list(maps), batch.boxes, batch.patients or None, resamples=settings.resamples, seed=settings.seed
         )
     if batch.lungs is not None:
-        # on the positives, as faithfulness: the heat of a pneumonia output on a normal film shows nothing read
-        keep = _positives(batch)
         shares = lung_share(maps[keep], batch.lungs[keep])
         row["lung_share"] = _finite(float(np.nanmean(shares))) if np.isfinite(shares).any() else None
         row["lung_area"] = float(batch.lungs[keep].mean())
