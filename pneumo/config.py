@@ -169,6 +169,13 @@ def settings_from(cls: type[S], values: Any, key: str = "") -> S:
         Traceback (most recent call last):
         ...
         pneumo.errors.ConfigError: data.loader.batchsize is not a setting (did you mean 'batch_size'?); known: batch_size, num_workers
+        >>> @dataclasses.dataclass
+        ... class Checks:
+        ...     evaluate: bool = False
+        >>> settings_from(Checks, {"evaluate": "maybe"}, "saliency")
+        Traceback (most recent call last):
+        ...
+        pneumo.errors.ConfigError: saliency.evaluate='maybe': must be true or false
     """
     if isinstance(values, cls):
         return values
@@ -186,6 +193,8 @@ def settings_from(cls: type[S], values: Any, key: str = "") -> S:
             )
         if isinstance(value, str) and value == MISSING_VALUE:
             raise ConfigError(f"{where} must be given: pass {where}=...")
+        if hints.get(name) is bool and not isinstance(value, bool):  # "maybe" would count as true
+            raise ConfigError(f"{where}={value!r}: must be true or false")
         inner = _settings_class(hints.get(name))
         if inner is None or value is None or isinstance(value, inner):
             kwargs[name] = value
